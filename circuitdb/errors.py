@@ -1,0 +1,10 @@
+"""The one exception type users see.
+
+Everything that is the user's fault (a bad path, a layer out of range, bad SQL) raises
+`CircuitDBError` with a single-line message; the CLI prints it and exits non-zero, so no
+traceback ever reaches a user for a mistake they can fix.
+"""
+
+
+class CircuitDBError(Exception):
+    """A user-facing error whose message is one clear line."""

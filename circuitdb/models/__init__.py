@@ -1,0 +1,16 @@
+"""Models: loading (HF directory, GGUF, embedded default) and hook points per architecture."""
+
+from circuitdb.models.hooks import HookPoint, capture, check_layer, resolve_hooks
+from circuitdb.models.loading import EMBEDDED_MODEL, LoadedModel, count_layers, load_model, resolve_device
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "HookPoint",
+    "LoadedModel",
+    "capture",
+    "count_layers",
+    "check_layer",
+    "load_model",
+    "resolve_device",
+    "resolve_hooks",
+]

@@ -1,0 +1,124 @@
+"""Hook points and capturing them in one forward pass that stops as early as it can.
+
+Names follow one pattern everywhere (code, tables, CLI): `<kind>.<layer>`, e.g. `resid_pre.3`,
+`attn_out.3`, `mlp_in.3` (after the MLP's norm), `mlp_out.3`, `resid_post.3`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from circuitdb.config import HOOK_KINDS
+from circuitdb.errors import CircuitDBError
+from circuitdb.models.loading import LoadedModel
+
+
+@dataclass(frozen=True, order=True)
+class HookPoint:
+    layer: int
+    """Decoder block index."""
+    kind_index: int
+    """Position of the kind in HOOK_KINDS, i.e. in forward order inside the block."""
+
+    @property
+    def kind(self) -> str:
+        return HOOK_KINDS[self.kind_index]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def make(cls, kind: str, layer: int) -> HookPoint:
+        if kind not in HOOK_KINDS:
+            raise CircuitDBError(f"unknown hook kind {kind!r}; expected one of {', '.join(HOOK_KINDS)}")
+        return cls(layer=layer, kind_index=HOOK_KINDS.index(kind))
+
+    @classmethod
+    def parse(cls, name: str) -> HookPoint:
+        kind, _, layer = name.rpartition(".")
+        if kind not in HOOK_KINDS or not layer.isdigit():
+            raise CircuitDBError(
+                f"unknown hook point {name!r}; expected <kind>.<layer> with kind one of {', '.join(HOOK_KINDS)}"
+            )
+        return cls.make(kind, int(layer))
+
+
+def resolve_hooks(lm: LoadedModel, names: Iterable[str | HookPoint]) -> list[HookPoint]:
+    """Parse hook names and check their layers exist in this model; sorted in forward order."""
+    hooks = sorted({h if isinstance(h, HookPoint) else HookPoint.parse(h) for h in names})
+    if not hooks:
+        raise CircuitDBError("no hook points requested")
+    for hook in hooks:
+        check_layer(lm, hook.layer)
+    return hooks
+
+
+def check_layer(lm: LoadedModel, layer: int) -> None:
+    if not 0 <= layer < lm.n_layers:
+        raise CircuitDBError(f"layer {layer} out of range: {lm.name} has {lm.n_layers} layers (0-{lm.n_layers - 1})")
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to skip the rest of the network (deeper layers, final norm, lm_head)."""
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.inference_mode()
+def capture(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    hooks: list[HookPoint],
+    sink: Callable[[HookPoint, torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Run `input_ids` through the model and return each hook point's activation [batch, pos, d].
+
+    The forward pass is cut off right after the deepest requested hook point, so asking for
+    `resid_post.12` costs 13 blocks and no unembedding. With a `sink`, each activation is handed
+    to it the moment it is computed (while still in cache) instead of being kept and returned.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    last = max(hooks)
+    handles = []
+
+    def store(hook: HookPoint, tensor: torch.Tensor) -> None:
+        if sink is None:
+            captured[hook.name] = tensor
+        else:
+            sink(hook, tensor)
+        if hook == last:
+            raise _StopForward
+
+    for hook in hooks:
+        block = lm.block(hook.layer)
+        if hook.kind == "resid_pre":
+            fn = lambda m, args, kwargs, h=hook: store(h, args[0] if args else kwargs["hidden_states"])  # noqa: E731
+            handles.append(block.register_forward_pre_hook(fn, with_kwargs=True))
+        elif hook.kind == "attn_out":
+            attn = block.get_submodule(lm.arch.attention)
+            handles.append(attn.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+        elif hook.kind == "mlp_in":
+            mlp = block.get_submodule(lm.arch.mlp)
+            handles.append(mlp.register_forward_pre_hook(lambda m, args, h=hook: store(h, args[0])))
+        elif hook.kind == "mlp_out":
+            mlp = block.get_submodule(lm.arch.mlp)
+            handles.append(mlp.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+        else:
+            handles.append(block.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

@@ -1,0 +1,58 @@
+"""Where everything lives inside a store folder.
+
+```
+<store>/tables/<table>/<partition>.parquet   one file per asset partition, written atomically
+<store>/activations/<run>/<hook>/shard-*.safetensors + manifest.json
+<store>/dictionaries/<name>/    <store>/vectors/    <store>/graphs/<slug>.json
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from circuitdb.errors import CircuitDBError
+
+
+class Store:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    @classmethod
+    def open_existing(cls, root: str | Path) -> Store:
+        """A store that must already hold tables (for readers such as the query CLI)."""
+        store = cls(root)
+        if not store.tables_dir.is_dir():
+            raise CircuitDBError(f"store not found: {store.root} has no tables (run `circuitdb build` first)")
+        return store
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    def table_file(self, table: str, partition: str) -> Path:
+        return self.tables_dir / table / f"{partition}.parquet"
+
+    def activation_run(self, run: str) -> Path:
+        return self.root / "activations" / run
+
+    def table_names(self) -> list[str]:
+        """Tables that have at least one partition file."""
+        if not self.tables_dir.is_dir():
+            return []
+        return sorted(d.name for d in self.tables_dir.iterdir() if d.is_dir() and any(d.glob("*.parquet")))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,38 @@
+"""Parquet tables: schema-checked, one file per partition, replaced atomically.
+
+Parquet files are the truth; re-materializing a partition rewrites exactly its file, so there
+are never duplicates, and readers (DuckDB views) see the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+
+from circuitdb.errors import CircuitDBError
+from circuitdb.store.layout import Store, atomic_write_bytes
+from circuitdb.store.schemas import TABLES
+
+
+def write_partition(store: Store, table: str, partition: str, frame: pl.DataFrame) -> int:
+    """Replace `<store>/tables/<table>/<partition>.parquet` with `frame`; returns its row count."""
+    schema = TABLES[table]
+    expected = {name: dtype for name, (dtype, _) in schema.columns.items()}
+    missing = set(expected) - set(frame.columns)
+    extra = set(frame.columns) - set(expected)
+    if missing or extra:
+        raise CircuitDBError(f"table {table}: missing columns {sorted(missing)}, unexpected {sorted(extra)}")
+    frame = frame.select([pl.col(name).cast(dtype) for name, dtype in expected.items()])
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    atomic_write_bytes(store.table_file(table, partition), buffer.getvalue())
+    return frame.height
+
+
+def read_table(store: Store, table: str) -> pl.DataFrame:
+    """All partitions of `table` (empty frame with the schema when none is written yet)."""
+    files = sorted((store.tables_dir / table).glob("*.parquet"))
+    if not files:
+        return pl.DataFrame(schema={name: dtype for name, (dtype, _) in TABLES[table].columns.items()})
+    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")

@@ -1,0 +1,24 @@
+"""The Definitions: every asset, resource and job of circuitdb, assembled in one place.
+
+`dagster dev -w workspace.yaml` loads `defs` from here; `circuitdb build` materializes the same
+assets in-process through `build.py`.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.activations import build_activations_asset
+from assets.corpus import corpus_tokens
+from circuitdb.config import ProjectConfig, load_config
+from orchestration.partitions import layer_partitions
+from orchestration.resources import ProjectResource
+
+
+def build_definitions(config: ProjectConfig, project: ProjectResource | None = None) -> dg.Definitions:
+    """Definitions for a project configuration (layer partitions depend on the model)."""
+    assets = [corpus_tokens, build_activations_asset(layer_partitions(config))]
+    return dg.Definitions(assets=assets, resources={"project": project or ProjectResource()})
+
+
+defs = build_definitions(load_config())
