@@ -4,7 +4,7 @@ A backfill of many layers runs as one Dagster run (single-run backfill policy) a
 forward pass per batch that captures every requested layer at once, instead of one pass each.
 """
 
-from __future__ import annotations
+import warnings
 
 import dagster as dg
 
@@ -13,6 +13,9 @@ from circuitdb.harvest import harvest_layers
 from circuitdb.models import load_model
 from circuitdb.store import Store
 from orchestration.resources import ProjectResource
+
+# Single-run backfills are the documented way to harvest many partitions in one pass.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
 def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

@@ -1,7 +1,5 @@
 """Corpus stage: text → token blocks with a train/eval split, stored as `corpora` + `corpus_blocks`."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from circuitdb.corpus import store_corpus, tokenize_corpus

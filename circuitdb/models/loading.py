@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.models.architectures import ARCHITECTURES, Architecture
@@ -111,7 +117,9 @@ def load_model(spec: str = EMBEDDED_MODEL, device: str = "auto") -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model.eval().requires_grad_(False).to(target)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=spec, arch=ARCHITECTURES[config.model_type], device=target)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=spec, arch=ARCHITECTURES[config.model_type], device=target
+    )
 
 
 def count_layers(spec: str) -> int:
@@ -138,7 +146,9 @@ def _plain_directory(spec: str) -> str:
     try:
         AutoConfig.from_pretrained(spec, local_files_only=True)
     except OSError:
-        raise CircuitDBError(f"model not found: {spec!r} is not in the local Hugging Face cache (no hub access)") from None
+        raise CircuitDBError(
+            f"model not found: {spec!r} is not in the local Hugging Face cache (no hub access)"
+        ) from None
     return spec
 
 

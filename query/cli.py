@@ -1,0 +1,119 @@
+"""`circuitdb`: build the store and ask it questions.
+
+Every mistake a user can make ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from circuitdb.config import ProjectConfig, load_config
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import TABLES, Store
+from query.engine import QueryResult, run_sql
+from query.render import OutputFormat, render
+
+app = typer.Typer(
+    help="circuitdb: a feature and circuit database for transformer language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="Store folder (default: circuitdb.yaml, $CIRCUITDB_STORE or ./store).")
+]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="Project file (default: ./circuitdb.yaml).")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+
+
+def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
+    return load_config(config_file, overrides)
+
+
+def _store(store: str | None, config_file: str | None) -> Store:
+    return Store.open_existing(_config(config_file, store=store).store)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SELECT statement over the store's tables.")],
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a read-only SQL query (DuckDB dialect) over the store's tables."""
+    render(run_sql(_store(store, config), query), fmt)
+
+
+@app.command()
+def tables(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
+    """List the store's tables with their row counts and documented columns."""
+    opened = _store(store, config)
+    flat = []
+    for table in opened.table_names():
+        count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
+        documented = TABLES[table].columns if table in TABLES else {}
+        columns = [
+            (name, dtype, documented[name][1] if name in documented else "")
+            for name, dtype, *_ in run_sql(opened, f'DESCRIBE "{table}"').rows
+        ]
+        if fmt is OutputFormat.table:
+            about = TABLES[table].description if table in TABLES else ""
+            render(
+                QueryResult(["column", "type", "meaning"], [], columns), fmt, title=f"{table}  ({count} rows) {about}"
+            )
+        flat.extend((table, count, *column) for column in columns)
+    if fmt is not OutputFormat.table:
+        render(QueryResult(["table", "rows", "column", "type", "meaning"], [], flat), fmt)
+
+
+@app.command()
+def build(
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    model: Annotated[str | None, typer.Option(help="Model: 'embedded', a .gguf file or an HF directory.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default: all).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Corpus size in tokens.")] = None,
+) -> None:
+    """Materialize the whole pipeline (corpus → activations → ...) into the store, in-process."""
+    from orchestration.build import build_all
+
+    overrides = {"store": store, "model.spec": model, "model.device": device, "harvest.layers": layers}
+    build_all(_config(config, **overrides, **{"corpus.max_tokens": max_tokens}))
+    opened = Store.open_existing(_config(config, store=store).store)
+    typer.echo(f"store ready at {opened.root}")
+    for table in opened.table_names():
+        count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
+        typer.echo(f"  {table}: {count} rows")
+
+
+@app.command()
+def ui(workspace: Annotated[str, typer.Option(help="Dagster workspace file.")] = "workspace.yaml") -> None:
+    """Open the Dagster UI (`dagster dev -w workspace.yaml`)."""
+    if not Path(workspace).is_file():
+        raise CircuitDBError(f"workspace file not found: {workspace} (run from the project folder)")
+    dagster = shutil.which("dagster")
+    if dagster is None:
+        raise CircuitDBError("the `dagster` command is not on PATH; activate the project's virtualenv")
+    os.execv(dagster, [dagster, "dev", "-w", workspace])
+
+
+def main() -> None:
+    """Console entry point: turns every CircuitDBError into one line on stderr and exit code 1."""
+    try:
+        app()
+    except CircuitDBError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Tiny random models built from configs, with a small BPE tokenizer: no hub, seconds to build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from circuitdb.models import LoadedModel, load_model
+
+VOCAB = 384
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog. " * 4,
+    "Python is a programming language that lets you work quickly and integrate systems effectively.",
+    "def function(argument): return argument * 2  # a small example of code with numbers 0123456789",
+]
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(TRAINING_TEXT, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")
+
+
+def _build(kind: str, directory: Path) -> Path:
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(directory)
+    _tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def llama(llama_dir: Path) -> LoadedModel:
+    return load_model(str(llama_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gpt2(gpt2_dir: Path) -> LoadedModel:
+    return load_model(str(gpt2_dir), device="cpu")
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request: pytest.FixtureRequest) -> LoadedModel:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(" ".join(TRAINING_TEXT) * 20)
+    return path

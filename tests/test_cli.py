@@ -1,0 +1,96 @@
+"""The CLI end to end on a tiny model, and one clear line with a non-zero exit for every bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from query.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["circuitdb", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
+    file = tmp_path / "circuitdb.yaml"
+    file.write_text(
+        f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n"
+        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n"
+    )
+    return file
+
+
+def test_build_then_query(project: Path, capsys, monkeypatch) -> None:
+    code, out, err = run_cli(["build", "--config", str(project)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "corpora: 1 rows" in out
+    code, out, _ = run_cli(["tables", "--config", str(project), "--format", "json"], capsys, monkeypatch)
+    assert code == 0 and {"corpora", "activation_shards", "corpus_blocks"} <= {r["table"] for r in json.loads(out)}
+    code, out, _ = run_cli(
+        ["sql", "select count(*) as n from corpora", "--config", str(project), "-f", "csv"], capsys, monkeypatch
+    )
+    assert (code, out) == (0, "n\r\n1\r\n")
+    code, out, _ = run_cli(
+        [
+            "sql",
+            "select hook, sum(n_tokens) t from activation_shards group by hook order by hook",
+            "--config",
+            str(project),
+            "-f",
+            "json",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    rows = json.loads(out)
+    assert len(rows) == 2 * 3 and {r["t"] for r in rows} == {256 // 16 * 16}
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_yaml", "message"),
+    [
+        (["build", "--model", "/no/such/model"], "", "model not found"),
+        (["build", "--layers", "3"], "", "layer 3 out of range"),
+        (["build"], "harvest:\n  hooks: [mlp_nope]\n", "unknown hook kind"),
+        (["build"], "corpus:\n  source: EMPTY\n", "empty corpus"),
+        (["build"], "corpus:\n  context: 4096\n  max_tokens: 8192\n", "exceeds the model's maximum"),
+        (["sql", "SELEC 1"], "", "malformed SQL"),
+        (["sql", "DELETE FROM corpora"], "", "DELETE statements are refused"),
+        (["sql", "SELECT 1"], "store: /no/such/store\n", "store not found"),
+        (["tables"], "store: /no/such/store\n", "store not found"),
+    ],
+)
+def test_errors_are_one_line(
+    args: list[str], extra_yaml: str, message: str, tmp_path: Path, llama_dir: Path, capsys, monkeypatch
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   ")
+    (tmp_path / "store" / "tables" / "corpora").mkdir(parents=True)
+    base = {"store": f"store: {tmp_path / 'store'}\n", "model": f"model:\n  spec: {llama_dir}\n"}
+    if extra_yaml.startswith("store"):
+        base["store"] = extra_yaml
+    text = (
+        base["store"]
+        + base["model"]
+        + ("" if extra_yaml.startswith("store") else extra_yaml.replace("EMPTY", str(empty)))
+    )
+    if "corpus" not in text:
+        text += "corpus:\n  context: 16\n  max_tokens: 64\n"
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text(text)
+    code, _, err = run_cli([*args, "--config", str(config)], capsys, monkeypatch)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

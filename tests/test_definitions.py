@@ -1,0 +1,66 @@
+"""The Dagster Definitions load, and both assets materialize on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from circuitdb.config import load_config
+from circuitdb.store import Store, read_table
+from orchestration.build import RANGE_END, RANGE_START, build_all
+from orchestration.definitions import build_definitions
+from orchestration.resources import ProjectResource
+
+
+def test_default_definitions_load() -> None:
+    from orchestration.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"corpus_tokens", "activations"}
+    assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
+
+
+def _project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
+    file = tmp_path / "circuitdb.yaml"
+    file.write_text(
+        f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
+        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 320\n  eval_fraction: 0.25\n"
+        "harvest:\n  hooks: [mlp_in, mlp_out, resid_post]\n  batch_size: 4\n"
+    )
+    return file
+
+
+def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
+    file = _project(tmp_path, llama_dir, text_file)
+    config = load_config(file)
+    project = ProjectResource(config_file=str(file))
+    defs = build_definitions(config, project)
+    assets = list(defs.assets)
+    result = dg.materialize(assets, resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
+    assert result.success
+    store = Store(config.store)
+    assert read_table(store, "corpora")["n_blocks"].to_list() == [20]
+    shards = read_table(store, "activation_shards")
+    assert sorted(shards["layer"].unique().to_list()) == [0, 1, 2]
+    assert shards.group_by("hook", "split").agg(pl.col("n_tokens").sum())["n_tokens"].unique().sort().to_list() == [
+        5 * 16,
+        15 * 16,
+    ]
+    # one partition alone re-materializes only its layer's file, leaving the others as they were
+    layer0 = store.table_file("activation_shards", "layer-000")
+    layer1 = store.table_file("activation_shards", "layer-001")
+    before = layer1.stat().st_mtime_ns
+    single = dg.materialize(
+        [a for a in assets if a.key.path == ["activations"]], resources={"project": project}, partition_key="0"
+    )
+    assert single.success and layer1.stat().st_mtime_ns == before and layer0.is_file()
+
+
+def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
+    config = load_config(_project(tmp_path, llama_dir, text_file), {"harvest.layers": "1"})
+    assert build_all(config).success
+    shards = read_table(Store(config.store), "activation_shards")
+    assert set(shards["hook"]) == {"mlp_in.1", "mlp_out.1", "resid_post.1"}
