@@ -1,0 +1,141 @@
+"""Sparse dictionaries over one hook point: SAEs and per-layer transcoders.
+
+    pre = W_enc · (x − b_dec·[sae]) + b_enc          W_enc: [n_latents, d_in]   (one row per latent)
+    f   = activation(pre)                             TopK | BatchTopK | JumpReLU | ReLU
+    ŷ   = f · W_dec + b_dec (+ x · W_skipᵀ)           W_dec: [n_latents, d_out]  (one row per latent)
+
+An SAE reconstructs its input (d_in = d_out, b_dec also centres the input); a per-layer transcoder
+reads `mlp_in.l` and predicts `mlp_out.l`, optionally with a linear skip. The row layouts are
+circuit-tracer's, so its files map onto these tensors without transposes.
+
+TopK runs sparse in training: the dense pre-activations are computed without autograd only to pick
+each token's k winners, whose values are then recomputed with gradients from k encoder rows and
+decoded with `embedding_bag`. Backward then costs O(k·d) per token instead of O(n_latents·d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitdb.dictionaries.activations import ACTIVATIONS, BatchTopK, JumpReLU
+from circuitdb.errors import CircuitDBError
+
+KINDS = ("sae", "plt")
+
+
+@dataclass
+class DictionaryConfig:
+    kind: str = "plt"
+    """'sae' (reconstructs its hook point) or 'plt' (per-layer transcoder: mlp_in.l → mlp_out.l)."""
+    activation: str = "topk"
+    """topk, batchtopk, jumprelu or relu (with L1)."""
+    n_latents: int = 4096
+    """Width of the dictionary."""
+    k: int = 32
+    """Active latents per token for topk/batchtopk."""
+    skip: bool = False
+    """Transcoders only: add a learned linear skip x · W_skipᵀ."""
+    sparsity_coefficient: float = 1e-3
+    """L1 (relu) or L0 (jumprelu) penalty weight; unused by topk/batchtopk."""
+    jumprelu_threshold: float = 0.03
+    """Initial JumpReLU threshold, in units of the normalized pre-activation."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CircuitDBError(f"dictionary kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise CircuitDBError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0 < self.k <= self.n_latents:
+            raise CircuitDBError(f"k must be in 1..n_latents ({self.n_latents}), got {self.k}")
+        if self.skip and self.kind == "sae":
+            raise CircuitDBError("skip connections are for transcoders (kind: plt), not SAEs")
+
+
+class SparseCoder(nn.Module):
+    def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int) -> None:
+        super().__init__()
+        if cfg.kind == "sae" and d_in != d_out:
+            raise CircuitDBError(f"an SAE reconstructs its input: d_in {d_in} must equal d_out {d_out}")
+        self.cfg, self.d_in, self.d_out = cfg, d_in, d_out
+        n = cfg.n_latents
+        decoder = torch.randn(n, d_out)
+        decoder /= decoder.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(decoder)
+        # encoder = decoderᵀ (up to the shapes of transcoders), the init that avoids early dead latents
+        encoder = decoder.clone() if d_in == d_out else torch.randn(n, d_in) / d_in**0.5
+        self.W_enc = nn.Parameter(encoder)
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip else None
+        if cfg.activation == "batchtopk":
+            self.batch_topk = BatchTopK(cfg.k)
+        if cfg.activation == "jumprelu":
+            self.jumprelu = JumpReLU(n, cfg.jumprelu_threshold)
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.kind == "sae":
+            x = x - self.b_dec
+        return x @ self.W_enc.T + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Dense latent activations [tokens, n_latents] from pre-activations."""
+        act = self.cfg.activation
+        if act == "topk":
+            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        if act == "batchtopk":
+            return self.batch_topk(pre)
+        if act == "jumprelu":
+            return self.jumprelu(pre)
+        return pre.relu()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        out = latents @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            out = out + x @ self.W_skip.T
+        return out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, dense latents)."""
+        latents = self.encode(x)
+        return self.decode(latents, x), latents
+
+    def sparse_topk(self, x: torch.Tensor, k: int, allowed: torch.Tensor | None = None):
+        """Each token's k winners as (indices [B, k], values [B, k]) with gradients through k rows only.
+
+        `allowed` (bool [n_latents]) restricts the choice, e.g. to dead latents for AuxK.
+        """
+        with torch.no_grad():
+            pre = self.pre_activations(x)
+            if allowed is not None:
+                pre = pre.masked_fill(~allowed, float("-inf"))
+            indices = pre.topk(k, dim=-1, sorted=False).indices
+        centred = x - self.b_dec if self.cfg.kind == "sae" else x
+        rows = F.embedding(indices, self.W_enc)  # [B, k, d_in]
+        values = torch.bmm(rows, centred.unsqueeze(-1)).squeeze(-1) + self.b_enc[indices]
+        return indices, values.relu()
+
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Σ_j values[:, j] · W_dec[indices[:, j]], without materializing dense latents."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Unit-norm decoder rows (TopK family), so activations carry the scale."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def fold_scales(self, scale_in: float, scale_out: float) -> None:
+        """Make a dictionary trained on x·scale_in → y·scale_out act on raw activations (same latents)."""
+        self.W_enc *= scale_in
+        self.W_dec /= scale_out
+        self.b_dec /= scale_out
+        if self.W_skip is not None:
+            self.W_skip *= scale_in / scale_out

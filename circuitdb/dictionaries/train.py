@@ -1,0 +1,225 @@
+"""Train a sparse dictionary on streamed activation shards.
+
+Adam with linear warm-up and a linear decay at the end; decoder init from random unit rows and
+encoder = decoderᵀ; b_dec from the data mean; AuxK on latents that have not fired for a while (the
+TopK family) so that few latents die; optional input normalization (folded back into the weights at
+the end, so the saved dictionary acts on raw activations); checkpoints every N steps and an exact
+resume (the data stream is replayed from its seed and the finished steps skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitdb.dictionaries.data import ActivationSource
+from circuitdb.dictionaries.sparse_coder import DictionaryConfig, SparseCoder
+from circuitdb.errors import CircuitDBError
+from circuitdb.models.loading import resolve_device
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    """Tokens per optimizer step."""
+    epochs: int = 1
+    """Passes over the harvested tokens."""
+    lr: float | None = None
+    """Adam learning rate; None scales 2e-4 by sqrt(16384 / n_latents) as sparsify does."""
+    warmup_steps: int = 20
+    """Linear warm-up from 0."""
+    decay_fraction: float = 0.2
+    """Share of the steps at the end over which the rate decays linearly to 0."""
+    aux_k: int | None = None
+    """Latents the AuxK loss may use to explain the residual; None = d_in // 2."""
+    aux_coefficient: float = 1 / 32
+    """Weight of the AuxK loss."""
+    dead_after_tokens: int = 20_000
+    """A latent that has not fired for this many tokens counts as dead for AuxK."""
+    normalize: bool = True
+    """Scale inputs and targets to mean squared norm d while training."""
+    exclude_first_position: bool = True
+    """Train without position 0 (BOS), whose norm is ~100x the others'."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (0 = only at the end)."""
+    buffer_shards: int = 4
+    """Shards mixed in memory at a time by the shuffler."""
+    seed: int = 0
+    """Seed of initialization and data order."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+
+
+@dataclass
+class TrainResult:
+    coder: SparseCoder
+    """The trained dictionary, acting on raw activations."""
+    history: list[dict] = field(default_factory=list)
+    """Per logged step: step, loss, fvu, l0, lr."""
+    tokens: int = 0
+    """Tokens trained on."""
+
+
+def _scale(x: torch.Tensor) -> float:
+    """Factor that gives x a mean squared norm of d."""
+    return float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-8))
+
+
+def train_dictionary(
+    cfg: DictionaryConfig,
+    source: ActivationSource,
+    tcfg: TrainConfig,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    device = resolve_device(tcfg.device)
+    torch.manual_seed(tcfg.seed)
+    coder = SparseCoder(cfg, source.d_in, source.d_out).to(device)
+    steps_per_epoch = source.n_tokens // tcfg.batch_size
+    total_steps = steps_per_epoch * tcfg.epochs
+    if total_steps == 0:
+        raise CircuitDBError(f"too few tokens to train: {source.n_tokens} < one batch of {tcfg.batch_size}")
+    lr = tcfg.lr or 2e-4 * math.sqrt(16384 / cfg.n_latents)
+    optimizer = torch.optim.Adam(coder.parameters(), lr=lr, betas=(0.9, 0.999))
+    decay_start = total_steps * (1 - tcfg.decay_fraction)
+
+    def schedule(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, tcfg.warmup_steps))
+        decay = 1.0 if step < decay_start else max(0.0, (total_steps - step) / (total_steps - decay_start))
+        return warm * decay
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    idle_tokens = torch.zeros(cfg.n_latents, device=device)
+    history: list[dict] = []
+    start_step = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config"] != dataclasses.asdict(cfg) or state["total_steps"] != total_steps:
+            raise CircuitDBError(f"checkpoint {checkpoint} belongs to another configuration; delete it to restart")
+        coder.load_state_dict(state["coder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        idle_tokens, history, start_step = state["idle_tokens"], state["history"], state["step"]
+        scale_in, scale_out = state["scales"]
+    else:
+        scale_in, scale_out = _initialize(coder, source, tcfg, device)
+
+    def save_checkpoint(step: int) -> None:
+        if checkpoint is None:
+            return
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        state = {
+            "config": dataclasses.asdict(cfg),
+            "total_steps": total_steps,
+            "coder": coder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "idle_tokens": idle_tokens,
+            "history": history,
+            "step": step,
+            "scales": (scale_in, scale_out),
+        }
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint)
+
+    aux_k = tcfg.aux_k or source.d_in // 2
+    bar = tqdm(
+        total=total_steps, initial=start_step, desc=f"train {cfg.kind} {source.target_hook}", disable=not progress
+    )
+    step = 0
+    for epoch in range(tcfg.epochs):
+        for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed, epoch, tcfg.buffer_shards):
+            if step < start_step:  # replaying the stream up to where the checkpoint left off
+                step += 1
+                continue
+            x = inputs.to(device) * scale_in
+            y = targets.to(device) * scale_out
+            loss, stats, fired = _loss(coder, x, y, idle_tokens, tcfg, aux_k)
+            if not torch.isfinite(loss):
+                raise CircuitDBError(
+                    f"training diverged: loss is {loss.item()} at step {step}; lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if cfg.activation in ("topk", "batchtopk"):
+                coder.normalize_decoder()
+            idle_tokens += x.shape[0]
+            idle_tokens[fired] = 0
+            step += 1
+            if step % 10 == 0 or step == total_steps:
+                history.append({"step": step, **stats, "lr": scheduler.get_last_lr()[0]})
+                bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}")
+            bar.update(1)
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+                save_checkpoint(step)
+    bar.close()
+    save_checkpoint(step)
+    coder.fold_scales(scale_in, scale_out)
+    coder.eval()
+    return TrainResult(coder, history, step * tcfg.batch_size)
+
+
+@torch.no_grad()
+def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig, device) -> tuple[float, float]:
+    """Normalization scales and b_dec = mean target, from the first few batches of the stream."""
+    sample_in, sample_out = [], []
+    for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed + 1, 0, tcfg.buffer_shards):
+        sample_in.append(inputs)
+        sample_out.append(targets)
+        if len(sample_in) * tcfg.batch_size >= 8192:
+            break
+    x, y = torch.cat(sample_in).to(device), torch.cat(sample_out).to(device)
+    scale_in, scale_out = (_scale(x), _scale(y)) if tcfg.normalize else (1.0, 1.0)
+    if coder.cfg.kind == "sae":
+        scale_out = scale_in
+    coder.b_dec.copy_((y * scale_out).mean(0))
+    return scale_in, scale_out
+
+
+def _loss(coder: SparseCoder, x, y, idle_tokens, tcfg: TrainConfig, aux_k: int):
+    """Normalized MSE (+ AuxK or the sparsity penalty); returns (loss, stats, fired latent mask)."""
+    cfg = coder.cfg
+    variance = (y - y.mean(0)).pow(2).sum()
+    if cfg.activation == "topk":
+        indices, values = coder.sparse_topk(x, cfg.k)
+        recon = coder.decode_sparse(indices, values) + coder.b_dec
+        if coder.W_skip is not None:
+            recon = recon + x @ coder.W_skip.T
+        fired = torch.zeros_like(idle_tokens, dtype=torch.bool)
+        fired[indices[values > 0]] = True
+        l0 = (values > 0).sum(-1).float().mean()
+        penalty = torch.zeros((), device=x.device)
+    else:
+        pre = coder.pre_activations(x)
+        latents = coder.activate(pre)
+        recon = coder.decode(latents, x)
+        fired = (latents > 0).any(0)
+        l0 = (latents > 0).sum(-1).float().mean()
+        if cfg.activation == "relu":
+            penalty = cfg.sparsity_coefficient * (latents * coder.W_dec.norm(dim=1)).sum(-1).mean()
+        elif cfg.activation == "jumprelu":
+            penalty = cfg.sparsity_coefficient * coder.jumprelu.l0(pre)
+        else:
+            penalty = torch.zeros((), device=x.device)
+    error = y - recon
+    fvu = error.pow(2).sum() / variance
+    loss = fvu + penalty
+    dead = idle_tokens > tcfg.dead_after_tokens
+    if cfg.activation in ("topk", "batchtopk") and dead.any():
+        k = min(aux_k, int(dead.sum()))
+        aux_indices, aux_values = coder.sparse_topk(x, k, allowed=dead)
+        residual = error.detach()
+        aux_recon = coder.decode_sparse(aux_indices, aux_values)
+        aux = (residual - aux_recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)
+        loss = loss + tcfg.aux_coefficient * aux
+    stats = {"loss": loss.item(), "fvu": fvu.item(), "l0": float(l0), "dead": float(dead.float().mean())}
+    return loss, stats, fired
