@@ -1,6 +1,6 @@
 """Models: loading (HF directory, GGUF, embedded default) and hook points per architecture."""
 
-from circuitdb.models.hooks import HookPoint, capture, check_layer, resolve_hooks
+from circuitdb.models.hooks import HookPoint, capture, check_layer, mlp_replaced, replaced, resolve_hooks
 from circuitdb.models.loading import EMBEDDED_MODEL, LoadedModel, count_layers, load_model, resolve_device
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "count_layers",
     "check_layer",
     "load_model",
+    "mlp_replaced",
+    "replaced",
     "resolve_device",
     "resolve_hooks",
 ]

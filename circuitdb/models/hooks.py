@@ -6,7 +6,8 @@ Names follow one pattern everywhere (code, tables, CLI): `<kind>.<layer>`, e.g. 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -122,3 +123,45 @@ def capture(
         for handle in handles:
             handle.remove()
     return captured
+
+
+@contextmanager
+def replaced(lm: LoadedModel, hook: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the block, forward passes use fn(activation) in place of the activation at `hook`."""
+    block = lm.block(hook.layer)
+    if hook.kind == "resid_pre":
+
+        def pre(module, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+    elif hook.kind == "mlp_in":
+        mlp = block.get_submodule(lm.arch.mlp)
+        handle = mlp.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    else:
+        module = {"attn_out": lm.arch.attention, "mlp_out": lm.arch.mlp, "resid_post": ""}[hook.kind]
+        target = block.get_submodule(module) if module else block
+
+        def post(m, args, out):
+            return (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
+
+        handle = target.register_forward_hook(post)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def mlp_replaced(
+    lm: LoadedModel, layer: int, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, the MLP of `layer` outputs fn(mlp_in, mlp_out) instead of mlp_out (transcoders)."""
+    mlp = lm.block(layer).get_submodule(lm.arch.mlp)
+    handle = mlp.register_forward_hook(lambda m, args, out: fn(args[0], out))
+    try:
+        yield
+    finally:
+        handle.remove()

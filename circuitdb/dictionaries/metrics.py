@@ -1,0 +1,103 @@
+"""Quality of a dictionary on held-out tokens.
+
+- FVU = Σ‖y − ŷ‖² / Σ‖y − mean(y)‖², over all positions and excluding position 0 (BOS, whose
+  norm is ~100x the others' and makes any reconstruction look good);
+- L0: mean active latents per token; dead fraction: latents never active on the eval set;
+- ΔCE and KL: the reconstruction spliced into the model (an SAE replaces its hook point, a
+  transcoder replaces the MLP output) against the clean model. Position 0 keeps the model's own
+  activation there, as it was excluded from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.models import HookPoint, LoadedModel, mlp_replaced, replaced
+
+
+@dataclass
+class DictionaryMetrics:
+    fvu: float
+    """Fraction of variance unexplained, all positions."""
+    fvu_excl_pos0: float
+    """FVU over positions ≥ 1."""
+    l0: float
+    """Mean active latents per token (positions ≥ 1)."""
+    dead_frac: float
+    """Share of latents never active on the eval tokens."""
+    delta_ce: float | None
+    """Next-token cross-entropy with the reconstruction spliced in, minus the clean one (nats)."""
+    kl: float | None
+    """Mean KL(clean ‖ spliced) over predicted positions (nats)."""
+    n_eval_tokens: int
+    """Held-out tokens the reconstruction metrics used."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fvu(targets: torch.Tensor, recon: torch.Tensor) -> float:
+    flat_t, flat_r = targets.reshape(-1, targets.shape[-1]), recon.reshape(-1, recon.shape[-1])
+    return float((flat_t - flat_r).pow(2).sum() / (flat_t - flat_t.mean(0)).pow(2).sum())
+
+
+@torch.no_grad()
+def reconstruction_metrics(coder: SparseCoder, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 4096):
+    """FVU (all / excl. position 0), L0 and dead fraction for [sequences, positions, d] tensors."""
+    device = coder.W_dec.device
+    flat_in = inputs.reshape(-1, inputs.shape[-1])
+    recon, active, l0_sum = [], torch.zeros(coder.cfg.n_latents, dtype=torch.bool, device=device), 0.0
+    positions = torch.arange(inputs.shape[1]).repeat(inputs.shape[0])
+    for start in range(0, flat_in.shape[0], chunk):
+        out, latents = coder(flat_in[start : start + chunk].to(device))
+        recon.append(out.cpu())
+        fired = latents > 0
+        keep = positions[start : start + chunk] > 0
+        active |= fired[keep.to(device)].any(0)
+        l0_sum += float(fired[keep.to(device)].sum())
+    recon = torch.cat(recon).view(*targets.shape[:-1], -1)
+    n_rest = int((positions > 0).sum())
+    return {
+        "fvu": _fvu(targets, recon),
+        "fvu_excl_pos0": _fvu(targets[:, 1:], recon[:, 1:]),
+        "l0": l0_sum / max(1, n_rest),
+        "dead_frac": float(1 - active.float().mean()),
+        "n_eval_tokens": n_rest,
+    }
+
+
+@torch.no_grad()
+def spliced_metrics(
+    lm: LoadedModel, coder: SparseCoder, input_hook: str, blocks: torch.Tensor, batch_size: int = 4
+) -> tuple[float, float]:
+    """(ΔCE, KL) of splicing `coder` into the model on token `blocks` [n, context]."""
+    hook = HookPoint.parse(input_hook)
+    coder = coder.to(lm.device)
+
+    def keep_first(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([original[:, :1], new[:, 1:]], dim=1)
+
+    def splice():
+        if coder.cfg.kind == "sae":
+            return replaced(lm, hook, lambda act: keep_first(act, coder(act)[0]))
+        return mlp_replaced(lm, hook.layer, lambda mlp_in, mlp_out: keep_first(mlp_out, coder(mlp_in)[0]))
+
+    ce_clean = ce_spliced = kl = 0.0
+    count = 0
+    for start in range(0, blocks.shape[0], batch_size):
+        ids = blocks[start : start + batch_size].long().to(lm.device)
+        clean = lm.model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        with splice():
+            spliced = lm.model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        targets = ids[:, 1:].reshape(-1)
+        log_clean = clean.log_softmax(-1).reshape(-1, clean.shape[-1])
+        log_spliced = spliced.log_softmax(-1).reshape(-1, spliced.shape[-1])
+        ce_clean += float(F.nll_loss(log_clean, targets, reduction="sum"))
+        ce_spliced += float(F.nll_loss(log_spliced, targets, reduction="sum"))
+        kl += float(F.kl_div(log_spliced, log_clean, log_target=True, reduction="sum"))
+        count += targets.numel()
+    return (ce_spliced - ce_clean) / count, kl / count
