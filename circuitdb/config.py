@@ -26,6 +26,8 @@ HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 """Hook points per layer, in the order the residual stream passes them."""
 
 ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
+DICTIONARY_KINDS = ("sae", "plt")
+ACTIVATIONS = ("topk", "batchtopk", "jumprelu", "relu")
 
 
 @dataclass
@@ -94,6 +96,95 @@ class HarvestConfig:
 
 
 @dataclass
+class DictionaryConfig:
+    kind: str = "plt"
+    """'sae' (reconstructs its hook point) or 'plt' (per-layer transcoder: mlp_in.l → mlp_out.l)."""
+    activation: str = "topk"
+    """topk, batchtopk, jumprelu or relu (with L1)."""
+    n_latents: int = 4096
+    """Width of the dictionary."""
+    k: int = 32
+    """Active latents per token for topk/batchtopk."""
+    skip: bool = False
+    """Transcoders only: add a learned linear skip x · W_skipᵀ."""
+    sparsity_coefficient: float = 1e-3
+    """L1 (relu) or L0 (jumprelu) penalty weight; unused by topk/batchtopk."""
+    jumprelu_threshold: float = 0.03
+    """Initial JumpReLU threshold, in units of the normalized pre-activation."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in DICTIONARY_KINDS:
+            raise CircuitDBError(f"dictionary kind must be one of {', '.join(DICTIONARY_KINDS)}, got {self.kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise CircuitDBError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0 < self.k <= self.n_latents:
+            raise CircuitDBError(f"k must be in 1..n_latents ({self.n_latents}), got {self.k}")
+        if self.skip and self.kind == "sae":
+            raise CircuitDBError("skip connections are for transcoders (kind: plt), not SAEs")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    """Tokens per optimizer step."""
+    epochs: int = 1
+    """Passes over the harvested tokens."""
+    lr: float | None = None
+    """Adam learning rate; None scales 2e-4 by sqrt(16384 / n_latents) as sparsify does."""
+    warmup_steps: int = 20
+    """Linear warm-up from 0."""
+    decay_fraction: float = 0.2
+    """Share of the steps at the end over which the rate decays linearly to 0."""
+    aux_k: int | None = None
+    """Latents the AuxK loss may use to explain the residual; None = d_in // 2."""
+    aux_coefficient: float = 1 / 32
+    """Weight of the AuxK loss."""
+    dead_after_tokens: int = 20_000
+    """A latent that has not fired for this many tokens counts as dead for AuxK."""
+    normalize: bool = True
+    """Scale inputs and targets to mean squared norm d while training."""
+    exclude_first_position: bool = True
+    """Train without position 0 (BOS), whose norm is ~100x the others'."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (0 = only at the end)."""
+    buffer_shards: int = 4
+    """Shards mixed in memory at a time by the shuffler."""
+    seed: int = 0
+    """Seed of initialization and data order."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+
+
+@dataclass
+class DictionariesConfig:
+    name: str = "plt"
+    """Name of the dictionary set in the store (`<store>/dictionaries/<name>/layer_<L>`)."""
+    hook_in: str = "mlp_in"
+    """Hook kind the dictionaries read (must be harvested)."""
+    hook_out: str = "mlp_out"
+    """Hook kind they reconstruct: the same as hook_in for SAEs."""
+    dictionary: DictionaryConfig = field(default_factory=lambda: DictionaryConfig(n_latents=2048))
+    """Architecture."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, lr=2e-3))
+    """Optimization."""
+    ce_eval_blocks: int = 4
+    """Held-out blocks on which ΔCE/KL of the spliced reconstruction are measured (two forwards each)."""
+    max_fvu_excl_pos0: float = 0.6
+    """Asset check: highest acceptable FVU excluding position 0."""
+    max_dead_frac: float = 0.2
+    """Asset check: highest acceptable share of latents dead on the eval set."""
+    l0_range: list[float] = field(default_factory=lambda: [1.0, 256.0])
+    """Asset check: acceptable [min, max] mean active latents per token."""
+
+    def __post_init__(self) -> None:
+        for kind in (self.hook_in, self.hook_out):
+            if kind not in HOOK_KINDS:
+                raise CircuitDBError(f"dictionaries.hook_in/out: unknown hook kind {kind!r}")
+        if self.dictionary.kind == "sae" and self.hook_in != self.hook_out:
+            raise CircuitDBError("dictionaries: an SAE reconstructs its input, so hook_in must equal hook_out")
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
     """Folder that holds every table, activation shard, dictionary, vector and graph."""
@@ -103,6 +194,8 @@ class ProjectConfig:
     """Which text to run it on."""
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     """Which activations to store."""
+    dictionaries: DictionariesConfig = field(default_factory=DictionariesConfig)
+    """Which sparse dictionaries to train on them."""
 
     @property
     def store_path(self) -> Path:

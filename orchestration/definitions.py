@@ -10,6 +10,7 @@ import dagster as dg
 
 from assets.activations import build_activations_asset
 from assets.corpus import corpus_tokens
+from assets.dictionaries import build_dictionaries_asset
 from circuitdb.config import ProjectConfig, load_config
 from orchestration.partitions import layer_partitions
 from orchestration.resources import ProjectResource
@@ -17,7 +18,8 @@ from orchestration.resources import ProjectResource
 
 def build_definitions(config: ProjectConfig, project: ProjectResource | None = None) -> dg.Definitions:
     """Definitions for a project configuration (layer partitions depend on the model)."""
-    assets = [corpus_tokens, build_activations_asset(layer_partitions(config))]
+    layers = layer_partitions(config)
+    assets = [corpus_tokens, build_activations_asset(layers), build_dictionaries_asset(layers)]
     return dg.Definitions(assets=assets, resources={"project": project or ProjectResource()})
 
 

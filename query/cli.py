@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -93,6 +94,52 @@ def build(
     for table in opened.table_names():
         count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
         typer.echo(f"  {table}: {count} rows")
+
+
+dictionary_app = typer.Typer(help="Trained sparse dictionaries.", no_args_is_help=True)
+app.add_typer(dictionary_app, name="dictionary")
+
+
+class ExportFormat(StrEnum):
+    circuit_tracer = "circuit-tracer"
+    saelens = "saelens"
+
+
+@dictionary_app.command("export")
+def dictionary_export(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (replaced if it exists).")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Target format.")] = ExportFormat.circuit_tracer,
+    name: Annotated[str, typer.Option(help="Dictionary set name.")] = "plt",
+    layer: Annotated[int | None, typer.Option(help="Layer (SAELens exports one SAE).")] = None,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export trained dictionaries as a circuit-tracer transcoder set or a SAELens SAE folder."""
+    from circuitdb.dictionaries.formats import export_circuit_tracer, export_saelens, load_dictionary
+
+    opened = _store(store, config)
+    rows = run_sql(
+        opened, f"SELECT layer, path, model, input_hook FROM dictionaries WHERE name = '{_quote(name)}'"
+    ).rows
+    if layer is not None:
+        rows = [r for r in rows if r[0] == layer]
+    if not rows:
+        raise CircuitDBError(
+            f"no dictionary {name!r}" + (f" for layer {layer}" if layer is not None else "") + " in the store"
+        )
+    if fmt is ExportFormat.saelens:
+        if len(rows) != 1:
+            raise CircuitDBError("SAELens holds one SAE per folder: pass --layer")
+        coder, meta = load_dictionary(opened.root / rows[0][1])
+        export_saelens(coder, out, meta["input_hook"], meta["model"])
+    else:
+        coders = {r[0]: load_dictionary(opened.root / r[1])[0] for r in rows}
+        export_circuit_tracer(coders, out, rows[0][2])
+    typer.echo(f"wrote {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} to {out}")
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
 
 
 @app.command()

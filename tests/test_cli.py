@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from query.cli import main
+from tests.test_definitions import TINY_DICTIONARIES
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
@@ -27,7 +28,7 @@ def project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
     file = tmp_path / "circuitdb.yaml"
     file.write_text(
         f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n"
-        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n"
+        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n" + TINY_DICTIONARIES
     )
     return file
 

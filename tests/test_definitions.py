@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from circuitdb.config import load_config
+from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.store import Store, read_table
 from orchestration.build import RANGE_END, RANGE_START, build_all
 from orchestration.definitions import build_definitions
@@ -19,8 +20,14 @@ def test_default_definitions_load() -> None:
 
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"corpus_tokens", "activations"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"corpus_tokens", "activations", "dictionaries"}
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
+
+
+TINY_DICTIONARIES = (
+    "dictionaries:\n  dictionary:\n    n_latents: 64\n    k: 4\n"
+    "  train:\n    batch_size: 32\n    epochs: 2\n    warmup_steps: 2\n  ce_eval_blocks: 2\n"
+)
 
 
 def _project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
@@ -28,7 +35,7 @@ def _project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
     file.write_text(
         f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
         f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 320\n  eval_fraction: 0.25\n"
-        "harvest:\n  hooks: [mlp_in, mlp_out, resid_post]\n  batch_size: 4\n"
+        "harvest:\n  hooks: [mlp_in, mlp_out, resid_post]\n  batch_size: 4\n" + TINY_DICTIONARIES
     )
     return file
 
@@ -57,6 +64,12 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
         [a for a in assets if a.key.path == ["activations"]], resources={"project": project}, partition_key="0"
     )
     assert single.success and layer1.stat().st_mtime_ns == before and layer0.is_file()
+    dictionaries = read_table(store, "dictionaries").sort("layer")
+    assert dictionaries["layer"].to_list() == [0, 1, 2] and (dictionaries["fvu_excl_pos0"] < 1.5).all()
+    checks = result.get_asset_check_evaluations()
+    assert [c.check_name for c in checks] == ["quality"]
+    coder, meta = load_dictionary(store.root / dictionaries["path"][1])
+    assert meta["input_hook"] == "mlp_in.1" and coder.cfg.n_latents == 64
 
 
 def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:

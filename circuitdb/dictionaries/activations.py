@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS = ("topk", "batchtopk", "jumprelu", "relu")
-
 
 def topk(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Keep each token's k largest pre-activations (ReLU'd), zero the rest."""

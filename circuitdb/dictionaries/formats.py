@@ -24,7 +24,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from circuitdb.dictionaries.sparse_coder import DictionaryConfig, SparseCoder
+from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint
 

@@ -15,44 +15,13 @@ decoded with `embedding_bag`. Backward then costs O(k·d) per token instead of O
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from circuitdb.dictionaries.activations import ACTIVATIONS, BatchTopK, JumpReLU
+from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries.activations import BatchTopK, JumpReLU
 from circuitdb.errors import CircuitDBError
-
-KINDS = ("sae", "plt")
-
-
-@dataclass
-class DictionaryConfig:
-    kind: str = "plt"
-    """'sae' (reconstructs its hook point) or 'plt' (per-layer transcoder: mlp_in.l → mlp_out.l)."""
-    activation: str = "topk"
-    """topk, batchtopk, jumprelu or relu (with L1)."""
-    n_latents: int = 4096
-    """Width of the dictionary."""
-    k: int = 32
-    """Active latents per token for topk/batchtopk."""
-    skip: bool = False
-    """Transcoders only: add a learned linear skip x · W_skipᵀ."""
-    sparsity_coefficient: float = 1e-3
-    """L1 (relu) or L0 (jumprelu) penalty weight; unused by topk/batchtopk."""
-    jumprelu_threshold: float = 0.03
-    """Initial JumpReLU threshold, in units of the normalized pre-activation."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise CircuitDBError(f"dictionary kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.activation not in ACTIVATIONS:
-            raise CircuitDBError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not 0 < self.k <= self.n_latents:
-            raise CircuitDBError(f"k must be in 1..n_latents ({self.n_latents}), got {self.k}")
-        if self.skip and self.kind == "sae":
-            raise CircuitDBError("skip connections are for transcoders (kind: plt), not SAEs")
 
 
 class SparseCoder(nn.Module):

@@ -18,42 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from circuitdb.config import DictionaryConfig, TrainConfig
 from circuitdb.dictionaries.data import ActivationSource
-from circuitdb.dictionaries.sparse_coder import DictionaryConfig, SparseCoder
+from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models.loading import resolve_device
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 1024
-    """Tokens per optimizer step."""
-    epochs: int = 1
-    """Passes over the harvested tokens."""
-    lr: float | None = None
-    """Adam learning rate; None scales 2e-4 by sqrt(16384 / n_latents) as sparsify does."""
-    warmup_steps: int = 20
-    """Linear warm-up from 0."""
-    decay_fraction: float = 0.2
-    """Share of the steps at the end over which the rate decays linearly to 0."""
-    aux_k: int | None = None
-    """Latents the AuxK loss may use to explain the residual; None = d_in // 2."""
-    aux_coefficient: float = 1 / 32
-    """Weight of the AuxK loss."""
-    dead_after_tokens: int = 20_000
-    """A latent that has not fired for this many tokens counts as dead for AuxK."""
-    normalize: bool = True
-    """Scale inputs and targets to mean squared norm d while training."""
-    exclude_first_position: bool = True
-    """Train without position 0 (BOS), whose norm is ~100x the others'."""
-    checkpoint_every: int = 100
-    """Steps between checkpoints (0 = only at the end)."""
-    buffer_shards: int = 4
-    """Shards mixed in memory at a time by the shuffler."""
-    seed: int = 0
-    """Seed of initialization and data order."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
 
 
 @dataclass

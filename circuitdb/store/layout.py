@@ -38,6 +38,9 @@ class Store:
     def activation_run(self, run: str) -> Path:
         return self.root / "activations" / run
 
+    def dictionary_dir(self, name: str, layer: int) -> Path:
+        return self.root / "dictionaries" / name / f"layer_{layer}"
+
     def table_names(self) -> list[str]:
         """Tables that have at least one partition file."""
         if not self.tables_dir.is_dir():

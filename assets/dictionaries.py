@@ -1,0 +1,83 @@
+"""Dictionary stage: one sparse dictionary per layer, trained on the stored activations.
+
+A multi-layer backfill is one run (single-run policy) that loads the model once and trains the
+layers in turn; the quality check covers every layer the run trained.
+"""
+
+import warnings
+
+import dagster as dg
+
+from assets.plots import svg_lines
+from circuitdb.corpus import load_stored_corpus
+from circuitdb.dictionaries.pipeline import build_layer_dictionary
+from circuitdb.models import load_model
+from circuitdb.store import Store
+from orchestration.resources import ProjectResource
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
+
+
+def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="dictionaries",
+        deps=["activations"],
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="dictionaries",
+        kinds={"pytorch", "safetensors"},
+        pool="gpu",
+        check_specs=[
+            dg.AssetCheckSpec("quality", asset="dictionaries", description="FVU, dead fraction and L0 in bounds")
+        ],
+    )
+    def dictionaries(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Per-layer sparse dictionaries (per-layer transcoders by default) with held-out metrics."""
+        config = project.load()
+        cfg = config.dictionaries
+        store = Store(config.store)
+        lm = load_model(config.model.spec, config.model.device)
+        corpus = load_stored_corpus(store, config.corpus.name)
+        rows = []
+        for key in context.partition_keys:
+            row = build_layer_dictionary(store, lm, corpus, int(key), cfg)
+            context.log.info(f"layer {key}: fvu_excl_pos0={row['fvu_excl_pos0']:.3f} l0={row['l0']:.1f}")
+            rows.append(row)
+        failures = [
+            f"layer {r['layer']}: " + ", ".join(problem)
+            for r in rows
+            if (
+                problem := [
+                    text
+                    for bad, text in (
+                        (r["fvu_excl_pos0"] > cfg.max_fvu_excl_pos0, f"fvu_excl_pos0 {r['fvu_excl_pos0']:.3f}"),
+                        (r["dead_frac"] > cfg.max_dead_frac, f"dead_frac {r['dead_frac']:.3f}"),
+                        (not cfg.l0_range[0] <= r["l0"] <= cfg.l0_range[1], f"l0 {r['l0']:.1f}"),
+                    )
+                    if bad
+                ]
+            )
+        ]
+        table = "| " + " | ".join(METRIC_COLUMNS) + " |\n|" + "---|" * len(METRIC_COLUMNS) + "\n"
+        table += "\n".join("| " + " | ".join(f"{r[c]:.4g}" for c in METRIC_COLUMNS) + " |" for r in rows)
+        curves = svg_lines({f"layer {r['layer']}": r["fvu_curve"] for r in rows}, "training FVU (every 10 steps)")
+        return dg.MaterializeResult(
+            metadata={
+                "metrics": dg.MetadataValue.md(table),
+                "loss_curves": dg.MetadataValue.md(curves),
+                "mean_fvu_excl_pos0": sum(r["fvu_excl_pos0"] for r in rows) / len(rows),
+                "dagster/row_count": len(rows),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="quality",
+                    passed=not failures,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"failures": dg.MetadataValue.text("\n".join(failures) or "none")},
+                )
+            ],
+        )
+
+    return dictionaries
