@@ -163,8 +163,8 @@ class DictionariesConfig:
     """Hook kind the dictionaries read (must be harvested)."""
     hook_out: str = "mlp_out"
     """Hook kind they reconstruct: the same as hook_in for SAEs."""
-    dictionary: DictionaryConfig = field(default_factory=lambda: DictionaryConfig(n_latents=2048))
-    """Architecture."""
+    dictionary: DictionaryConfig = field(default_factory=lambda: DictionaryConfig(n_latents=4096, k=32, skip=True))
+    """Architecture: TopK per-layer transcoders with a linear skip (FVU 0.34 vs 0.43 without, layer 12)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, lr=2e-3))
     """Optimization."""
     ce_eval_blocks: int = 4

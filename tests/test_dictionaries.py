@@ -121,3 +121,14 @@ def test_bad_inputs(source: ActivationSource, tmp_path: Path) -> None:
         train_dictionary(
             DictionaryConfig(kind="plt", n_latents=32, k=4), source, TrainConfig(batch_size=64), progress=False
         )
+
+
+def test_fold_input_mean_keeps_the_function() -> None:
+    torch.manual_seed(2)
+    coder = SparseCoder(DictionaryConfig(kind="plt", n_latents=32, k=4, skip=True), 8, 8)
+    with torch.no_grad():
+        coder.W_skip.normal_()
+    x, mean = torch.randn(6, 8), torch.randn(8)
+    expected = coder(x - mean)[0]
+    coder.fold_input_mean(mean)
+    assert torch.allclose(coder(x)[0], expected, atol=1e-5)

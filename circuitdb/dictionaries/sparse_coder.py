@@ -76,15 +76,10 @@ class SparseCoder(nn.Module):
         latents = self.encode(x)
         return self.decode(latents, x), latents
 
-    def sparse_topk(self, x: torch.Tensor, k: int, allowed: torch.Tensor | None = None):
-        """Each token's k winners as (indices [B, k], values [B, k]) with gradients through k rows only.
-
-        `allowed` (bool [n_latents]) restricts the choice, e.g. to dead latents for AuxK.
-        """
+    def sparse_topk(self, x: torch.Tensor, k: int):
+        """Each token's k winners as (indices [B, k], values [B, k]) with gradients through k rows only."""
         with torch.no_grad():
             pre = self.pre_activations(x)
-            if allowed is not None:
-                pre = pre.masked_fill(~allowed, float("-inf"))
             indices = pre.topk(k, dim=-1, sorted=False).indices
         centred = x - self.b_dec if self.cfg.kind == "sae" else x
         rows = F.embedding(indices, self.W_enc)  # [B, k, d_in]
@@ -99,6 +94,13 @@ class SparseCoder(nn.Module):
     def normalize_decoder(self) -> None:
         """Unit-norm decoder rows (TopK family), so activations carry the scale."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def fold_input_mean(self, mean: torch.Tensor) -> None:
+        """Make a dictionary trained on x − mean act on x (same latents, same output)."""
+        self.b_enc -= self.W_enc @ mean
+        if self.W_skip is not None:
+            self.b_dec -= self.W_skip @ mean
 
     @torch.no_grad()
     def fold_scales(self, scale_in: float, scale_out: float) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from circuitdb.config import DictionaryConfig, TrainConfig
@@ -75,9 +76,9 @@ def train_dictionary(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         idle_tokens, history, start_step = state["idle_tokens"], state["history"], state["step"]
-        scale_in, scale_out = state["scales"]
+        scale_in, scale_out, input_mean = state["scales"]
     else:
-        scale_in, scale_out = _initialize(coder, source, tcfg, device)
+        scale_in, scale_out, input_mean = _initialize(coder, source, tcfg, device)
 
     def save_checkpoint(step: int) -> None:
         if checkpoint is None:
@@ -93,7 +94,7 @@ def train_dictionary(
             "idle_tokens": idle_tokens,
             "history": history,
             "step": step,
-            "scales": (scale_in, scale_out),
+            "scales": (scale_in, scale_out, input_mean),
         }
         torch.save(state, tmp)
         os.replace(tmp, checkpoint)
@@ -108,7 +109,7 @@ def train_dictionary(
             if step < start_step:  # replaying the stream up to where the checkpoint left off
                 step += 1
                 continue
-            x = inputs.to(device) * scale_in
+            x = inputs.to(device) * scale_in - input_mean
             y = targets.to(device) * scale_out
             loss, stats, fired = _loss(coder, x, y, idle_tokens, tcfg, aux_k)
             if not torch.isfinite(loss):
@@ -132,14 +133,20 @@ def train_dictionary(
                 save_checkpoint(step)
     bar.close()
     save_checkpoint(step)
+    coder.fold_input_mean(input_mean)
     coder.fold_scales(scale_in, scale_out)
     coder.eval()
     return TrainResult(coder, history, step * tcfg.batch_size)
 
 
 @torch.no_grad()
-def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig, device) -> tuple[float, float]:
-    """Normalization scales and b_dec = mean target, from the first few batches of the stream."""
+def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig, device):
+    """Normalization scales, the input mean and b_dec = mean target, from the first batches of the stream.
+
+    Transcoders see centred inputs while training (an SAE centres by b_dec itself): without it a few
+    outlier dimensions of the normed MLP input pick the same latents for every token and most die.
+    The mean is folded into b_enc at the end, so saved transcoders read raw activations.
+    """
     sample_in, sample_out = [], []
     for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed + 1, 0, tcfg.buffer_shards):
         sample_in.append(inputs)
@@ -151,7 +158,8 @@ def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig,
     if coder.cfg.kind == "sae":
         scale_out = scale_in
     coder.b_dec.copy_((y * scale_out).mean(0))
-    return scale_in, scale_out
+    input_mean = (x * scale_in).mean(0) if coder.cfg.kind != "sae" else torch.zeros_like(x[0])
+    return scale_in, scale_out, input_mean
 
 
 def _loss(coder: SparseCoder, x, y, idle_tokens, tcfg: TrainConfig, aux_k: int):
@@ -184,11 +192,18 @@ def _loss(coder: SparseCoder, x, y, idle_tokens, tcfg: TrainConfig, aux_k: int):
     loss = fvu + penalty
     dead = idle_tokens > tcfg.dead_after_tokens
     if cfg.activation in ("topk", "batchtopk") and dead.any():
-        k = min(aux_k, int(dead.sum()))
-        aux_indices, aux_values = coder.sparse_topk(x, k, allowed=dead)
-        residual = error.detach()
-        aux_recon = coder.decode_sparse(aux_indices, aux_values)
-        aux = (residual - aux_recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)
-        loss = loss + tcfg.aux_coefficient * aux
+        loss = loss + tcfg.aux_coefficient * _aux_loss(coder, x, error.detach(), dead.nonzero().squeeze(1), aux_k)
     stats = {"loss": loss.item(), "fvu": fvu.item(), "l0": float(l0), "dead": float(dead.float().mean())}
     return loss, stats, fired
+
+
+def _aux_loss(coder: SparseCoder, x: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, aux_k: int):
+    """AuxK (Gao et al., 2024): the top dead latents must explain what the live ones missed.
+
+    Computed densely over the dead latents only, which are few once training is healthy.
+    """
+    centred = x - coder.b_dec if coder.cfg.kind == "sae" else x
+    pre = centred @ coder.W_enc[dead].T + coder.b_enc[dead]
+    values, indices = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
+    recon = F.embedding_bag(indices, coder.W_dec[dead], per_sample_weights=values.relu(), mode="sum")
+    return (residual - recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)
