@@ -45,14 +45,15 @@ def run_job(job: str, args: argparse.Namespace) -> dict:
         )
         harvest_seconds = time.perf_counter() - started
         input_hook, target_hook = f"{hook_in}.{args.layer}", f"{hook_out}.{args.layer}"
-        source = ActivationSource(store.activation_run(f"{corpus.name}-train"), input_hook, target_hook)
+        source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [input_hook], [target_hook])
         cfg = DictionaryConfig(kind=kind, n_latents=args.n_latents, k=args.k, skip=kind == "plt" and not args.no_skip)
         tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, epochs=args.epochs)
         started = time.perf_counter()
         result = train_dictionary(cfg, source, tcfg, progress=False)
         train_seconds = time.perf_counter() - started
-        held_out = ActivationSource(store.activation_run(f"{corpus.name}-eval"), input_hook, target_hook)
-        metrics = reconstruction_metrics(result.coder, *held_out.sequences())
+        held_out = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
+        inputs, targets = held_out.sequences()
+        metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
         delta_ce, _ = spliced_metrics(lm, result.coder, input_hook, corpus.split("eval")[: args.ce_blocks])
     return {
         "job": job,

@@ -26,7 +26,7 @@ HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 """Hook points per layer, in the order the residual stream passes them."""
 
 ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
-DICTIONARY_KINDS = ("sae", "plt")
+DICTIONARY_KINDS = ("sae", "plt", "clt")
 ACTIVATIONS = ("topk", "batchtopk", "jumprelu", "relu")
 
 
@@ -98,7 +98,7 @@ class HarvestConfig:
 @dataclass
 class DictionaryConfig:
     kind: str = "plt"
-    """'sae' (reconstructs its hook point) or 'plt' (per-layer transcoder: mlp_in.l → mlp_out.l)."""
+    """'sae' (reconstructs its hook point), 'plt' (per-layer transcoder mlp_in.l → mlp_out.l) or 'clt' (cross-layer)."""
     activation: str = "topk"
     """topk, batchtopk, jumprelu or relu (with L1)."""
     n_latents: int = 4096

@@ -65,7 +65,7 @@ def source(llama: LoadedModel, text_file: Path, tmp_path: Path) -> ActivationSou
     blocks = tokenize_corpus(llama, CorpusConfig(source=str(text_file), context=32, max_tokens=32 * 64)).blocks
     hooks = resolve_hooks(llama, ["mlp_in.1", "mlp_out.1"])
     harvest(llama, blocks, hooks, tmp_path / "run", HarvestConfig(batch_size=16, shard_mb=1), progress=False)
-    return ActivationSource(tmp_path / "run", "mlp_in.1", "mlp_out.1")
+    return ActivationSource(tmp_path / "run", ["mlp_in.1"], ["mlp_out.1"])
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk", "jumprelu", "relu"])
@@ -75,7 +75,7 @@ def test_training_reduces_fvu(source: ActivationSource, activation: str) -> None
         cfg, source, TrainConfig(batch_size=128, epochs=20, lr=3e-3, warmup_steps=10), progress=False
     )
     x, y = source.sequences()
-    x, y = x[:, 1:].reshape(-1, 64), y[:, 1:].reshape(-1, 64)
+    x, y = x[:, 1:, 0].reshape(-1, 64), y[:, 1:, 0].reshape(-1, 64)
     with torch.no_grad():
         recon, latents = result.coder(x)
     fvu = ((y - recon) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
@@ -108,7 +108,7 @@ def test_resume_after_a_kill_gives_the_same_weights(source: ActivationSource, tm
 
 def test_bad_inputs(source: ActivationSource, tmp_path: Path) -> None:
     with pytest.raises(CircuitDBError, match="no activations for resid_post.2"):
-        ActivationSource(source.run_dir, "resid_post.2", "resid_post.2")
+        ActivationSource(source.run_dir, ["resid_post.2"], ["resid_post.2"])
     with pytest.raises(CircuitDBError, match="d_in 64 must equal d_out 32"):
         SparseCoder(DictionaryConfig(kind="sae"), 64, 32)
     with pytest.raises(CircuitDBError, match="diverged"):

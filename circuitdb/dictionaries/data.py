@@ -1,9 +1,11 @@
 """Stream shuffled (input, target) activation batches from harvested shards, never the whole set.
 
-A source is one activation run and two hook points (the same one for an SAE). Each epoch visits
-the shards in a seeded random order and mixes `buffer_shards` of them at a time, so memory is
-bounded by the buffer while batches still mix tokens from different texts. The stream is a pure
-function of (seed, epoch), which is what lets training resume bit-for-bit by replaying it.
+A source is one activation run and the hook points a dictionary reads and reconstructs: one of
+each for an SAE or a per-layer transcoder, one per layer for a cross-layer transcoder. Batches are
+[tokens, hooks, d]. Each epoch visits the shards in a seeded random order and mixes
+`buffer_shards` of them at a time, so memory is bounded by the buffer while batches still mix
+tokens from different texts. The stream is a pure function of (seed, epoch), which is what lets
+training resume bit-for-bit by replaying it.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ from circuitdb.harvest import read_manifest
 class ActivationSource:
     run_dir: Path
     """`<store>/activations/<corpus>-<split>`."""
-    input_hook: str
-    """Hook point the dictionary reads."""
-    target_hook: str
-    """Hook point it reconstructs (= input_hook for an SAE)."""
+    input_hooks: list[str]
+    """Hook points the dictionary reads."""
+    target_hooks: list[str]
+    """Hook points it reconstructs (= input_hooks for an SAE)."""
     exclude_first_position: bool = True
     """Drop position 0 (BOS), whose huge norm would dominate the loss."""
 
     def __post_init__(self) -> None:
         self.manifests = {}
-        for hook in {self.input_hook, self.target_hook}:
+        for hook in dict.fromkeys([*self.input_hooks, *self.target_hooks]):
             manifest = read_manifest(self.run_dir / hook)
             if manifest is None or not manifest["shards"]:
                 raise CircuitDBError(f"no activations for {hook} in {self.run_dir}; harvest them first")
@@ -42,50 +44,46 @@ class ActivationSource:
             self.manifests[hook] = manifest
         shards = [[s["file"] for s in m["shards"]] for m in self.manifests.values()]
         if any(s != shards[0] for s in shards):
-            raise CircuitDBError(f"{self.input_hook} and {self.target_hook} were harvested into different shards")
+            raise CircuitDBError(f"hooks {', '.join(self.manifests)} were harvested into different shards")
+        widths = {m["fingerprint"]["d"] for m in self.manifests.values()}
+        if len(widths) != 1:
+            raise CircuitDBError(f"hooks {', '.join(self.manifests)} have different widths {sorted(widths)}")
         self.files = shards[0]
-
-    @property
-    def d_in(self) -> int:
-        return self.manifests[self.input_hook]["fingerprint"]["d"]
-
-    @property
-    def d_out(self) -> int:
-        return self.manifests[self.target_hook]["fingerprint"]["d"]
+        self.d = widths.pop()
 
     @property
     def n_tokens(self) -> int:
         """Training tokens per epoch (after dropping position 0 if configured)."""
-        fp = self.manifests[self.input_hook]["fingerprint"]
+        fp = next(iter(self.manifests.values()))["fingerprint"]
         return fp["n_sequences"] * (fp["context"] - int(self.exclude_first_position))
 
+    def _load(self, hook: str, file: str) -> torch.Tensor:
+        path = self.run_dir / hook / file
+        try:
+            return load_file(path)["activations"].float()
+        except (SafetensorError, OSError, KeyError):
+            raise CircuitDBError(f"corrupt or missing activation shard: {path}") from None
+
     def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One shard as float32 (inputs, targets), each [sequences, positions, d]."""
-        loaded = []
-        for hook in (self.input_hook, self.target_hook):
-            path = self.run_dir / hook / file
-            try:
-                loaded.append(load_file(path)["activations"].float())
-            except (SafetensorError, OSError, KeyError):
-                raise CircuitDBError(f"corrupt or missing activation shard: {path}") from None
-        inputs, targets = loaded
+        """One shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
+        cache = {hook: self._load(hook, file) for hook in self.manifests}
+        inputs = torch.stack([cache[h] for h in self.input_hooks], dim=2)
+        targets = torch.stack([cache[h] for h in self.target_hooks], dim=2)
         if drop_first_position:
             inputs, targets = inputs[:, 1:], targets[:, 1:]
         return inputs, targets
 
     def batches(self, batch_size: int, seed: int, epoch: int, buffer_shards: int = 4) -> Iterator[tuple]:
-        """Shuffled (inputs [B, d_in], targets [B, d_out]) batches for one epoch; the last partial one is dropped."""
+        """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.files), generator=generator).tolist()
-        carry_in = torch.empty(0, self.d_in)
-        carry_out = torch.empty(0, self.d_out)
+        n_in, n_out = len(self.input_hooks), len(self.target_hooks)
+        carry_in, carry_out = torch.empty(0, n_in, self.d), torch.empty(0, n_out, self.d)
         for start in range(0, len(order), buffer_shards):
-            parts = [
-                self.load_shard(self.files[i], self.exclude_first_position)
-                for i in order[start : start + buffer_shards]
-            ]
-            inputs = torch.cat([carry_in, *(p[0].reshape(-1, self.d_in) for p in parts)])
-            targets = torch.cat([carry_out, *(p[1].reshape(-1, self.d_out) for p in parts)])
+            files = [self.files[i] for i in order[start : start + buffer_shards]]
+            parts = [self.load_shard(file, self.exclude_first_position) for file in files]
+            inputs = torch.cat([carry_in, *(p[0].reshape(-1, n_in, self.d) for p in parts)])
+            targets = torch.cat([carry_out, *(p[1].reshape(-1, n_out, self.d) for p in parts)])
             perm = torch.randperm(inputs.shape[0], generator=generator)
             inputs, targets = inputs[perm], targets[perm]
             whole = inputs.shape[0] // batch_size * batch_size
@@ -94,7 +92,7 @@ class ActivationSource:
             carry_in, carry_out = inputs[whole:], targets[whole:]
 
     def sequences(self, max_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The run's first `max_sequences` (inputs, targets) in order, all positions: for evaluation."""
+        """The run's first `max_sequences` (inputs, targets) [sequences, positions, hooks, d], all positions."""
         ins, outs, seen = [], [], 0
         for file in self.files:
             inputs, targets = self.load_shard(file, drop_first_position=False)

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint
@@ -89,10 +90,10 @@ def _from_tensors(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], thres
 # --- our format -----------------------------------------------------------------------------------
 
 
-def save_dictionary(coder: SparseCoder, directory: Path, meta: dict) -> None:
+def save_dictionary(coder: SparseCoder | CrossLayerTranscoder, directory: Path, meta: dict) -> None:
     """Save to our format; `meta` (model, hooks, layer, metrics...) goes into config.json."""
     config = {"format": FORMAT, "version": 1, "dictionary": dataclasses.asdict(coder.cfg), "d_in": coder.d_in}
-    config |= {"d_out": coder.d_out, **meta}
+    config |= {"d_out": coder.d_out, "n_layers": getattr(coder, "n_layers", 1), **meta}
 
     def write(folder: Path) -> None:
         save_file(
@@ -103,12 +104,16 @@ def save_dictionary(coder: SparseCoder, directory: Path, meta: dict) -> None:
     _write_folder(directory, write)
 
 
-def load_dictionary(directory: Path) -> tuple[SparseCoder, dict]:
+def load_dictionary(directory: Path) -> tuple[SparseCoder | CrossLayerTranscoder, dict]:
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     if config.get("format") != FORMAT:
         raise CircuitDBError(f"{directory} is not a circuitdb dictionary (config.json has no format {FORMAT!r})")
-    coder = SparseCoder(DictionaryConfig(**config["dictionary"]), config["d_in"], config["d_out"])
+    cfg = DictionaryConfig(**config["dictionary"])
+    if cfg.kind == "clt":
+        coder = CrossLayerTranscoder(cfg, config["n_layers"], config["d_in"])
+    else:
+        coder = SparseCoder(cfg, config["d_in"], config["d_out"])
     try:
         coder.load_state_dict(_load_tensors(directory / "weights.safetensors"))
     except RuntimeError as exc:
@@ -177,6 +182,59 @@ def import_circuit_tracer(directory: Path) -> dict[int, SparseCoder]:
         )
         coders[layer] = _from_tensors(cfg, tensors, threshold if cfg.activation == "jumprelu" else None)
     return coders
+
+
+def export_circuit_tracer_clt(clt: CrossLayerTranscoder, directory: Path, model_name: str) -> None:
+    """Write a CLT as circuit-tracer reads one: W_enc_{i} / W_dec_{i} files per source layer."""
+    if clt.cfg.activation == "topk":
+        raise CircuitDBError("circuit-tracer's CLT loader knows ReLU and JumpReLU only; train the CLT with one of them")
+    config = {
+        "model_name": model_name,
+        "model_kind": "cross_layer_transcoder",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "hook_mlp_out",
+    }
+
+    def write(folder: Path) -> None:
+        for i in range(clt.n_layers):
+            encoder = {f"W_enc_{i}": clt.W_enc[i], f"b_enc_{i}": clt.b_enc[i], f"b_dec_{i}": clt.b_dec[i]}
+            if clt.cfg.activation == "jumprelu":
+                encoder[f"threshold_{i}"] = clt.jumprelus[i].log_threshold.exp()
+            save_file({k: v.detach().contiguous() for k, v in encoder.items()}, folder / f"W_enc_{i}.safetensors")
+            save_file({f"W_dec_{i}": clt.W_dec[i].detach().contiguous()}, folder / f"W_dec_{i}.safetensors")
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    _write_folder(directory, write)
+
+
+def import_circuit_tracer_clt(directory: Path) -> CrossLayerTranscoder:
+    """A CLT from circuit-tracer files (W_enc_{i}.safetensors with b_enc/b_dec/threshold, W_dec_{i}.safetensors)."""
+    directory = Path(directory)
+    n_layers = len(list(directory.glob("W_enc_*.safetensors")))
+    if n_layers == 0:
+        raise CircuitDBError(f"{directory}: no W_enc_*.safetensors files of a circuit-tracer CLT")
+    encoders = [_load_tensors(directory / f"W_enc_{i}.safetensors") for i in range(n_layers)]
+    decoders = [_load_tensors(directory / f"W_dec_{i}.safetensors")[f"W_dec_{i}"] for i in range(n_layers)]
+    n_latents, d = encoders[0]["W_enc_0"].shape
+    jump = "threshold_0" in encoders[0]
+    cfg = DictionaryConfig(kind="clt", activation="jumprelu" if jump else "relu", n_latents=n_latents, k=1)
+    clt = CrossLayerTranscoder(cfg, n_layers, d)
+    state = {
+        "W_enc": torch.stack([e[f"W_enc_{i}"] for i, e in enumerate(encoders)]),
+        "b_enc": torch.stack([e[f"b_enc_{i}"] for i, e in enumerate(encoders)]),
+        "b_dec": torch.stack([e[f"b_dec_{i}"] for i, e in enumerate(encoders)]),
+        **{f"W_dec.{i}": decoder for i, decoder in enumerate(decoders)},
+    }
+    if jump:
+        thresholds = [e[f"threshold_{i}"].reshape(-1) for i, e in enumerate(encoders)]
+        state |= {f"jumprelus.{i}.log_threshold": t.clamp_min(1e-12).log() for i, t in enumerate(thresholds)}
+    try:
+        clt.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CircuitDBError(
+            f"{directory}: CLT tensors have inconsistent shapes ({str(exc).splitlines()[0]})"
+        ) from None
+    return clt.eval()
 
 
 # --- SAELens ------------------------------------------------------------------------------------

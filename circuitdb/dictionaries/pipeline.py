@@ -27,15 +27,15 @@ def build_layer_dictionary(
     """Train, evaluate and save the dictionary of `layer`; write its `dictionaries` row and return it."""
     input_hook, target_hook = f"{cfg.hook_in}.{layer}", f"{cfg.hook_out}.{layer}"
     train_source = ActivationSource(
-        store.activation_run(f"{corpus.name}-train"), input_hook, target_hook, cfg.train.exclude_first_position
+        store.activation_run(f"{corpus.name}-train"), [input_hook], [target_hook], cfg.train.exclude_first_position
     )
-    eval_source = ActivationSource(store.activation_run(f"{corpus.name}-eval"), input_hook, target_hook)
+    eval_source = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
     checkpoint = store.root / "checkpoints" / cfg.name / f"layer_{layer}.pt"
     started = time.perf_counter()
     result = train_dictionary(cfg.dictionary, train_source, cfg.train, checkpoint=checkpoint, progress=progress)
     seconds = time.perf_counter() - started
     inputs, targets = eval_source.sequences()
-    metrics = reconstruction_metrics(result.coder, inputs, targets)
+    metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
     delta_ce, kl = spliced_metrics(lm, result.coder, input_hook, corpus.split("eval")[: cfg.ce_eval_blocks])
     row = {
         "name": cfg.name,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from circuitdb.config import DictionaryConfig, TrainConfig
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -36,9 +37,21 @@ class TrainResult:
     """Tokens trained on."""
 
 
-def _scale(x: torch.Tensor) -> float:
-    """Factor that gives x a mean squared norm of d."""
-    return float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-8))
+def _scales(x: torch.Tensor) -> torch.Tensor:
+    """Per hook [H], the factor that gives x [tokens, H, d] a mean squared norm of d."""
+    return math.sqrt(x.shape[-1]) / x.norm(dim=-1).pow(2).mean(0).sqrt().clamp_min(1e-8)
+
+
+def _make_coder(cfg: DictionaryConfig, source: ActivationSource) -> SparseCoder | CrossLayerTranscoder:
+    if cfg.kind == "clt":
+        if source.input_hooks != [h.replace("mlp_out", "mlp_in") for h in source.target_hooks]:
+            raise CircuitDBError("a cross-layer transcoder reads mlp_in.l and writes mlp_out.l of the same layers")
+        return CrossLayerTranscoder(cfg, len(source.input_hooks), source.d)
+    if len(source.input_hooks) != 1 or len(source.target_hooks) != 1:
+        raise CircuitDBError(f"a {cfg.kind} reads one hook point and reconstructs one")
+    if cfg.kind == "sae" and source.input_hooks != source.target_hooks:
+        raise CircuitDBError("an SAE reconstructs the hook point it reads")
+    return SparseCoder(cfg, source.d, source.d)
 
 
 def train_dictionary(
@@ -50,7 +63,7 @@ def train_dictionary(
 ) -> TrainResult:
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)
-    coder = SparseCoder(cfg, source.d_in, source.d_out).to(device)
+    coder = _make_coder(cfg, source).to(device)
     steps_per_epoch = source.n_tokens // tcfg.batch_size
     total_steps = steps_per_epoch * tcfg.epochs
     if total_steps == 0:
@@ -65,7 +78,7 @@ def train_dictionary(
         return warm * decay
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    idle_tokens = torch.zeros(cfg.n_latents, device=device)
+    idle_tokens = torch.zeros(coder.b_enc.shape, device=device)  # [n_latents], or [L, n_latents] for a CLT
     history: list[dict] = []
     start_step = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -99,9 +112,9 @@ def train_dictionary(
         torch.save(state, tmp)
         os.replace(tmp, checkpoint)
 
-    aux_k = tcfg.aux_k or source.d_in // 2
+    aux_k = tcfg.aux_k or source.d // 2
     bar = tqdm(
-        total=total_steps, initial=start_step, desc=f"train {cfg.kind} {source.target_hook}", disable=not progress
+        total=total_steps, initial=start_step, desc=f"train {cfg.kind} {source.target_hooks[-1]}", disable=not progress
     )
     step = 0
     for epoch in range(tcfg.epochs):
@@ -109,9 +122,12 @@ def train_dictionary(
             if step < start_step:  # replaying the stream up to where the checkpoint left off
                 step += 1
                 continue
-            x = inputs.to(device) * scale_in - input_mean
-            y = targets.to(device) * scale_out
-            loss, stats, fired = _loss(coder, x, y, idle_tokens, tcfg, aux_k)
+            x = inputs.to(device) * scale_in[:, None] - input_mean
+            y = targets.to(device) * scale_out[:, None]
+            if isinstance(coder, CrossLayerTranscoder):
+                loss, stats, fired = _clt_loss(coder, x, y, idle_tokens, tcfg)
+            else:
+                loss, stats, fired = _loss(coder, x[:, 0], y[:, 0], idle_tokens, tcfg, aux_k)
             if not torch.isfinite(loss):
                 raise CircuitDBError(
                     f"training diverged: loss is {loss.item()} at step {step}; lower the learning rate"
@@ -133,14 +149,18 @@ def train_dictionary(
                 save_checkpoint(step)
     bar.close()
     save_checkpoint(step)
-    coder.fold_input_mean(input_mean)
-    coder.fold_scales(scale_in, scale_out)
+    if isinstance(coder, CrossLayerTranscoder):
+        coder.fold_input_mean(input_mean)
+        coder.fold_scales(scale_in, scale_out)
+    else:
+        coder.fold_input_mean(input_mean[0])
+        coder.fold_scales(float(scale_in[0]), float(scale_out[0]))
     coder.eval()
     return TrainResult(coder, history, step * tcfg.batch_size)
 
 
 @torch.no_grad()
-def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig, device):
+def _initialize(coder, source: ActivationSource, tcfg: TrainConfig, device):
     """Normalization scales, the input mean and b_dec = mean target, from the first batches of the stream.
 
     Transcoders see centred inputs while training (an SAE centres by b_dec itself): without it a few
@@ -154,11 +174,15 @@ def _initialize(coder: SparseCoder, source: ActivationSource, tcfg: TrainConfig,
         if len(sample_in) * tcfg.batch_size >= 8192:
             break
     x, y = torch.cat(sample_in).to(device), torch.cat(sample_out).to(device)
-    scale_in, scale_out = (_scale(x), _scale(y)) if tcfg.normalize else (1.0, 1.0)
+    ones_in, ones_out = torch.ones(x.shape[1], device=device), torch.ones(y.shape[1], device=device)
+    scale_in, scale_out = (_scales(x), _scales(y)) if tcfg.normalize else (ones_in, ones_out)
     if coder.cfg.kind == "sae":
         scale_out = scale_in
-    coder.b_dec.copy_((y * scale_out).mean(0))
-    input_mean = (x * scale_in).mean(0) if coder.cfg.kind != "sae" else torch.zeros_like(x[0])
+    mean_out = (y * scale_out[:, None]).mean(0)
+    coder.b_dec.copy_(mean_out if isinstance(coder, CrossLayerTranscoder) else mean_out[0])
+    input_mean = (x * scale_in[:, None]).mean(0)
+    if coder.cfg.kind == "sae":
+        input_mean.zero_()
     return scale_in, scale_out, input_mean
 
 
@@ -207,3 +231,23 @@ def _aux_loss(coder: SparseCoder, x: torch.Tensor, residual: torch.Tensor, dead:
     values, indices = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
     recon = F.embedding_bag(indices, coder.W_dec[dead], per_sample_weights=values.relu(), mode="sum")
     return (residual - recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)
+
+
+def _clt_loss(coder: CrossLayerTranscoder, x, y, idle_tokens, tcfg: TrainConfig):
+    """MSE summed over target layers, normalized by their summed variance, + the sparsity penalty."""
+    recon, latents = coder(x)
+    fvu = (y - recon).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+    cfg = coder.cfg
+    if cfg.activation == "relu":
+        decoder_norms = torch.stack([d.norm(dim=-1).sum(-1) for d in coder.W_dec])  # [L, n]
+        penalty = cfg.sparsity_coefficient * (latents * decoder_norms).sum((-1, -2)).mean()
+    elif cfg.activation == "jumprelu":
+        penalty = cfg.sparsity_coefficient * coder.l0_penalty(x)
+    else:
+        penalty = torch.zeros((), device=x.device)
+    loss = fvu + penalty
+    fired = (latents > 0).any(0)
+    l0 = (latents > 0).sum(-1).float().mean()
+    dead = idle_tokens > tcfg.dead_after_tokens
+    stats = {"loss": loss.item(), "fvu": fvu.item(), "l0": float(l0), "dead": float(dead.float().mean())}
+    return loss, stats, fired
