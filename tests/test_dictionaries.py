@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from circuitdb.config import CorpusConfig, HarvestConfig
 from circuitdb.corpus import tokenize_corpus
 from circuitdb.dictionaries import ActivationSource, DictionaryConfig, SparseCoder, TrainConfig, train_dictionary
 from circuitdb.dictionaries.activations import JumpReLU
+from circuitdb.dictionaries.data import LiveActivationSource
 from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import harvest
 from circuitdb.models import LoadedModel, resolve_hooks
@@ -132,3 +134,21 @@ def test_fold_input_mean_keeps_the_function() -> None:
     expected = coder(x - mean)[0]
     coder.fold_input_mean(mean)
     assert torch.allclose(coder(x)[0], expected, atol=1e-5)
+
+
+def test_live_source_streams_what_the_harvest_stores(llama: LoadedModel, source: ActivationSource) -> None:
+    blocks = torch.stack([load_file(source.run_dir / "mlp_in.1" / f)["token_ids"] for f in source.files]).flatten(0, 1)
+    live = LiveActivationSource(llama, blocks, ["mlp_in.1"], ["mlp_out.1"], buffer_blocks=8)
+    assert live.n_tokens == source.n_tokens
+    live_in, live_out = map(torch.cat, zip(*live.batches(31, seed=0, epoch=0), strict=True))
+    stored_in, stored_out = source.sequences()
+    stored_in, stored_out = stored_in[:, 1:].flatten(0, 1), stored_out[:, 1:].flatten(0, 1)
+    # the same tokens in another order: every live row has a stored twin (up to fp16 storage)
+    assert live_in.shape[0] == source.n_tokens // 31 * 31
+    nearest = torch.cdist(live_in[:, 0], stored_in[:, 0]).min(dim=1)
+    assert (nearest.values < 1e-2 * live_in[:, 0].norm(dim=-1)).all()
+    assert torch.allclose(live_out[:, 0], stored_out[nearest.indices, 0], rtol=1e-2, atol=1e-2)
+    result = train_dictionary(
+        DictionaryConfig(kind="plt", n_latents=64, k=4), live, TrainConfig(batch_size=64), progress=False
+    )
+    assert result.tokens == source.n_tokens // 64 * 64

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import read_manifest
+from circuitdb.models import LoadedModel, capture, resolve_hooks
 
 
 @dataclass
@@ -77,19 +78,16 @@ class ActivationSource:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.files), generator=generator).tolist()
-        n_in, n_out = len(self.input_hooks), len(self.target_hooks)
-        carry_in, carry_out = torch.empty(0, n_in, self.d), torch.empty(0, n_out, self.d)
-        for start in range(0, len(order), buffer_shards):
-            files = [self.files[i] for i in order[start : start + buffer_shards]]
-            parts = [self.load_shard(file, self.exclude_first_position) for file in files]
-            inputs = torch.cat([carry_in, *(p[0].reshape(-1, n_in, self.d) for p in parts)])
-            targets = torch.cat([carry_out, *(p[1].reshape(-1, n_out, self.d) for p in parts)])
-            perm = torch.randperm(inputs.shape[0], generator=generator)
-            inputs, targets = inputs[perm], targets[perm]
-            whole = inputs.shape[0] // batch_size * batch_size
-            for b in range(0, whole, batch_size):
-                yield inputs[b : b + batch_size], targets[b : b + batch_size]
-            carry_in, carry_out = inputs[whole:], targets[whole:]
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(order), buffer_shards):
+                parts = [
+                    self.load_shard(self.files[i], self.exclude_first_position)
+                    for i in order[start : start + buffer_shards]
+                ]
+                yield torch.cat([p[0].flatten(0, 1) for p in parts]), torch.cat([p[1].flatten(0, 1) for p in parts])
+
+        return shuffled_batches(chunks(), batch_size, generator)
 
     def sequences(self, max_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The run's first `max_sequences` (inputs, targets) [sequences, positions, hooks, d], all positions."""
@@ -102,3 +100,70 @@ class ActivationSource:
             if max_sequences is not None and seen >= max_sequences:
                 break
         return torch.cat(ins)[:max_sequences], torch.cat(outs)[:max_sequences]
+
+
+@dataclass
+class LiveActivationSource:
+    """The same stream computed on the fly from the model: one-pass jobs need no stored activations.
+
+    Each epoch runs the blocks in a seeded order through the model (stopping after the deepest hook)
+    and shuffles the tokens of `buffer_blocks` blocks at a time. Same interface as ActivationSource.
+    """
+
+    lm: LoadedModel
+    """The model to run."""
+    blocks: torch.Tensor
+    """Token blocks [n, context] to train on."""
+    input_hooks: list[str]
+    """Hook points the dictionary reads."""
+    target_hooks: list[str]
+    """Hook points it reconstructs."""
+    exclude_first_position: bool = True
+    """Drop position 0 (BOS)."""
+    buffer_blocks: int = 32
+    """Blocks whose tokens are shuffled together."""
+    batch_blocks: int = 8
+    """Blocks per forward pass."""
+
+    def __post_init__(self) -> None:
+        self.hooks = resolve_hooks(self.lm, [*self.input_hooks, *self.target_hooks])
+        self.d = self.lm.d_model
+
+    @property
+    def n_tokens(self) -> int:
+        return self.blocks.shape[0] * (self.blocks.shape[1] - int(self.exclude_first_position))
+
+    def _activations(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) [tokens, hooks, d] of `blocks`, computed in forward passes of batch_blocks."""
+        steps = range(0, len(blocks), self.batch_blocks)
+        parts = [capture(self.lm, blocks[i : i + self.batch_blocks].long(), self.hooks) for i in steps]
+        acts = {name: torch.cat([p[name] for p in parts]).float().cpu() for name in parts[0]}
+        start = int(self.exclude_first_position)
+        inputs = torch.stack([acts[h] for h in self.input_hooks], dim=2)[:, start:]
+        targets = torch.stack([acts[h] for h in self.target_hooks], dim=2)[:, start:]
+        return inputs.flatten(0, 1), targets.flatten(0, 1)
+
+    def batches(self, batch_size: int, seed: int, epoch: int, buffer_shards: int = 4) -> Iterator[tuple]:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(self.blocks.shape[0], generator=generator)
+        chunks = (
+            self._activations(self.blocks[order[start : start + self.buffer_blocks]])
+            for start in range(0, len(order), self.buffer_blocks)
+        )
+        return shuffled_batches(chunks, batch_size, generator)
+
+
+def shuffled_batches(
+    chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffle the tokens of each (inputs, targets) chunk and cut batches; leftovers carry to the next chunk."""
+    carry: tuple[torch.Tensor, torch.Tensor] | None = None
+    for inputs, targets in chunks:
+        if carry is not None:
+            inputs, targets = torch.cat([carry[0], inputs]), torch.cat([carry[1], targets])
+        perm = torch.randperm(inputs.shape[0], generator=generator)
+        inputs, targets = inputs[perm], targets[perm]
+        whole = inputs.shape[0] // batch_size * batch_size
+        for b in range(0, whole, batch_size):
+            yield inputs[b : b + batch_size], targets[b : b + batch_size]
+        carry = inputs[whole:], targets[whole:]
