@@ -22,7 +22,7 @@ import time
 from circuitdb.config import CorpusConfig, DictionaryConfig, HarvestConfig, TrainConfig
 from circuitdb.corpus import tokenize_corpus
 from circuitdb.dictionaries import ActivationSource, train_dictionary
-from circuitdb.dictionaries.metrics import reconstruction_metrics, spliced_metrics
+from circuitdb.dictionaries.metrics import dictionary_splice, reconstruction_metrics, spliced_metrics
 from circuitdb.harvest import harvest_layers
 from circuitdb.models import load_model
 from circuitdb.store import Store
@@ -54,7 +54,8 @@ def run_job(job: str, args: argparse.Namespace) -> dict:
         held_out = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
         inputs, targets = held_out.sequences()
         metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
-        delta_ce, _ = spliced_metrics(lm, result.coder, input_hook, corpus.split("eval")[: args.ce_blocks])
+        splice = dictionary_splice(lm, result.coder, input_hook)
+        delta_ce, _ = spliced_metrics(lm, splice, corpus.split("eval")[: args.ce_blocks])
     return {
         "job": job,
         "end_to_end_tok_s": round(train_tokens / (harvest_seconds + train_seconds), 1),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from circuitdb.dictionaries import DictionaryConfig, SparseCoder
-from circuitdb.dictionaries.metrics import reconstruction_metrics, spliced_metrics
-from circuitdb.models import LoadedModel
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
+from circuitdb.dictionaries.metrics import clt_splice, dictionary_splice, reconstruction_metrics, spliced_metrics
+from circuitdb.models import LoadedModel, capture, resolve_hooks
 
 
 def _coder(d: int, kind: str) -> SparseCoder:
@@ -36,7 +37,7 @@ def test_spliced_metrics_match_a_hand_patched_model(llama: LoadedModel) -> None:
     coder = _coder(llama.d_model, "plt")
     blocks = torch.tensor([llama.encode("The quick brown fox jumps over the lazy dog again")[:9]] * 2)
     blocks[1, 3:] = blocks[1, 3:].flip(0)
-    delta_ce, kl = spliced_metrics(llama, coder, "mlp_in.1", blocks)
+    delta_ce, kl = spliced_metrics(llama, dictionary_splice(llama, coder, "mlp_in.1"), blocks)
     mlp = llama.block(1).mlp
     original_forward = mlp.forward
     with torch.no_grad():
@@ -56,3 +57,21 @@ def test_spliced_metrics_match_a_hand_patched_model(llama: LoadedModel) -> None:
     assert abs(delta_ce - float(ce(spliced) - ce(clean))) < 1e-4
     assert abs(kl - float((clean.exp() * (clean - spliced)).sum(-1).mean())) < 1e-4
     assert kl > 0
+
+
+def test_clt_splice_feeds_each_mlp_the_sum_of_earlier_writes(llama: LoadedModel) -> None:
+    torch.manual_seed(3)
+    clt = CrossLayerTranscoder(DictionaryConfig(kind="clt", activation="relu", n_latents=16, k=4), 3, llama.d_model).eval()
+    blocks = torch.tensor([llama.encode("The quick brown fox jumps over the lazy dog")[:8]])
+    splice = clt_splice(llama, clt, [0, 1, 2])
+    hooks = resolve_hooks(llama, [f"{kind}.{layer}" for kind in ("mlp_in", "mlp_out") for layer in range(3)])
+    with splice():
+        acts = capture(llama, blocks, hooks)
+    mlp_in = torch.stack([acts[f"mlp_in.{layer}"][0] for layer in range(3)], dim=1)  # [positions, L, d]
+    mlp_out = torch.stack([acts[f"mlp_out.{layer}"][0] for layer in range(3)], dim=1)
+    with torch.no_grad():
+        expected, _ = clt(mlp_in)
+    assert torch.allclose(mlp_out[1:], expected[1:], atol=1e-4)
+    assert not torch.allclose(mlp_out[:1], expected[:1], atol=1e-4)  # position 0 keeps the model's own output
+    delta_ce, kl = spliced_metrics(llama, splice, blocks)
+    assert kl > 0 and abs(delta_ce) < 100

@@ -38,18 +38,29 @@ class CrossLayerTranscoder(nn.Module):
         if cfg.activation == "jumprelu":
             self.jumprelus = nn.ModuleList(JumpReLU(n, cfg.jumprelu_threshold) for _ in range(n_layers))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents [tokens, L, n_latents] from mlp_in of every layer [tokens, L, d]."""
-        pre = torch.einsum("bld,lnd->bln", x, self.W_enc) + self.b_enc
+    def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Latents [..., n_latents] of source `layer` from its mlp_in [..., d]."""
+        pre = x @ self.W_enc[layer].T + self.b_enc[layer]
         if self.cfg.activation == "topk":
             values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
         if self.cfg.activation == "jumprelu":
-            return torch.stack([jump(pre[:, layer]) for layer, jump in enumerate(self.jumprelus)], dim=1)
+            return self.jumprelus[layer](pre)
         return pre.relu()
 
+    def decode_layer(self, target: int, latents: list[torch.Tensor]) -> torch.Tensor:
+        """mlp_out of `target` [..., d] from the latents of sources 0..target (each [..., n_latents])."""
+        out = self.b_dec[target]
+        for source in range(target + 1):
+            out = out + latents[source] @ self.W_dec[source][:, target - source]
+        return out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents [tokens, L, n_latents] from mlp_in of every layer [tokens, L, d]."""
+        return torch.stack([self.encode_layer(layer, x[:, layer]) for layer in range(self.n_layers)], dim=1)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of mlp_out of every layer [tokens, L, d]."""
+        """Reconstruction of mlp_out of every layer [tokens, L, d]: one matmul per source layer."""
         out = self.b_dec.expand(latents.shape[0], -1, -1).clone()
         for source, decoder in enumerate(self.W_dec):
             writes = latents[:, source] @ decoder.reshape(decoder.shape[0], -1)

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.models import HookPoint, LoadedModel, mlp_replaced, replaced
 
@@ -70,22 +73,47 @@ def reconstruction_metrics(coder: SparseCoder, inputs: torch.Tensor, targets: to
     }
 
 
+def _keep_first(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Position 0 keeps the model's own activation (it is excluded from training)."""
+    return torch.cat([original[:, :1], new[:, 1:]], dim=1)
+
+
+def dictionary_splice(lm: LoadedModel, coder: SparseCoder, input_hook: str) -> Callable[[], AbstractContextManager]:
+    """Splice an SAE into its hook point, or a transcoder in place of its MLP's output."""
+    hook = HookPoint.parse(input_hook)
+    if coder.cfg.kind == "sae":
+        return lambda: replaced(lm, hook, lambda act: _keep_first(act, coder(act)[0]))
+    return lambda: mlp_replaced(lm, hook.layer, lambda mlp_in, mlp_out: _keep_first(mlp_out, coder(mlp_in)[0]))
+
+
+def clt_splice(lm: LoadedModel, clt: CrossLayerTranscoder, layers: list[int]) -> Callable[[], AbstractContextManager]:
+    """Replace the MLPs of `layers` by the CLT at once: each layer's output sums the writes of all sources so far."""
+
+    @contextmanager
+    def splice() -> Iterator[None]:
+        latents: list[torch.Tensor] = []
+
+        def make(index: int):
+            def fn(mlp_in: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+                del latents[index:]  # a new forward pass starts over
+                latents.append(clt.encode_layer(index, mlp_in))
+                return _keep_first(mlp_out, clt.decode_layer(index, latents))
+
+            return fn
+
+        with ExitStack() as stack:
+            for index, layer in enumerate(layers):
+                stack.enter_context(mlp_replaced(lm, layer, make(index)))
+            yield
+
+    return splice
+
+
 @torch.no_grad()
 def spliced_metrics(
-    lm: LoadedModel, coder: SparseCoder, input_hook: str, blocks: torch.Tensor, batch_size: int = 4
+    lm: LoadedModel, splice: Callable[[], AbstractContextManager], blocks: torch.Tensor, batch_size: int = 4
 ) -> tuple[float, float]:
-    """(ΔCE, KL) of splicing `coder` into the model on token `blocks` [n, context]."""
-    hook = HookPoint.parse(input_hook)
-    coder = coder.to(lm.device)
-
-    def keep_first(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        return torch.cat([original[:, :1], new[:, 1:]], dim=1)
-
-    def splice():
-        if coder.cfg.kind == "sae":
-            return replaced(lm, hook, lambda act: keep_first(act, coder(act)[0]))
-        return mlp_replaced(lm, hook.layer, lambda mlp_in, mlp_out: keep_first(mlp_out, coder(mlp_in)[0]))
-
+    """(ΔCE, KL) of running token `blocks` [n, context] inside `splice()` against the clean model."""
     ce_clean = ce_spliced = kl = 0.0
     count = 0
     for start in range(0, blocks.shape[0], batch_size):

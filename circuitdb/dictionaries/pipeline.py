@@ -15,7 +15,7 @@ from circuitdb.config import DictionariesConfig
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.formats import save_dictionary
-from circuitdb.dictionaries.metrics import reconstruction_metrics, spliced_metrics
+from circuitdb.dictionaries.metrics import dictionary_splice, reconstruction_metrics, spliced_metrics
 from circuitdb.dictionaries.train import train_dictionary
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, write_partition
@@ -36,7 +36,8 @@ def build_layer_dictionary(
     seconds = time.perf_counter() - started
     inputs, targets = eval_source.sequences()
     metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
-    delta_ce, kl = spliced_metrics(lm, result.coder, input_hook, corpus.split("eval")[: cfg.ce_eval_blocks])
+    splice = dictionary_splice(lm, result.coder.to(lm.device), input_hook)
+    delta_ce, kl = spliced_metrics(lm, splice, corpus.split("eval")[: cfg.ce_eval_blocks])
     row = {
         "name": cfg.name,
         "layer": layer,
