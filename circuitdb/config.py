@@ -78,7 +78,7 @@ class HarvestConfig:
     """Layers to harvest; None means every layer of the model."""
     batch_size: int = 8
     """Sequences per forward pass."""
-    shard_mb: int = 256
+    shard_mb: int = 32
     """Memory budget of one shard, summed over all hooks; bounds the harvest's RAM use."""
     dtype: str = "float16"
     """Storage dtype of activations: float16, bfloat16 or float32."""
@@ -147,8 +147,8 @@ class TrainConfig:
     """Train without position 0 (BOS), whose norm is ~100x the others'."""
     checkpoint_every: int = 100
     """Steps between checkpoints (0 = only at the end)."""
-    buffer_shards: int = 4
-    """Shards mixed in memory at a time by the shuffler."""
+    shuffle_tokens: int = 32768
+    """Tokens whose order is mixed in memory at a time (whole shards are loaded until this many)."""
     seed: int = 0
     """Seed of initialization and data order."""
     device: str = "auto"
@@ -185,6 +185,28 @@ class DictionariesConfig:
 
 
 @dataclass
+class CrossLayerConfig:
+    enabled: bool = False
+    """Train a cross-layer transcoder over all project layers (the `cross_layer_transcoder` asset)."""
+    name: str = "clt"
+    """Name in the store (`<store>/dictionaries/<name>/clt`, rows with kind 'clt' in `dictionaries`)."""
+    dictionary: DictionaryConfig = field(
+        default_factory=lambda: DictionaryConfig(
+            kind="clt", activation="relu", n_latents=512, sparsity_coefficient=3e-4
+        )
+    )
+    """Architecture: kind must be clt; ReLU/JumpReLU export to circuit-tracer, TopK does not."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, lr=1e-3))
+    """Optimization."""
+    ce_eval_blocks: int = 4
+    """Held-out blocks for ΔCE/KL with every covered MLP replaced at once."""
+
+    def __post_init__(self) -> None:
+        if self.dictionary.kind != "clt":
+            raise CircuitDBError("clt.dictionary.kind must be 'clt'")
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
     """Folder that holds every table, activation shard, dictionary, vector and graph."""
@@ -196,6 +218,8 @@ class ProjectConfig:
     """Which activations to store."""
     dictionaries: DictionariesConfig = field(default_factory=DictionariesConfig)
     """Which sparse dictionaries to train on them."""
+    clt: CrossLayerConfig = field(default_factory=CrossLayerConfig)
+    """An optional cross-layer transcoder over the same activations."""
 
     @property
     def store_path(self) -> Path:

@@ -10,9 +10,10 @@ import dagster as dg
 
 from assets.activations import build_activations_asset
 from assets.corpus import corpus_tokens
+from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset
 from circuitdb.config import ProjectConfig, load_config
-from orchestration.partitions import layer_partitions
+from orchestration.partitions import layer_partitions, project_layers
 from orchestration.resources import ProjectResource
 
 
@@ -20,6 +21,8 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
     """Definitions for a project configuration (layer partitions depend on the model)."""
     layers = layer_partitions(config)
     assets = [corpus_tokens, build_activations_asset(layers), build_dictionaries_asset(layers)]
+    if config.clt.enabled:
+        assets.append(build_cross_layer_asset(project_layers(config)))
     return dg.Definitions(assets=assets, resources={"project": project or ProjectResource()})
 
 

@@ -72,6 +72,20 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     assert meta["input_hook"] == "mlp_in.1" and coder.cfg.n_latents == 64
 
 
+def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
+    file = _project(tmp_path, llama_dir, text_file)
+    clt_yaml = (
+        "clt:\n  enabled: true\n  dictionary: {kind: clt, n_latents: 48, k: 4}\n  train: {batch_size: 32, epochs: 2}\n"
+    )
+    file.write_text(file.read_text() + clt_yaml)
+    config = load_config(file)
+    assert build_all(config).success
+    rows = read_table(Store(config.store), "dictionaries").filter(pl.col("kind") == "clt").sort("layer")
+    assert rows["layer"].to_list() == [0, 1, 2] and rows["delta_ce"].n_unique() == 1
+    clt, meta = load_dictionary(Store(config.store).root / rows["path"][0])
+    assert meta["layers"] == [0, 1, 2] and clt.n_layers == 3
+
+
 def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
     config = load_config(_project(tmp_path, llama_dir, text_file), {"harvest.layers": "1"})
     assert build_all(config).success

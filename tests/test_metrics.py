@@ -61,7 +61,9 @@ def test_spliced_metrics_match_a_hand_patched_model(llama: LoadedModel) -> None:
 
 def test_clt_splice_feeds_each_mlp_the_sum_of_earlier_writes(llama: LoadedModel) -> None:
     torch.manual_seed(3)
-    clt = CrossLayerTranscoder(DictionaryConfig(kind="clt", activation="relu", n_latents=16, k=4), 3, llama.d_model).eval()
+    clt = CrossLayerTranscoder(
+        DictionaryConfig(kind="clt", activation="relu", n_latents=16, k=4), 3, llama.d_model
+    ).eval()
     blocks = torch.tensor([llama.encode("The quick brown fox jumps over the lazy dog")[:8]])
     splice = clt_splice(llama, clt, [0, 1, 2])
     hooks = resolve_hooks(llama, [f"{kind}.{layer}" for kind in ("mlp_in", "mlp_out") for layer in range(3)])

@@ -3,7 +3,7 @@
 A source is one activation run and the hook points a dictionary reads and reconstructs: one of
 each for an SAE or a per-layer transcoder, one per layer for a cross-layer transcoder. Batches are
 [tokens, hooks, d]. Each epoch visits the shards in a seeded random order and mixes
-`buffer_shards` of them at a time, so memory is bounded by the buffer while batches still mix
+shards until `shuffle_tokens` are in memory, so memory is bounded by that buffer while batches still mix
 tokens from different texts. The stream is a pure function of (seed, epoch), which is what lets
 training resume bit-for-bit by replaying it.
 """
@@ -68,24 +68,31 @@ class ActivationSource:
     def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
         cache = {hook: self._load(hook, file) for hook in self.manifests}
-        inputs = torch.stack([cache[h] for h in self.input_hooks], dim=2)
-        targets = torch.stack([cache[h] for h in self.target_hooks], dim=2)
+        inputs = torch.stack(
+            [cache.pop(h) if h not in self.target_hooks else cache[h] for h in self.input_hooks], dim=2
+        )
+        targets = torch.stack([cache.pop(h) for h in self.target_hooks], dim=2)
         if drop_first_position:
             inputs, targets = inputs[:, 1:], targets[:, 1:]
         return inputs, targets
 
-    def batches(self, batch_size: int, seed: int, epoch: int, buffer_shards: int = 4) -> Iterator[tuple]:
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.files), generator=generator).tolist()
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for start in range(0, len(order), buffer_shards):
-                parts = [
-                    self.load_shard(self.files[i], self.exclude_first_position)
-                    for i in order[start : start + buffer_shards]
-                ]
-                yield torch.cat([p[0].flatten(0, 1) for p in parts]), torch.cat([p[1].flatten(0, 1) for p in parts])
+            inputs, targets, held = [], [], 0
+            for index in order:
+                shard_in, shard_out = self.load_shard(self.files[index], self.exclude_first_position)
+                inputs.append(shard_in.flatten(0, 1))
+                targets.append(shard_out.flatten(0, 1))
+                held += inputs[-1].shape[0]
+                if held >= shuffle_tokens:
+                    yield torch.cat(inputs), torch.cat(targets)
+                    inputs, targets, held = [], [], 0
+            if inputs:
+                yield torch.cat(inputs), torch.cat(targets)
 
         return shuffled_batches(chunks(), batch_size, generator)
 
@@ -121,7 +128,7 @@ class LiveActivationSource:
     exclude_first_position: bool = True
     """Drop position 0 (BOS)."""
     buffer_blocks: int = 32
-    """Blocks whose tokens are shuffled together."""
+    """Blocks whose tokens are shuffled together (`shuffle_tokens` is ignored: the model sets the pace)."""
     batch_blocks: int = 8
     """Blocks per forward pass."""
 
@@ -143,7 +150,7 @@ class LiveActivationSource:
         targets = torch.stack([acts[h] for h in self.target_hooks], dim=2)[:, start:]
         return inputs.flatten(0, 1), targets.flatten(0, 1)
 
-    def batches(self, batch_size: int, seed: int, epoch: int, buffer_shards: int = 4) -> Iterator[tuple]:
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.blocks.shape[0], generator=generator)
         chunks = (

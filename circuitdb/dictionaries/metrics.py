@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,28 +21,8 @@ from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.models import HookPoint, LoadedModel, mlp_replaced, replaced
 
 
-@dataclass
-class DictionaryMetrics:
-    fvu: float
-    """Fraction of variance unexplained, all positions."""
-    fvu_excl_pos0: float
-    """FVU over positions ≥ 1."""
-    l0: float
-    """Mean active latents per token (positions ≥ 1)."""
-    dead_frac: float
-    """Share of latents never active on the eval tokens."""
-    delta_ce: float | None
-    """Next-token cross-entropy with the reconstruction spliced in, minus the clean one (nats)."""
-    kl: float | None
-    """Mean KL(clean ‖ spliced) over predicted positions (nats)."""
-    n_eval_tokens: int
-    """Held-out tokens the reconstruction metrics used."""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def _fvu(targets: torch.Tensor, recon: torch.Tensor) -> float:
+def fvu(targets: torch.Tensor, recon: torch.Tensor) -> float:
+    """Σ‖y − ŷ‖² / Σ‖y − mean(y)‖² over every token of [..., d] tensors."""
     flat_t, flat_r = targets.reshape(-1, targets.shape[-1]), recon.reshape(-1, recon.shape[-1])
     return float((flat_t - flat_r).pow(2).sum() / (flat_t - flat_t.mean(0)).pow(2).sum())
 
@@ -65,8 +44,8 @@ def reconstruction_metrics(coder: SparseCoder, inputs: torch.Tensor, targets: to
     recon = torch.cat(recon).view(*targets.shape[:-1], -1)
     n_rest = int((positions > 0).sum())
     return {
-        "fvu": _fvu(targets, recon),
-        "fvu_excl_pos0": _fvu(targets[:, 1:], recon[:, 1:]),
+        "fvu": fvu(targets, recon),
+        "fvu_excl_pos0": fvu(targets[:, 1:], recon[:, 1:]),
         "l0": l0_sum / max(1, n_rest),
         "dead_frac": float(1 - active.float().mean()),
         "n_eval_tokens": n_rest,
@@ -111,9 +90,12 @@ def clt_splice(lm: LoadedModel, clt: CrossLayerTranscoder, layers: list[int]) ->
 
 @torch.no_grad()
 def spliced_metrics(
-    lm: LoadedModel, splice: Callable[[], AbstractContextManager], blocks: torch.Tensor, batch_size: int = 4
+    lm: LoadedModel, splice: Callable[[], AbstractContextManager], blocks: torch.Tensor, batch_size: int = 1
 ) -> tuple[float, float]:
-    """(ΔCE, KL) of running token `blocks` [n, context] inside `splice()` against the clean model."""
+    """(ΔCE, KL) of running token `blocks` [n, context] inside `splice()` against the clean model.
+
+    One block at a time by default: logits over a 49k vocabulary are 50 MB per block of 256.
+    """
     ce_clean = ce_spliced = kl = 0.0
     count = 0
     for start in range(0, blocks.shape[0], batch_size):

@@ -10,15 +10,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import torch
 
-from circuitdb.config import DictionariesConfig
+from circuitdb.config import CrossLayerConfig, DictionariesConfig
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.formats import save_dictionary
-from circuitdb.dictionaries.metrics import dictionary_splice, reconstruction_metrics, spliced_metrics
+from circuitdb.dictionaries.metrics import clt_splice, dictionary_splice, fvu, reconstruction_metrics, spliced_metrics
 from circuitdb.dictionaries.train import train_dictionary
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, write_partition
+
+
+def _row(cfg, layer: int, lm: LoadedModel, corpus: TokenizedCorpus, result, seconds: float, path: str) -> dict:
+    return {
+        "name": cfg.name,
+        "layer": layer,
+        "kind": cfg.dictionary.kind,
+        "activation": cfg.dictionary.activation,
+        "model": lm.name,
+        "corpus": corpus.name,
+        "n_latents": cfg.dictionary.n_latents,
+        "k": cfg.dictionary.k,
+        "train_tokens": result.tokens,
+        "train_seconds": seconds,
+        "fvu_curve": [h["fvu"] for h in result.history],
+        "path": path,
+        "created_at": datetime.now(UTC),
+    }
 
 
 def build_layer_dictionary(
@@ -38,28 +57,59 @@ def build_layer_dictionary(
     metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
     splice = dictionary_splice(lm, result.coder.to(lm.device), input_hook)
     delta_ce, kl = spliced_metrics(lm, splice, corpus.split("eval")[: cfg.ce_eval_blocks])
-    row = {
-        "name": cfg.name,
-        "layer": layer,
-        "kind": cfg.dictionary.kind,
-        "activation": cfg.dictionary.activation,
-        "input_hook": input_hook,
-        "target_hook": target_hook,
-        "model": lm.name,
-        "corpus": corpus.name,
-        "n_latents": cfg.dictionary.n_latents,
-        "k": cfg.dictionary.k,
-        "train_tokens": result.tokens,
-        "train_seconds": seconds,
-        **metrics,
-        "delta_ce": delta_ce,
-        "kl": kl,
-        "fvu_curve": [h["fvu"] for h in result.history],
-        "path": str(Path("dictionaries") / cfg.name / f"layer_{layer}"),
-        "created_at": datetime.now(UTC),
-    }
+    path = str(Path("dictionaries") / cfg.name / f"layer_{layer}")
+    row = _row(cfg, layer, lm, corpus, result, seconds, path)
+    row |= {"input_hook": input_hook, "target_hook": target_hook, **metrics, "delta_ce": delta_ce, "kl": kl}
     meta = {k: v for k, v in row.items() if k not in ("fvu_curve", "created_at", "path")}
     save_dictionary(result.coder, store.dictionary_dir(cfg.name, layer), meta)
     write_partition(store, "dictionaries", f"{cfg.name}-layer-{layer:03d}", pl.DataFrame([row]))
     checkpoint.unlink(missing_ok=True)  # the saved dictionary supersedes it
     return row
+
+
+def build_cross_layer_transcoder(
+    store: Store,
+    lm: LoadedModel,
+    corpus: TokenizedCorpus,
+    layers: list[int],
+    cfg: CrossLayerConfig,
+    progress: bool = True,
+) -> list[dict]:
+    """Train one CLT over `layers` (mlp_in.l → mlp_out.l' for l' ≥ l), evaluate, save; one row per target layer.
+
+    Reconstruction metrics are per target layer; ΔCE/KL replace every covered MLP at once, so
+    they are the same on every row.
+    """
+    inputs_hooks, target_hooks = [f"mlp_in.{layer}" for layer in layers], [f"mlp_out.{layer}" for layer in layers]
+    run = store.activation_run(f"{corpus.name}-train")
+    source = ActivationSource(run, inputs_hooks, target_hooks, cfg.train.exclude_first_position)
+    checkpoint = store.root / "checkpoints" / cfg.name / "clt.pt"
+    started = time.perf_counter()
+    result = train_dictionary(cfg.dictionary, source, cfg.train, checkpoint=checkpoint, progress=progress)
+    seconds = time.perf_counter() - started
+    held_out = ActivationSource(store.activation_run(f"{corpus.name}-eval"), inputs_hooks, target_hooks)
+    inputs, targets = held_out.sequences()
+    splice = clt_splice(lm, result.coder.to(lm.device), layers)
+    delta_ce, kl = spliced_metrics(lm, splice, corpus.split("eval")[: cfg.ce_eval_blocks])
+    path = str(Path("dictionaries") / cfg.name / "clt")
+    with torch.no_grad():
+        recon, latents = result.coder(inputs.flatten(0, 1))
+    recon = recon.view_as(targets)
+    latents = latents.view(*targets.shape[:3], -1)
+    rows = []
+    for index, layer in enumerate(layers):
+        fired = latents[:, 1:, index] > 0
+        metrics = {
+            "fvu": fvu(targets[:, :, index], recon[:, :, index]),
+            "fvu_excl_pos0": fvu(targets[:, 1:, index], recon[:, 1:, index]),
+            "l0": float(fired.sum(-1).float().mean()),
+            "dead_frac": float(1 - fired.flatten(0, 1).any(0).float().mean()),
+            "n_eval_tokens": fired.shape[0] * fired.shape[1],
+        }
+        row = _row(cfg, layer, lm, corpus, result, seconds, path)
+        row |= {"input_hook": inputs_hooks[index], "target_hook": target_hooks[index], **metrics}
+        rows.append(row | {"delta_ce": delta_ce, "kl": kl})
+    save_dictionary(result.coder, store.root / path, {"layers": layers, "model": lm.name, "corpus": corpus.name})
+    write_partition(store, "dictionaries", f"{cfg.name}-clt", pl.DataFrame(rows))
+    checkpoint.unlink(missing_ok=True)
+    return rows

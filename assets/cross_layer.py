@@ -1,0 +1,39 @@
+"""Cross-layer transcoder stage: one CLT over every project layer, on the same activations."""
+
+import dagster as dg
+
+from circuitdb.corpus import load_stored_corpus
+from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
+from circuitdb.models import load_model
+from circuitdb.store import Store
+from orchestration.resources import ProjectResource
+
+
+def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="cross_layer_transcoder",
+        deps=["activations"],
+        group_name="dictionaries",
+        kinds={"pytorch", "safetensors"},
+        pool="gpu",
+    )
+    def cross_layer_transcoder(project: ProjectResource) -> dg.MaterializeResult:
+        """A cross-layer transcoder reading every mlp_in.l and writing to every later mlp_out (config `clt`)."""
+        config = project.load()
+        store = Store(config.store)
+        lm = load_model(config.model.spec, config.model.device)
+        corpus = load_stored_corpus(store, config.corpus.name)
+        rows = build_cross_layer_transcoder(store, lm, corpus, layers, config.clt)
+        table = "| layer | fvu_excl_pos0 | l0 | dead_frac |\n|---|---|---|---|\n" + "\n".join(
+            f"| {r['layer']} | {r['fvu_excl_pos0']:.4g} | {r['l0']:.4g} | {r['dead_frac']:.4g} |" for r in rows
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "per_layer": dg.MetadataValue.md(table),
+                "delta_ce": rows[0]["delta_ce"],
+                "kl": rows[0]["kl"],
+                "dagster/row_count": len(rows),
+            }
+        )
+
+    return cross_layer_transcoder
