@@ -118,10 +118,12 @@ def test_bad_inputs(source: ActivationSource, tmp_path: Path) -> None:
             DictionaryConfig(kind="plt", n_latents=32, k=4), source, TrainConfig(batch_size=64, lr=1e30), progress=False
         )
     shard = source.run_dir / "mlp_in.1" / source.files[0]
+    shard.unlink()  # a new file, as a crashed writer would leave it (shards are mapped, never rewritten in place)
     shard.write_bytes(b"not a safetensors file")
+    fresh = ActivationSource(source.run_dir, ["mlp_in.1"], ["mlp_out.1"])
     with pytest.raises(CircuitDBError, match="corrupt or missing activation shard"):
         train_dictionary(
-            DictionaryConfig(kind="plt", n_latents=32, k=4), source, TrainConfig(batch_size=64), progress=False
+            DictionaryConfig(kind="plt", n_latents=32, k=4), fresh, TrainConfig(batch_size=64), progress=False
         )
 
 

@@ -10,13 +10,13 @@ training resume bit-for-bit by replaying it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import read_manifest
@@ -51,6 +51,7 @@ class ActivationSource:
             raise CircuitDBError(f"hooks {', '.join(self.manifests)} have different widths {sorted(widths)}")
         self.files = shards[0]
         self.d = widths.pop()
+        self._maps: dict[tuple[str, str], torch.Tensor] = {}
 
     @property
     def n_tokens(self) -> int:
@@ -58,41 +59,55 @@ class ActivationSource:
         fp = next(iter(self.manifests.values()))["fingerprint"]
         return fp["n_sequences"] * (fp["context"] - int(self.exclude_first_position))
 
-    def _load(self, hook: str, file: str) -> torch.Tensor:
-        path = self.run_dir / hook / file
-        try:
-            return load_file(path)["activations"].float()
-        except (SafetensorError, OSError, KeyError):
-            raise CircuitDBError(f"corrupt or missing activation shard: {path}") from None
+    def _open(self, hook: str, file: str) -> torch.Tensor:
+        """The shard's activations [sequences, positions, d] as a memory map: rows are read on demand."""
+        key = (hook, file)
+        if key not in self._maps:
+            self._maps[key] = _map_activations(self.run_dir / hook / file)
+        return self._maps[key]
+
+    def _rows(self, shard_rows: list[tuple[int, torch.Tensor]], drop_first_position: bool):
+        """(inputs, targets) [sequences, positions, hooks, d] float32 for the given rows of given shards."""
+        start = int(drop_first_position)
+
+        def gather(hooks: list[str]) -> torch.Tensor:
+            parts = [
+                torch.stack([self._open(h, self.files[shard])[rows, start:] for h in hooks], dim=2)
+                for shard, rows in shard_rows
+            ]
+            return torch.cat(parts).float()
+
+        return gather(self.input_hooks), gather(self.target_hooks)
 
     def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
-        cache = {hook: self._load(hook, file) for hook in self.manifests}
-        inputs = torch.stack(
-            [cache.pop(h) if h not in self.target_hooks else cache[h] for h in self.input_hooks], dim=2
-        )
-        targets = torch.stack([cache.pop(h) for h in self.target_hooks], dim=2)
-        if drop_first_position:
-            inputs, targets = inputs[:, 1:], targets[:, 1:]
-        return inputs, targets
+        """One whole shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
+        rows = torch.arange(self._open(self.input_hooks[0], file).shape[0])
+        return self._rows([(self.files.index(file), rows)], drop_first_position)
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
-        """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped."""
+        """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped.
+
+        Sequences are drawn in a random order from all shards at once (read from memory maps), and
+        the tokens of `shuffle_tokens` worth of sequences are shuffled together: batches are close
+        to i.i.d. while memory holds one such buffer.
+        """
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.files), generator=generator).tolist()
+        sizes = [self._open(self.input_hooks[0], file).shape[0] for file in self.files]
+        shard_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        row_of = torch.cat([torch.arange(n) for n in sizes])
+        order = torch.randperm(len(row_of), generator=generator)
+        positions = self._open(self.input_hooks[0], self.files[0]).shape[1] - int(self.exclude_first_position)
+        per_chunk = max(1, shuffle_tokens // positions)
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            inputs, targets, held = [], [], 0
-            for index in order:
-                shard_in, shard_out = self.load_shard(self.files[index], self.exclude_first_position)
-                inputs.append(shard_in.flatten(0, 1))
-                targets.append(shard_out.flatten(0, 1))
-                held += inputs[-1].shape[0]
-                if held >= shuffle_tokens:
-                    yield torch.cat(inputs), torch.cat(targets)
-                    inputs, targets, held = [], [], 0
-            if inputs:
-                yield torch.cat(inputs), torch.cat(targets)
+            for start in range(0, len(order), per_chunk):
+                picked = order[start : start + per_chunk]
+                shard_rows = [
+                    (int(shard), row_of[picked[shard_of[picked] == shard]].sort().values)
+                    for shard in shard_of[picked].unique()
+                ]
+                inputs, targets = self._rows(shard_rows, self.exclude_first_position)
+                yield inputs.flatten(0, 1), targets.flatten(0, 1)
 
         return shuffled_batches(chunks(), batch_size, generator)
 
@@ -158,6 +173,29 @@ class LiveActivationSource:
             for start in range(0, len(order), self.buffer_blocks)
         )
         return shuffled_batches(chunks, batch_size, generator)
+
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def _map_activations(path: Path) -> torch.Tensor:
+    """Memory-map the `activations` tensor of a safetensors file (copy-on-write, never written)."""
+    try:
+        with path.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if header_size > path.stat().st_size - 8:
+                raise ValueError("header larger than the file")
+            header = json.loads(handle.read(header_size))
+        entry = header["activations"]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_size + begin, shape=(end - begin,))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        raise CircuitDBError(f"corrupt or missing activation shard: {path}") from None
+    shape = entry["shape"]
+    if (end - begin) != int(np.prod(shape)) * torch.tensor([], dtype=dtype).element_size():
+        raise CircuitDBError(f"corrupt activation shard (size does not match its header): {path}")
+    return torch.from_numpy(raw).view(dtype).view(*shape)
 
 
 def shuffled_batches(
