@@ -51,7 +51,7 @@ class ActivationSource:
             raise CircuitDBError(f"hooks {', '.join(self.manifests)} have different widths {sorted(widths)}")
         self.files = shards[0]
         self.d = widths.pop()
-        self._maps: dict[tuple[str, str], torch.Tensor] = {}
+        self._layouts: dict[tuple[str, str], _ShardLayout] = {}
 
     @property
     def n_tokens(self) -> int:
@@ -59,12 +59,11 @@ class ActivationSource:
         fp = next(iter(self.manifests.values()))["fingerprint"]
         return fp["n_sequences"] * (fp["context"] - int(self.exclude_first_position))
 
-    def _open(self, hook: str, file: str) -> torch.Tensor:
-        """The shard's activations [sequences, positions, d] as a memory map: rows are read on demand."""
+    def _layout(self, hook: str, file: str) -> _ShardLayout:
         key = (hook, file)
-        if key not in self._maps:
-            self._maps[key] = _map_activations(self.run_dir / hook / file)
-        return self._maps[key]
+        if key not in self._layouts:
+            self._layouts[key] = _shard_layout(self.run_dir / hook / file)
+        return self._layouts[key]
 
     def _rows(self, shard_rows: list[tuple[int, torch.Tensor]], drop_first_position: bool):
         """(inputs, targets) [sequences, positions, hooks, d] float32 for the given rows of given shards."""
@@ -72,7 +71,7 @@ class ActivationSource:
 
         def gather(hooks: list[str]) -> torch.Tensor:
             parts = [
-                torch.stack([self._open(h, self.files[shard])[rows, start:] for h in hooks], dim=2)
+                torch.stack([self._layout(h, self.files[shard]).read_rows(rows)[:, start:] for h in hooks], dim=2)
                 for shard, rows in shard_rows
             ]
             return torch.cat(parts).float()
@@ -81,22 +80,22 @@ class ActivationSource:
 
     def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One whole shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
-        rows = torch.arange(self._open(self.input_hooks[0], file).shape[0])
+        rows = torch.arange(self._layout(self.input_hooks[0], file).shape[0])
         return self._rows([(self.files.index(file), rows)], drop_first_position)
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped.
 
-        Sequences are drawn in a random order from all shards at once (read from memory maps), and
+        Sequences are drawn in a random order from all shards at once (read row by row), and
         the tokens of `shuffle_tokens` worth of sequences are shuffled together: batches are close
         to i.i.d. while memory holds one such buffer.
         """
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        sizes = [self._open(self.input_hooks[0], file).shape[0] for file in self.files]
+        sizes = [self._layout(self.input_hooks[0], file).shape[0] for file in self.files]
         shard_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         row_of = torch.cat([torch.arange(n) for n in sizes])
         order = torch.randperm(len(row_of), generator=generator)
-        positions = self._open(self.input_hooks[0], self.files[0]).shape[1] - int(self.exclude_first_position)
+        positions = self._layout(self.input_hooks[0], self.files[0]).shape[1] - int(self.exclude_first_position)
         per_chunk = max(1, shuffle_tokens // positions)
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -178,24 +177,48 @@ class LiveActivationSource:
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
-def _map_activations(path: Path) -> torch.Tensor:
-    """Memory-map the `activations` tensor of a safetensors file (copy-on-write, never written)."""
+@dataclass(frozen=True)
+class _ShardLayout:
+    """Where the `activations` tensor of a safetensors shard lies, so rows can be read without loading it."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:])) * torch.tensor([], dtype=self.dtype).element_size()
+
+    def read_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows [len(rows), *shape[1:]] read with one seek each (sorted rows read almost sequentially)."""
+        out = torch.empty(len(rows), *self.shape[1:], dtype=self.dtype)
+        target = out.view(torch.uint8).view(len(rows), -1).numpy()
+        with self.path.open("rb", buffering=0) as handle:
+            for i, row in enumerate(rows.tolist()):
+                handle.seek(self.offset + row * self.row_bytes)
+                if handle.readinto(memoryview(target[i])) != self.row_bytes:
+                    raise CircuitDBError(f"corrupt activation shard (truncated): {self.path}")
+        return out
+
+
+def _shard_layout(path: Path) -> _ShardLayout:
     try:
+        size = path.stat().st_size
         with path.open("rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
-            if header_size > path.stat().st_size - 8:
+            if header_size > size - 8:
                 raise ValueError("header larger than the file")
             header = json.loads(handle.read(header_size))
         entry = header["activations"]
-        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-        begin, end = entry["data_offsets"]
-        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_size + begin, shape=(end - begin,))
+        layout = _ShardLayout(
+            path, 8 + header_size + entry["data_offsets"][0], tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]]
+        )
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         raise CircuitDBError(f"corrupt or missing activation shard: {path}") from None
-    shape = entry["shape"]
-    if (end - begin) != int(np.prod(shape)) * torch.tensor([], dtype=dtype).element_size():
-        raise CircuitDBError(f"corrupt activation shard (size does not match its header): {path}")
-    return torch.from_numpy(raw).view(dtype).view(*shape)
+    if layout.offset + layout.shape[0] * layout.row_bytes > size:
+        raise CircuitDBError(f"corrupt activation shard (shorter than its header says): {path}")
+    return layout
 
 
 def shuffled_batches(
