@@ -147,8 +147,8 @@ class TrainConfig:
     """Train without position 0 (BOS), whose norm is ~100x the others'."""
     checkpoint_every: int = 100
     """Steps between checkpoints (0 = only at the end)."""
-    shuffle_tokens: int = 32768
-    """Tokens whose order is mixed in memory at a time (whole shards are loaded until this many)."""
+    shuffle_mb: int = 256
+    """Memory for the shuffle buffer, in the storage dtype; 100k tokens of one 576-wide hook take 115 MB."""
     seed: int = 0
     """Seed of initialization and data order."""
     device: str = "auto"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from circuitdb.dictionaries.formats import import_circuit_tracer
 from query.cli import main
 from tests.test_definitions import TINY_DICTIONARIES
 
@@ -57,6 +58,29 @@ def test_build_then_query(project: Path, capsys, monkeypatch) -> None:
     )
     rows = json.loads(out)
     assert len(rows) == 2 * 3 and {r["t"] for r in rows} == {256 // 16 * 16}
+    out_dir = project.parent / "exported"
+    code, out, err = run_cli(
+        ["dictionary", "export", "--out", str(out_dir), "--config", str(project)], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert sorted(import_circuit_tracer(out_dir)) == [0, 1, 2]
+    code, _, err = run_cli(
+        [
+            "dictionary",
+            "export",
+            "--format",
+            "saelens",
+            "--layer",
+            "1",
+            "--out",
+            str(out_dir),
+            "--config",
+            str(project),
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 1 and "SAELens format holds SAEs" in err
 
 
 @pytest.mark.parametrize(

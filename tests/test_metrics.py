@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from circuitdb.dictionaries import DictionaryConfig, SparseCoder
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.metrics import clt_splice, dictionary_splice, reconstruction_metrics, spliced_metrics
+from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 
 
@@ -77,3 +79,10 @@ def test_clt_splice_feeds_each_mlp_the_sum_of_earlier_writes(llama: LoadedModel)
     assert not torch.allclose(mlp_out[:1], expected[:1], atol=1e-4)  # position 0 keeps the model's own output
     delta_ce, kl = spliced_metrics(llama, splice, blocks)
     assert kl > 0 and abs(delta_ce) < 100
+
+
+def test_dictionaries_that_do_not_fit_the_model_are_refused(llama: LoadedModel) -> None:
+    with pytest.raises(CircuitDBError, match="does not match"):
+        dictionary_splice(llama, _coder(32, "plt"), "mlp_in.1")
+    with pytest.raises(CircuitDBError, match="out of range"):
+        dictionary_splice(llama, _coder(llama.d_model, "plt"), "mlp_in.7")

@@ -3,7 +3,7 @@
 A source is one activation run and the hook points a dictionary reads and reconstructs: one of
 each for an SAE or a per-layer transcoder, one per layer for a cross-layer transcoder. Batches are
 [tokens, hooks, d]. Each epoch visits the shards in a seeded random order and mixes
-shards until `shuffle_tokens` are in memory, so memory is bounded by that buffer while batches still mix
+sequences from all shards into a buffer of `shuffle_mb`, so memory is bounded by that buffer while batches still mix
 tokens from different texts. The stream is a pure function of (seed, epoch), which is what lets
 training resume bit-for-bit by replaying it.
 """
@@ -66,7 +66,7 @@ class ActivationSource:
         return self._layouts[key]
 
     def _rows(self, shard_rows: list[tuple[int, torch.Tensor]], drop_first_position: bool):
-        """(inputs, targets) [sequences, positions, hooks, d] float32 for the given rows of given shards."""
+        """(inputs, targets) [sequences, positions, hooks, d] in the storage dtype for rows of given shards."""
         start = int(drop_first_position)
 
         def gather(hooks: list[str]) -> torch.Tensor:
@@ -74,29 +74,31 @@ class ActivationSource:
                 torch.stack([self._layout(h, self.files[shard]).read_rows(rows)[:, start:] for h in hooks], dim=2)
                 for shard, rows in shard_rows
             ]
-            return torch.cat(parts).float()
+            return torch.cat(parts)
 
         return gather(self.input_hooks), gather(self.target_hooks)
 
     def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One whole shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
         rows = torch.arange(self._layout(self.input_hooks[0], file).shape[0])
-        return self._rows([(self.files.index(file), rows)], drop_first_position)
+        inputs, targets = self._rows([(self.files.index(file), rows)], drop_first_position)
+        return inputs.float(), targets.float()
 
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_mb: int = 256) -> Iterator[tuple]:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped.
 
         Sequences are drawn in a random order from all shards at once (read row by row), and
-        the tokens of `shuffle_tokens` worth of sequences are shuffled together: batches are close
-        to i.i.d. while memory holds one such buffer.
+        the tokens of `shuffle_mb` worth of sequences (kept in the storage dtype) are shuffled
+        together: batches are close to i.i.d. while memory holds one such buffer.
         """
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         sizes = [self._layout(self.input_hooks[0], file).shape[0] for file in self.files]
         shard_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         row_of = torch.cat([torch.arange(n) for n in sizes])
         order = torch.randperm(len(row_of), generator=generator)
-        positions = self._layout(self.input_hooks[0], self.files[0]).shape[1] - int(self.exclude_first_position)
-        per_chunk = max(1, shuffle_tokens // positions)
+        layout = self._layout(self.input_hooks[0], self.files[0])
+        per_sequence = layout.row_bytes * (len(self.input_hooks) + len(self.target_hooks))
+        per_chunk = max(1, shuffle_mb * 2**20 // per_sequence)
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for start in range(0, len(order), per_chunk):
@@ -142,7 +144,7 @@ class LiveActivationSource:
     exclude_first_position: bool = True
     """Drop position 0 (BOS)."""
     buffer_blocks: int = 32
-    """Blocks whose tokens are shuffled together (`shuffle_tokens` is ignored: the model sets the pace)."""
+    """Blocks whose tokens are shuffled together (`shuffle_mb` is ignored: the model sets the pace)."""
     batch_blocks: int = 8
     """Blocks per forward pass."""
 
@@ -164,7 +166,7 @@ class LiveActivationSource:
         targets = torch.stack([acts[h] for h in self.target_hooks], dim=2)[:, start:]
         return inputs.flatten(0, 1), targets.flatten(0, 1)
 
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_tokens: int = 32768) -> Iterator[tuple]:
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle_mb: int = 256) -> Iterator[tuple]:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.blocks.shape[0], generator=generator)
         chunks = (
@@ -224,14 +226,18 @@ def _shard_layout(path: Path) -> _ShardLayout:
 def shuffled_batches(
     chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffle the tokens of each (inputs, targets) chunk and cut batches; leftovers carry to the next chunk."""
+    """Float32 batches from each (inputs, targets) chunk in a random token order; leftovers carry over.
+
+    Only the order is shuffled: each batch is gathered (and cast) on its own, so a chunk is never
+    copied whole and can stay in its compact storage dtype.
+    """
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
     for inputs, targets in chunks:
         if carry is not None:
             inputs, targets = torch.cat([carry[0], inputs]), torch.cat([carry[1], targets])
         perm = torch.randperm(inputs.shape[0], generator=generator)
-        inputs, targets = inputs[perm], targets[perm]
         whole = inputs.shape[0] // batch_size * batch_size
         for b in range(0, whole, batch_size):
-            yield inputs[b : b + batch_size], targets[b : b + batch_size]
-        carry = inputs[whole:], targets[whole:]
+            picked = perm[b : b + batch_size]
+            yield inputs[picked].float(), targets[picked].float()
+        carry = inputs[perm[whole:]], targets[perm[whole:]]

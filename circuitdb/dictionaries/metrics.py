@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.sparse_coder import SparseCoder
-from circuitdb.models import HookPoint, LoadedModel, mlp_replaced, replaced
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import HookPoint, LoadedModel, check_layer, mlp_replaced, replaced
 
 
 def fvu(targets: torch.Tensor, recon: torch.Tensor) -> float:
@@ -60,6 +61,9 @@ def _keep_first(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 def dictionary_splice(lm: LoadedModel, coder: SparseCoder, input_hook: str) -> Callable[[], AbstractContextManager]:
     """Splice an SAE into its hook point, or a transcoder in place of its MLP's output."""
     hook = HookPoint.parse(input_hook)
+    check_layer(lm, hook.layer)
+    if coder.d_in != lm.d_model:
+        raise CircuitDBError(f"dictionary width {coder.d_in} does not match {lm.name}'s d_model {lm.d_model}")
     if coder.cfg.kind == "sae":
         return lambda: replaced(lm, hook, lambda act: _keep_first(act, coder(act)[0]))
     return lambda: mlp_replaced(lm, hook.layer, lambda mlp_in, mlp_out: _keep_first(mlp_out, coder(mlp_in)[0]))
@@ -67,6 +71,10 @@ def dictionary_splice(lm: LoadedModel, coder: SparseCoder, input_hook: str) -> C
 
 def clt_splice(lm: LoadedModel, clt: CrossLayerTranscoder, layers: list[int]) -> Callable[[], AbstractContextManager]:
     """Replace the MLPs of `layers` by the CLT at once: each layer's output sums the writes of all sources so far."""
+    if clt.d_in != lm.d_model or clt.n_layers != len(layers):
+        raise CircuitDBError(
+            f"CLT of {clt.n_layers} layers × {clt.d_in} does not fit {len(layers)} layers of {lm.name}"
+        )
 
     @contextmanager
     def splice() -> Iterator[None]:

@@ -118,7 +118,7 @@ def train_dictionary(
     )
     step = 0
     for epoch in range(tcfg.epochs):
-        for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed, epoch, tcfg.shuffle_tokens):
+        for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed, epoch, tcfg.shuffle_mb):
             if step < start_step:  # replaying the stream up to where the checkpoint left off
                 step += 1
                 continue
@@ -168,7 +168,7 @@ def _initialize(coder, source: ActivationSource, tcfg: TrainConfig, device):
     The mean is folded into b_enc at the end, so saved transcoders read raw activations.
     """
     sample_in, sample_out = [], []
-    for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed + 1, 0, tcfg.shuffle_tokens):
+    for inputs, targets in source.batches(tcfg.batch_size, tcfg.seed + 1, 0, tcfg.shuffle_mb):
         sample_in.append(inputs)
         sample_out.append(targets)
         if len(sample_in) * tcfg.batch_size >= 8192:
