@@ -77,3 +77,11 @@ def test_store_round_trip(llama: LoadedModel, text_file: Path, tmp_path: Path) -
     assert torch.equal(back.blocks, corpus.blocks) and torch.equal(back.is_eval, corpus.is_eval)
     with pytest.raises(CircuitDBError, match="not in the store"):
         load_stored_corpus(store, "other")
+
+
+def test_no_special_token_after_position_0(llama: LoadedModel, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("first document " * 20)
+    (tmp_path / "b.txt").write_text("second document " * 20)
+    corpus = tokenize_corpus(llama, CorpusConfig(source=str(tmp_path), context=16, max_tokens=16 * 6))
+    special = set(llama.tokenizer.all_special_ids)
+    assert not special & set(corpus.blocks[:, 1:].flatten().tolist())
