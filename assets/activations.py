@@ -4,29 +4,22 @@ A backfill of many layers runs as one Dagster run (single-run backfill policy) a
 forward pass per batch that captures every requested layer at once, instead of one pass each.
 """
 
-import warnings
-
 import dagster as dg
 
 from circuitdb.corpus import load_stored_corpus
 from circuitdb.harvest import harvest_layers
 from circuitdb.models import load_model
 from circuitdb.store import Store
+from orchestration.partitions import per_layer_options
 from orchestration.resources import ProjectResource
-
-# Single-run backfills are the documented way to harvest many partitions in one pass.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
 def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="activations",
         deps=["corpus_tokens"],
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **per_layer_options(partitions),
         group_name="activations",
-        kinds={"pytorch", "safetensors"},
-        pool="gpu",
     )
     def activations(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Activations at the configured hook kinds of each layer, as fp16 shards with a manifest."""

@@ -4,8 +4,6 @@ A multi-layer backfill is one run (single-run policy) that loads the model once 
 layers in turn; the quality check covers every layer the run trained.
 """
 
-import warnings
-
 import dagster as dg
 
 from assets.plots import svg_lines
@@ -13,9 +11,8 @@ from circuitdb.corpus import load_stored_corpus
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
 from circuitdb.models import load_model
 from circuitdb.store import Store
+from orchestration.partitions import per_layer_options
 from orchestration.resources import ProjectResource
-
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 
@@ -24,11 +21,8 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
     @dg.asset(
         name="dictionaries",
         deps=["activations"],
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **per_layer_options(partitions),
         group_name="dictionaries",
-        kinds={"pytorch", "safetensors"},
-        pool="gpu",
         check_specs=[
             dg.AssetCheckSpec("quality", asset="dictionaries", description="FVU, dead fraction and L0 in bounds")
         ],

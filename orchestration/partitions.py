@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from circuitdb.config import ProjectConfig
@@ -24,3 +26,18 @@ def project_layers(config: ProjectConfig) -> list[int]:
 
 def layer_partitions(config: ProjectConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition([str(layer) for layer in project_layers(config)])
+
+
+# Single-run backfills are Dagster's documented way to run many partitions in one process.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+
+def per_layer_options(partitions: dg.PartitionsDefinition) -> dict:
+    """Options of every per-layer model asset: a multi-layer backfill is one run (the model loads once
+    and the harvest captures all layers in one forward pass per batch), in the `gpu` pool."""
+    return {
+        "partitions_def": partitions,
+        "backfill_policy": dg.BackfillPolicy.single_run(),
+        "kinds": {"pytorch", "safetensors"},
+        "pool": "gpu",
+    }

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from circuitdb.config import DictionaryConfig, TrainConfig
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
-from circuitdb.dictionaries.data import ActivationSource
+from circuitdb.dictionaries.data import ActivationSource, LiveActivationSource
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models.loading import resolve_device
@@ -29,7 +29,7 @@ from circuitdb.models.loading import resolve_device
 
 @dataclass
 class TrainResult:
-    coder: SparseCoder
+    coder: SparseCoder | CrossLayerTranscoder
     """The trained dictionary, acting on raw activations."""
     history: list[dict] = field(default_factory=list)
     """Per logged step: step, loss, fvu, l0, lr."""
@@ -42,7 +42,9 @@ def _scales(x: torch.Tensor) -> torch.Tensor:
     return math.sqrt(x.shape[-1]) / x.norm(dim=-1).pow(2).mean(0).sqrt().clamp_min(1e-8)
 
 
-def _make_coder(cfg: DictionaryConfig, source: ActivationSource) -> SparseCoder | CrossLayerTranscoder:
+def _make_coder(
+    cfg: DictionaryConfig, source: ActivationSource | LiveActivationSource
+) -> SparseCoder | CrossLayerTranscoder:
     if cfg.kind == "clt":
         if source.input_hooks != [h.replace("mlp_out", "mlp_in") for h in source.target_hooks]:
             raise CircuitDBError("a cross-layer transcoder reads mlp_in.l and writes mlp_out.l of the same layers")
@@ -56,7 +58,7 @@ def _make_coder(cfg: DictionaryConfig, source: ActivationSource) -> SparseCoder 
 
 def train_dictionary(
     cfg: DictionaryConfig,
-    source: ActivationSource,
+    source: ActivationSource | LiveActivationSource,
     tcfg: TrainConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
