@@ -63,6 +63,11 @@ def train_dictionary(
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> TrainResult:
+    """Train a dictionary of `cfg` on `source`.
+
+    With a `checkpoint` path, state is saved there every `tcfg.checkpoint_every` steps, and a run
+    that finds a checkpoint of the same configuration continues from it to the same final weights.
+    """
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)
     coder = _make_coder(cfg, source).to(device)
