@@ -115,19 +115,25 @@ def dictionary_export(
     config: ConfigOption = None,
 ) -> None:
     """Export trained dictionaries as a circuit-tracer transcoder set or a SAELens SAE folder."""
-    from circuitdb.dictionaries.formats import export_circuit_tracer, export_saelens, load_dictionary
+    from circuitdb.dictionaries.formats import (
+        export_circuit_tracer,
+        export_circuit_tracer_clt,
+        export_saelens,
+        load_dictionary,
+    )
 
     opened = _store(store, config)
-    rows = run_sql(
-        opened, f"SELECT layer, path, model, input_hook FROM dictionaries WHERE name = '{_quote(name)}'"
-    ).rows
-    if layer is not None:
-        rows = [r for r in rows if r[0] == layer]
+    query = f"SELECT layer, path, model, kind FROM dictionaries WHERE name = '{_quote(name)}' ORDER BY layer"
+    rows = [r for r in run_sql(opened, query).rows if layer is None or r[0] == layer]
     if not rows:
-        raise CircuitDBError(
-            f"no dictionary {name!r}" + (f" for layer {layer}" if layer is not None else "") + " in the store"
-        )
-    if fmt is ExportFormat.saelens:
+        where = "" if layer is None else f" for layer {layer}"
+        raise CircuitDBError(f"no dictionary {name!r}{where} in the store; build it first")
+    if rows[0][3] == "clt":
+        if fmt is ExportFormat.saelens:
+            raise CircuitDBError("SAELens format holds SAEs; export a cross-layer transcoder to circuit-tracer")
+        export_circuit_tracer_clt(load_dictionary(opened.root / rows[0][1])[0], out, rows[0][2])
+        rows = rows[:1]
+    elif fmt is ExportFormat.saelens:
         if len(rows) != 1:
             raise CircuitDBError("SAELens holds one SAE per folder: pass --layer")
         coder, meta = load_dictionary(opened.root / rows[0][1])

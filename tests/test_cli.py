@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from circuitdb.dictionaries.formats import import_circuit_tracer
-from query.cli import main
 from tests.test_definitions import TINY_DICTIONARIES
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["circuitdb", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -34,51 +21,30 @@ def project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
     return file
 
 
-def test_build_then_query(project: Path, capsys, monkeypatch) -> None:
-    code, out, err = run_cli(["build", "--config", str(project)], capsys, monkeypatch)
+def test_build_then_query(project: Path, cli) -> None:
+    code, out, err = cli("build", "--config", str(project))
     assert code == 0, err
     assert "corpora: 1 rows" in out
-    code, out, _ = run_cli(["tables", "--config", str(project), "--format", "json"], capsys, monkeypatch)
+    code, out, _ = cli("tables", "--config", str(project), "--format", "json")
     assert code == 0 and {"corpora", "activation_shards", "corpus_blocks"} <= {r["table"] for r in json.loads(out)}
-    code, out, _ = run_cli(
-        ["sql", "select count(*) as n from corpora", "--config", str(project), "-f", "csv"], capsys, monkeypatch
-    )
+    code, out, _ = cli("sql", "select count(*) as n from corpora", "--config", str(project), "-f", "csv")
     assert (code, out) == (0, "n\r\n1\r\n")
-    code, out, _ = run_cli(
-        [
-            "sql",
-            "select hook, sum(n_tokens) t from activation_shards group by hook order by hook",
-            "--config",
-            str(project),
-            "-f",
-            "json",
-        ],
-        capsys,
-        monkeypatch,
+    code, out, _ = cli(
+        "sql",
+        "select hook, sum(n_tokens) t from activation_shards group by hook order by hook",
+        "--config",
+        str(project),
+        "-f",
+        "json",
     )
     rows = json.loads(out)
     assert len(rows) == 2 * 3 and {r["t"] for r in rows} == {256 // 16 * 16}
     out_dir = project.parent / "exported"
-    code, out, err = run_cli(
-        ["dictionary", "export", "--out", str(out_dir), "--config", str(project)], capsys, monkeypatch
-    )
+    code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
     assert code == 0, err
     assert sorted(import_circuit_tracer(out_dir)) == [0, 1, 2]
-    code, _, err = run_cli(
-        [
-            "dictionary",
-            "export",
-            "--format",
-            "saelens",
-            "--layer",
-            "1",
-            "--out",
-            str(out_dir),
-            "--config",
-            str(project),
-        ],
-        capsys,
-        monkeypatch,
+    code, _, err = cli(
+        "dictionary", "export", "--format", "saelens", "--layer", "1", "--out", str(out_dir), "--config", str(project)
     )
     assert code == 1 and "SAELens format holds SAEs" in err
 
@@ -98,7 +64,7 @@ def test_build_then_query(project: Path, capsys, monkeypatch) -> None:
     ],
 )
 def test_errors_are_one_line(
-    args: list[str], extra_yaml: str, message: str, tmp_path: Path, llama_dir: Path, capsys, monkeypatch
+    args: list[str], extra_yaml: str, message: str, tmp_path: Path, llama_dir: Path, cli
 ) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("   ")
@@ -115,7 +81,7 @@ def test_errors_are_one_line(
         text += "corpus:\n  context: 16\n  max_tokens: 64\n"
     config = tmp_path / "circuitdb.yaml"
     config.write_text(text)
-    code, _, err = run_cli([*args, "--config", str(config)], capsys, monkeypatch)
+    code, _, err = cli(*args, "--config", str(config))
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import torch
 
 from circuitdb.config import load_config
-from circuitdb.dictionaries.formats import load_dictionary
+from circuitdb.dictionaries.formats import import_circuit_tracer_clt, load_dictionary
 from circuitdb.store import Store, read_table
 from orchestration.build import RANGE_END, RANGE_START, build_all
 from orchestration.definitions import build_definitions
@@ -72,11 +73,10 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     assert meta["input_hook"] == "mlp_in.1" and coder.cfg.n_latents == 64
 
 
-def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
+def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
     file = _project(tmp_path, llama_dir, text_file)
-    clt_yaml = (
-        "clt:\n  enabled: true\n  dictionary: {kind: clt, n_latents: 48, k: 4}\n  train: {batch_size: 32, epochs: 2}\n"
-    )
+    clt_yaml = "clt:\n  enabled: true\n  dictionary: {kind: clt, activation: relu, n_latents: 48, k: 4}\n"
+    clt_yaml += "  train: {batch_size: 32, epochs: 2}\n"
     file.write_text(file.read_text() + clt_yaml)
     config = load_config(file)
     assert build_all(config).success
@@ -84,6 +84,12 @@ def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file
     assert rows["layer"].to_list() == [0, 1, 2] and rows["delta_ce"].n_unique() == 1
     clt, meta = load_dictionary(Store(config.store).root / rows["path"][0])
     assert meta["layers"] == [0, 1, 2] and clt.n_layers == 3
+    code, _, err = cli("dictionary", "export", "--name", "clt", "--out", str(tmp_path / "ct"), "--config", str(file))
+    assert code == 0, err
+    exported = import_circuit_tracer_clt(tmp_path / "ct")
+    x = torch.randn(5, 3, 64)
+    with torch.no_grad():
+        assert torch.allclose(exported(x)[0], clt(x)[0], atol=1e-5)
 
 
 def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
