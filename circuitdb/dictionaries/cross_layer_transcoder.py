@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.activations import JumpReLU
+from circuitdb.dictionaries.activations import JumpReLU, topk
 from circuitdb.errors import CircuitDBError
 
 
@@ -42,8 +42,7 @@ class CrossLayerTranscoder(nn.Module):
         """Latents [..., n_latents] of source `layer` from its mlp_in [..., d]."""
         pre = x @ self.W_enc[layer].T + self.b_enc[layer]
         if self.cfg.activation == "topk":
-            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+            return topk(pre, self.cfg.k)
         if self.cfg.activation == "jumprelu":
             return self.jumprelus[layer](pre)
         return pre.relu()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.activations import BatchTopK, JumpReLU
+from circuitdb.dictionaries.activations import BatchTopK, JumpReLU, topk
 from circuitdb.errors import CircuitDBError
 
 
@@ -54,8 +54,7 @@ class SparseCoder(nn.Module):
         """Dense latent activations [tokens, n_latents] from pre-activations."""
         act = self.cfg.activation
         if act == "topk":
-            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+            return topk(pre, self.cfg.k)
         if act == "batchtopk":
             return self.batch_topk(pre)
         if act == "jumprelu":
