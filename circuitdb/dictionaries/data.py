@@ -65,24 +65,34 @@ class ActivationSource:
             self._layouts[key] = _shard_layout(self.run_dir / hook / file)
         return self._layouts[key]
 
-    def _rows(self, shard_rows: list[tuple[int, torch.Tensor]], drop_first_position: bool):
-        """(inputs, targets) [sequences, positions, hooks, d] in the storage dtype for rows of given shards."""
+    @property
+    def n_sequences(self) -> int:
+        return sum(self._layout(self.input_hooks[0], file).shape[0] for file in self.files)
+
+    def read(self, sequences: torch.Tensor, drop_first_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) [len(sequences), positions, hooks, d] in the storage dtype, in the given order.
+
+        `sequences` index the run's sequences across all shards; each shard is read once, in
+        ascending row order, so any selection costs about one pass over the rows it touches.
+        """
+        sizes = torch.tensor([self._layout(self.input_hooks[0], file).shape[0] for file in self.files])
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        if len(sequences) and (sequences.min() < 0 or sequences.max() >= starts[-1]):
+            raise CircuitDBError(f"sequence index out of range: the run has {int(starts[-1])} sequences")
+        order = sequences.argsort()
+        ascending = sequences[order]
+        shard_of = torch.searchsorted(starts, ascending, right=True) - 1
         start = int(drop_first_position)
 
         def gather(hooks: list[str]) -> torch.Tensor:
-            parts = [
-                torch.stack([self._layout(h, self.files[shard]).read_rows(rows)[:, start:] for h in hooks], dim=2)
-                for shard, rows in shard_rows
-            ]
-            return torch.cat(parts)
+            parts = []
+            for shard in shard_of.unique().tolist():
+                rows = ascending[shard_of == shard] - starts[shard]
+                parts.append(torch.stack([self._layout(h, self.files[shard]).read_rows(rows) for h in hooks], dim=2))
+            gathered = torch.cat(parts)[:, start:]
+            return gathered[order.argsort()]
 
         return gather(self.input_hooks), gather(self.target_hooks)
-
-    def load_shard(self, file: str, drop_first_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One whole shard as float32 (inputs, targets), each [sequences, positions, hooks, d]."""
-        rows = torch.arange(self._layout(self.input_hooks[0], file).shape[0])
-        inputs, targets = self._rows([(self.files.index(file), rows)], drop_first_position)
-        return inputs.float(), targets.float()
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle_mb: int = 256) -> Iterator[tuple]:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped.
@@ -92,37 +102,23 @@ class ActivationSource:
         together: batches are close to i.i.d. while memory holds one such buffer.
         """
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        sizes = [self._layout(self.input_hooks[0], file).shape[0] for file in self.files]
-        shard_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        row_of = torch.cat([torch.arange(n) for n in sizes])
-        order = torch.randperm(len(row_of), generator=generator)
+        order = torch.randperm(self.n_sequences, generator=generator)
         layout = self._layout(self.input_hooks[0], self.files[0])
         per_sequence = layout.row_bytes * (len(self.input_hooks) + len(self.target_hooks))
         per_chunk = max(1, shuffle_mb * 2**20 // per_sequence)
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for start in range(0, len(order), per_chunk):
-                picked = order[start : start + per_chunk]
-                shard_rows = [
-                    (int(shard), row_of[picked[shard_of[picked] == shard]].sort().values)
-                    for shard in shard_of[picked].unique()
-                ]
-                inputs, targets = self._rows(shard_rows, self.exclude_first_position)
+                inputs, targets = self.read(order[start : start + per_chunk], self.exclude_first_position)
                 yield inputs.flatten(0, 1), targets.flatten(0, 1)
 
         return shuffled_batches(chunks(), batch_size, generator)
 
     def sequences(self, max_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The run's first `max_sequences` (inputs, targets) [sequences, positions, hooks, d], all positions."""
-        ins, outs, seen = [], [], 0
-        for file in self.files:
-            inputs, targets = self.load_shard(file, drop_first_position=False)
-            ins.append(inputs)
-            outs.append(targets)
-            seen += inputs.shape[0]
-            if max_sequences is not None and seen >= max_sequences:
-                break
-        return torch.cat(ins)[:max_sequences], torch.cat(outs)[:max_sequences]
+        """The first `max_sequences` (inputs, targets) [sequences, positions, hooks, d], float32, all positions."""
+        count = self.n_sequences if max_sequences is None else min(max_sequences, self.n_sequences)
+        inputs, targets = self.read(torch.arange(count))
+        return inputs.float(), targets.float()
 
 
 @dataclass
