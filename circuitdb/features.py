@@ -1,11 +1,13 @@
 """Feature statistics: what each latent of a dictionary responds to and what it writes.
 
-Two streaming, vectorized passes over stored activations (never the whole set in memory):
-1. per latent: density (share of tokens active), mean and max activation, and the top exemplars
-   (a running top-k merged chunk by chunk);
-2. with each latent's max known: a 32-bin activation histogram over (0, max] and quantile
-   exemplars — the range split into equal groups, a few tokens sampled uniformly in each (random
-   priorities, top-k per group), so rare high activations and common low ones are both seen.
+One streaming pass encodes the stored activations chunk by chunk and keeps only the active
+(token, latent, value) triples — k per token for a TopK dictionary, ~2 M for 64k tokens × k=32 —
+and everything else is vectorized over those triples:
+- density (share of tokens active), mean and max activation, a 32-bin histogram over (0, max];
+- top exemplars: the highest activations of each latent;
+- quantile exemplars: each latent's range split into equal groups and a few tokens sampled
+  uniformly in each (random priorities), so rare high activations and common low ones are seen;
+- for every exemplar, a fixed-width token window and the latent's activation on each token of it.
 Position 0 (BOS) is excluded throughout, as in training.
 
 Output logits: a latent's decoder row is read through the final norm's gain and the unembedding
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -34,10 +37,8 @@ class FeatureStatsConfig:
     """Exemplars sampled per quantile group."""
     bins: int = 32
     """Histogram bins over (0, max]."""
-    window_left: int = 12
-    """Tokens of context shown before the exemplar's token."""
-    window_right: int = 4
-    """Tokens of context shown after it."""
+    window: int = 16
+    """Tokens in an exemplar's window (the peak sits 3/4 of the way in, or nearer an edge of the block)."""
     n_logits: int = 10
     """Top and bottom output logits per latent."""
     n_neighbours: int = 10
@@ -49,34 +50,36 @@ class FeatureStatsConfig:
 
 
 @dataclass
-class _Top:
-    """A running top-k per latent: values [n, k] and global token indices [n, k] (-1 = empty)."""
+class _Triples:
+    """Active (token, latent, value) triples; token = sequence · positions + position."""
 
-    values: torch.Tensor
-    tokens: torch.Tensor
+    token: torch.Tensor
+    latent: torch.Tensor
+    value: torch.Tensor
 
-    @classmethod
-    def empty(cls, n: int, k: int) -> _Top:
-        return cls(torch.full((n, k), float("-inf")), torch.full((n, k), -1, dtype=torch.long))
-
-    def merge(self, values: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Fold in candidates values/tokens [n, m]."""
-        all_values = torch.cat([self.values, values], dim=1)
-        all_tokens = torch.cat([self.tokens, tokens], dim=1)
-        best = all_values.topk(self.values.shape[1], dim=1)
-        self.values, self.tokens = best.values, all_tokens.gather(1, best.indices)
+    def first_per_group(self, group: torch.Tensor, score: torch.Tensor, keep: int) -> torch.Tensor:
+        """Indices of the `keep` highest-`score` triples within each group id (ties by position)."""
+        order = score.argsort(descending=True, stable=True)
+        order = order[group[order].argsort(stable=True)]
+        grouped = group[order]
+        starts = torch.searchsorted(grouped, grouped, side="left")
+        rank = torch.arange(len(grouped)) - starts
+        return order[rank < keep]
 
 
-def _chunks(source: ActivationSource, coder: SparseCoder, cfg: FeatureStatsConfig):
-    """(latents [tokens, n] of positions ≥ 1, global token index seq·positions + pos of each row) per chunk."""
-    for start in range(0, source.n_sequences, cfg.chunk_sequences):
-        picked = torch.arange(start, min(start + cfg.chunk_sequences, source.n_sequences))
+def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int) -> _Triples:
+    tokens, latents, values = [], [], []
+    for start in range(0, source.n_sequences, chunk_sequences):
+        picked = torch.arange(start, min(start + chunk_sequences, source.n_sequences))
         inputs, _ = source.read(picked)
-        n_seq, positions = inputs.shape[:2]
-        latents = coder.encode(inputs[:, 1:, 0].float().flatten(0, 1))
-        seq = picked.repeat_interleave(positions - 1)
-        pos = torch.arange(1, positions).repeat(n_seq)
-        yield latents, seq * positions + pos
+        positions = inputs.shape[1]
+        acts = coder.encode(inputs[:, 1:, 0].float().flatten(0, 1))
+        row, latent = acts.nonzero(as_tuple=True)
+        sequence = picked[row // (positions - 1)]
+        tokens.append(sequence * positions + row % (positions - 1) + 1)
+        latents.append(latent)
+        values.append(acts[row, latent])
+    return _Triples(torch.cat(tokens), torch.cat(latents), torch.cat(values))
 
 
 @torch.no_grad()
@@ -97,82 +100,96 @@ def feature_statistics(
     coder = coder.cpu().eval()
     n = coder.cfg.n_latents
     positions = blocks.shape[1]
-    active = torch.zeros(n, dtype=torch.long)
-    total = torch.zeros(n, dtype=torch.float64)
-    tokens_seen = 0
-    top = _Top.empty(n, cfg.n_top)
-    for latents, token_index in _chunks(source, coder, cfg):
-        fired = latents > 0
-        active += fired.sum(0)
-        total += latents.sum(0, dtype=torch.float64)
-        tokens_seen += latents.shape[0]
-        k = min(cfg.n_top, latents.shape[0])
-        best = latents.T.topk(k, dim=1)
-        top.merge(best.values, token_index[best.indices])
-    max_act = top.values[:, 0].clamp_min(0)
-    histogram = torch.zeros(n, cfg.bins, dtype=torch.long)
-    samples = _Top.empty(n * cfg.n_groups, cfg.per_group)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    width = (max_act / cfg.bins).clamp_min(1e-12)
-    group_width = (max_act / cfg.n_groups).clamp_min(1e-12)
-    for latents, token_index in _chunks(source, coder, cfg):
-        fired = latents > 0
-        bin_of = (latents / width).ceil().long().clamp(1, cfg.bins) - 1
-        histogram.scatter_add_(1, bin_of.T * fired.T, fired.T.long())
-        group_of = ((latents / group_width).ceil().long().clamp(1, cfg.n_groups) - 1).T  # [n, tokens]
-        priority = torch.rand(latents.T.shape, generator=generator)
-        for group in range(cfg.n_groups):
-            keyed = torch.where(fired.T & (group_of == group), priority, torch.full_like(priority, float("-inf")))
-            k = min(cfg.per_group, keyed.shape[1])
-            best = keyed.topk(k, dim=1)
-            candidates = torch.where(best.values > float("-inf"), token_index[best.indices], -1)
-            view = _Top(samples.values[group :: cfg.n_groups], samples.tokens[group :: cfg.n_groups])
-            view.merge(best.values, candidates)
-            samples.values[group :: cfg.n_groups], samples.tokens[group :: cfg.n_groups] = view.values, view.tokens
-    density = active.double() / max(1, tokens_seen)
-    mean_act = (total / active.clamp_min(1)).float()
+    t = _triples(source, coder, cfg.chunk_sequences)
+    tokens_seen = source.n_sequences * (positions - 1)
+    active = torch.bincount(t.latent, minlength=n)
+    total = torch.bincount(t.latent, weights=t.value.double(), minlength=n)
+    max_act = torch.zeros(n).scatter_reduce(0, t.latent, t.value, reduce="amax", include_self=True)
+    bin_of = (t.value / (max_act[t.latent] / cfg.bins).clamp_min(1e-12)).ceil().long().clamp(1, cfg.bins) - 1
+    histogram = torch.bincount(t.latent * cfg.bins + bin_of, minlength=n * cfg.bins).view(n, cfg.bins)
+
+    top = t.first_per_group(t.latent, t.value, cfg.n_top)
+    group = (t.value / (max_act[t.latent] / cfg.n_groups).clamp_min(1e-12)).ceil().long().clamp(1, cfg.n_groups)
+    priority = torch.rand(len(t.value), generator=torch.Generator().manual_seed(cfg.seed))
+    sampled = t.first_per_group(t.latent * cfg.n_groups + group - 1, priority, cfg.per_group)
+
     top_ids, top_vals, bottom_ids, bottom_vals = _logits(coder, lm, cfg.n_logits)
     neighbours, cosines = _neighbours(coder, cfg.n_neighbours)
-    decode = lm.tokenizer.convert_ids_to_tokens
-    text = lambda token_id: lm.tokenizer.decode([token_id])  # noqa: E731
-    flat_blocks = blocks.flatten()
-    peak_tokens = torch.where(top.tokens[:, 0] >= 0, flat_blocks[top.tokens[:, 0].clamp_min(0)], -1)
+    vocabulary = np.array(lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer)))), dtype=object)
+    strings = np.array([lm.tokenizer.decode([i]) for i in range(len(lm.tokenizer))], dtype=object)
+    peak = torch.full((n,), -1, dtype=torch.long)
+    first = top[torch.searchsorted(t.latent[top], torch.arange(n)).clamp_max(len(top) - 1)]
+    has_peak = t.latent[first] == torch.arange(n)
+    peak[has_peak] = blocks.flatten()[t.token[first[has_peak]]].long()
+    ids = lambda rows: [vocabulary[row].tolist() for row in rows.numpy()]  # noqa: E731
     features = pl.DataFrame(
         {
             "feature_id": [f"{dictionary}/{layer}/{i}" for i in range(n)],
             "dictionary": dictionary,
             "layer": layer,
-            "index": range(n),
-            "density": density.numpy(),
+            "index": np.arange(n),
+            "density": (active.double() / max(1, tokens_seen)).numpy(),
             "max_act": max_act.numpy(),
-            "mean_act": mean_act.numpy(),
+            "mean_act": (total / active.clamp_min(1)).float().numpy(),
             "dead": (active == 0).numpy(),
-            "histogram": histogram.tolist(),
-            "top_logits": [decode(row) for row in top_ids.tolist()],
-            "top_logit_values": top_vals.tolist(),
-            "bottom_logits": [decode(row) for row in bottom_ids.tolist()],
-            "bottom_logit_values": bottom_vals.tolist(),
+            "histogram": histogram.numpy(),
+            "top_logits": ids(top_ids),
+            "top_logit_values": top_vals.numpy(),
+            "bottom_logits": ids(bottom_ids),
+            "bottom_logit_values": bottom_vals.numpy(),
             "neighbours": [[f"{dictionary}/{layer}/{j}" for j in row] for row in neighbours.tolist()],
-            "neighbour_cosines": cosines.tolist(),
+            "neighbour_cosines": cosines.numpy(),
             "label": [
-                _label(
-                    bool(active[i] == 0),
-                    text(int(max(peak_tokens[i], 0))),
-                    [text(t) for t in top_ids[i, :3].tolist()],
-                )
-                for i in range(n)
+                "dead" if a == 0 else f"on {strings[p]!r} → " + ", ".join(repr(s) for s in strings[row[:3]])
+                for a, p, row in zip(active.tolist(), peak.tolist(), top_ids.numpy(), strict=True)
             ],
         }
+    ).with_columns(pl.col("histogram", "top_logit_values", "bottom_logit_values", "neighbour_cosines").arr.to_list())
+    exemplars = pl.concat(
+        [
+            _windows(t, top, "top", torch.zeros(len(top), dtype=torch.long), blocks, strings, cfg, dictionary, layer),
+            _windows(t, sampled, "quantile", group[sampled], blocks, strings, cfg, dictionary, layer),
+        ]
     )
-    exemplars = _exemplar_rows(dictionary, layer, top, samples, cfg, blocks, positions, coder, source, decode)
     return features, exemplars
 
 
-def _label(dead: bool, peak: str, logits: list[str]) -> str:
-    """A short automatic label: the token it fires hardest on and the tokens it promotes."""
-    if dead:
-        return "dead"
-    return f"on {peak!r} → " + ", ".join(repr(token) for token in logits)
+def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary, layer) -> pl.DataFrame:
+    """Exemplar rows for the `chosen` triples: token window, per-token activations of the latent, rank.
+
+    A window token's activation is looked up among all triples by the key token · n + latent.
+    """
+    positions = blocks.shape[1]
+    width = min(cfg.window, positions - 1)
+    token, latent, value = t.token[chosen], t.latent[chosen], t.value[chosen]
+    sequence, position = token // positions, token % positions
+    start = (position - width * 3 // 4).clamp(1, positions - width)
+    window = sequence[:, None] * positions + start[:, None] + torch.arange(width)  # [exemplars, width]
+    stride = int(t.latent.max()) + 1
+    keys = t.token * stride + t.latent
+    order = keys.argsort()
+    sorted_keys = keys[order]
+    wanted = window * stride + latent[:, None]
+    found = torch.searchsorted(sorted_keys, wanted).clamp_max(len(sorted_keys) - 1)
+    activations = torch.where(sorted_keys[found] == wanted, t.value[order][found], torch.zeros(()))
+    # rank within each (latent, group), in the order `chosen` lists them (best first)
+    group_key = latent * 1000 + groups
+    starts = torch.searchsorted(group_key, group_key, side="left")
+    rank = torch.arange(len(chosen)) - starts
+    return pl.DataFrame(
+        {
+            "feature_id": [f"{dictionary}/{layer}/{i}" for i in latent.tolist()],
+            "kind": kind,
+            "group": groups.numpy(),
+            "rank": rank.numpy(),
+            "block": sequence.numpy(),
+            "position": position.numpy(),
+            "activation": value.numpy(),
+            "peak_offset": (position - start).numpy(),
+            "tokens": strings[blocks.flatten()[window].numpy()].tolist(),
+            "values": activations.numpy(),
+        }
+    ).with_columns(pl.col("values").arr.to_list())
 
 
 def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
@@ -191,44 +208,3 @@ def _neighbours(coder: SparseCoder, k: int):
     similarity.fill_diagonal_(float("-inf"))
     best = similarity.topk(min(k, unit.shape[0] - 1), dim=1)
     return best.indices, best.values
-
-
-def _exemplar_rows(dictionary, layer, top, samples, cfg, blocks, positions, coder, source, decode) -> pl.DataFrame:
-    """One row per exemplar: its token window and the latent's activation on every token of it."""
-    n = top.values.shape[0]
-    wanted = []  # (latent, kind, group, rank, global token index)
-    for latent in range(n):
-        for rank, token in enumerate(top.tokens[latent].tolist()):
-            if token >= 0 and top.values[latent, rank] > 0:
-                wanted.append((latent, "top", 0, rank, token))
-        for group in range(cfg.n_groups):
-            for rank, token in enumerate(samples.tokens[latent * cfg.n_groups + group].tolist()):
-                if token >= 0:
-                    wanted.append((latent, "quantile", group + 1, rank, token))
-    if not wanted:
-        return pl.DataFrame(schema={"feature_id": pl.String()})
-    by_sequence: dict[int, list] = {}
-    for item in wanted:
-        by_sequence.setdefault(item[4] // positions, []).append(item)
-    columns = ("feature_id", "kind", "group", "rank", "block", "position", "activation", "tokens", "values")
-    rows = {key: [] for key in columns}
-    sequences = sorted(by_sequence)
-    for start in range(0, len(sequences), cfg.chunk_sequences):
-        chunk = sequences[start : start + cfg.chunk_sequences]
-        inputs, _ = source.read(torch.tensor(chunk))
-        latents = coder.encode(inputs[:, :, 0].float().flatten(0, 1)).view(len(chunk), positions, -1)
-        latents[:, 0] = 0  # position 0 is excluded everywhere
-        for latent, kind, group, rank, token in (item for seq in chunk for item in by_sequence[seq]):
-            seq, pos = divmod(token, positions)
-            lo, hi = max(1, pos - cfg.window_left), min(positions, pos + cfg.window_right + 1)
-            acts = latents[chunk.index(seq), :, latent]
-            rows["feature_id"].append(f"{dictionary}/{layer}/{latent}")
-            rows["kind"].append(kind)
-            rows["group"].append(group)
-            rows["rank"].append(rank)
-            rows["block"].append(seq)
-            rows["position"].append(pos)
-            rows["activation"].append(float(acts[pos]))
-            rows["tokens"].append(decode(blocks[seq, lo:hi].tolist()))
-            rows["values"].append(acts[lo:hi].tolist())
-    return pl.DataFrame(rows)

@@ -50,7 +50,7 @@ def test_density_max_mean_and_dead(stats) -> None:
     assert torch.equal(histograms.sum(1), active)
 
 
-def test_top_and_quantile_exemplars(stats) -> None:
+def test_top_and_quantile_exemplars(stats, llama: LoadedModel) -> None:
     features, exemplars, dense, _, blocks = stats
     top = exemplars.filter(pl.col("kind") == "top")
     for latent in (0, 7, 19):
@@ -60,7 +60,12 @@ def test_top_and_quantile_exemplars(stats) -> None:
         assert rows["activation"].to_list() == pytest.approx(expected.tolist(), rel=1e-5)
         for row in rows.iter_rows(named=True):
             assert dense[row["block"], row["position"] - 1, latent] == pytest.approx(row["activation"], rel=1e-5)
-            assert row["tokens"][-1 - min(4, 23 - row["position"])] is not None
+            start = row["position"] - row["peak_offset"]
+            window = dense[row["block"], start - 1 : start - 1 + len(row["values"]), latent]
+            assert row["values"] == pytest.approx(window.tolist(), rel=1e-5, abs=1e-6)
+            assert row["values"][row["peak_offset"]] == pytest.approx(row["activation"], rel=1e-5)
+            token = llama.tokenizer.decode([int(blocks[row["block"], row["position"]])])
+            assert row["tokens"][row["peak_offset"]] == token
     quantile = exemplars.filter(pl.col("kind") == "quantile").join(
         features.select("feature_id", "max_act"), on="feature_id"
     )

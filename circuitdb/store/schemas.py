@@ -70,7 +70,7 @@ TABLES: dict[str, TableSchema] = {
         {
             "name": (pl.String(), "dictionary set name (config dictionaries.name)"),
             "layer": (pl.Int32(), "layer the dictionary reads"),
-            "kind": (pl.String(), "sae or plt (per-layer transcoder)"),
+            "kind": (pl.String(), "sae, plt (per-layer transcoder) or clt (cross-layer transcoder)"),
             "activation": (pl.String(), "topk, batchtopk, jumprelu or relu"),
             "input_hook": (pl.String(), "hook point read, e.g. mlp_in.3"),
             "target_hook": (pl.String(), "hook point reconstructed, e.g. mlp_out.3"),
