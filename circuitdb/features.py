@@ -22,9 +22,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
+from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
+from circuitdb.store import Store, read_table, write_partition
 
 
 @dataclass
@@ -115,13 +119,12 @@ def feature_statistics(
 
     top_ids, top_vals, bottom_ids, bottom_vals = _logits(coder, lm, cfg.n_logits)
     neighbours, cosines = _neighbours(coder, cfg.n_neighbours)
-    vocabulary = np.array(lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer)))), dtype=object)
     strings = np.array([lm.tokenizer.decode([i]) for i in range(len(lm.tokenizer))], dtype=object)
     peak = torch.full((n,), -1, dtype=torch.long)
     first = top[torch.searchsorted(t.latent[top], torch.arange(n)).clamp_max(len(top) - 1)]
     has_peak = t.latent[first] == torch.arange(n)
     peak[has_peak] = blocks.flatten()[t.token[first[has_peak]]].long()
-    ids = lambda rows: [vocabulary[row].tolist() for row in rows.numpy()]  # noqa: E731
+    ids = lambda rows: [strings[row].tolist() for row in rows.numpy()]  # noqa: E731
     features = pl.DataFrame(
         {
             "feature_id": [f"{dictionary}/{layer}/{i}" for i in range(n)],
@@ -208,3 +211,20 @@ def _neighbours(coder: SparseCoder, k: int):
     similarity.fill_diagonal_(float("-inf"))
     best = similarity.topk(min(k, unit.shape[0] - 1), dim=1)
     return best.indices, best.values
+
+
+def build_layer_features(
+    store: Store, lm: LoadedModel, corpus: TokenizedCorpus, name: str, layer: int, cfg: FeatureStatsConfig | None = None
+) -> tuple[int, int]:
+    """Statistics and exemplars of the stored dictionary `name` at `layer`, over the train split; written
+    as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
+    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("layer") == layer))
+    if rows.is_empty():
+        raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
+    coder, meta = load_dictionary(store.root / rows["path"][0])
+    source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [meta["input_hook"]])
+    features, exemplars = feature_statistics(coder, source, corpus.split("train"), lm, name, layer, cfg)
+    partition = f"{name}-layer-{layer:03d}"
+    write_partition(store, "exemplars", partition, exemplars)
+    write_partition(store, "features", partition, features)
+    return features.height, exemplars.height

@@ -5,6 +5,7 @@ Every mistake a user can make ends in one line on stderr and a non-zero exit, ne
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from circuitdb.config import ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import TABLES, Store
 from query.engine import QueryResult, run_sql
-from query.render import OutputFormat, render
+from query.render import OutputFormat, render, render_feature
 
 app = typer.Typer(
     help="circuitdb: a feature and circuit database for transformer language models.",
@@ -142,6 +143,46 @@ def dictionary_export(
         coders = {r[0]: load_dictionary(opened.root / r[1])[0] for r in rows}
         export_circuit_tracer(coders, out, rows[0][2])
     typer.echo(f"wrote {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} to {out}")
+
+
+feature_app = typer.Typer(help="Features of the trained dictionaries.", no_args_is_help=True)
+app.add_typer(feature_app, name="feature")
+
+
+@feature_app.command("show")
+def feature_show(
+    feature_id: Annotated[str, typer.Argument(help="<dictionary>/<layer>/<index>, e.g. plt/12/345")],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table (a readable page) or json")
+    ] = OutputFormat.table,
+    exemplars: Annotated[int, typer.Option(help="Top exemplars to show (quantile ones: one per group).")] = 8,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Statistics, histogram, output logits, neighbours and exemplars of one feature."""
+    parts = feature_id.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise CircuitDBError(
+            f"malformed feature id {feature_id!r}; expected <dictionary>/<layer>/<index>, e.g. plt/12/345"
+        )
+    opened = _store(store, config)
+    if "features" not in opened.table_names():
+        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
+    found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = '{_quote(feature_id)}'")
+    if not found.rows:
+        raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
+    feature = dict(zip(found.columns, found.rows[0], strict=True))
+    query = (
+        f"SELECT * FROM exemplars WHERE feature_id = '{_quote(feature_id)}' "
+        f"AND ((kind = 'top' AND rank < {exemplars}) OR (kind = 'quantile' AND rank = 0)) "
+        'ORDER BY kind DESC, "group" DESC, rank'
+    )
+    rows = run_sql(opened, query)
+    examples = [dict(zip(rows.columns, row, strict=True)) for row in rows.rows]
+    if fmt is OutputFormat.table:
+        render_feature(feature, examples)
+    else:
+        typer.echo(json.dumps({**feature, "exemplars": examples}, default=str))
 
 
 def _quote(text: str) -> str:

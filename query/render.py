@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from query.engine import QueryResult
 
@@ -43,3 +44,56 @@ def _cell(value: object) -> str:
         return f"{value:.6g}"
     text = str(value)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: list[int]) -> str:
+    """Histogram as one line of block characters (log-scaled so rare high bins stay visible)."""
+    import math
+
+    top = max((math.log1p(c) for c in counts), default=0) or 1
+    return "".join(SPARK[min(7, int(math.log1p(c) / top * 7))] if c else " " for c in counts)
+
+
+def highlighted(tokens: list[str], values: list[float], peak: int, scale: float) -> Text:
+    """Tokens with a background whose intensity is the activation; the peak token underlined."""
+    text = Text()
+    for i, (token, value) in enumerate(zip(tokens, values, strict=True)):
+        shade = int(255 - 175 * min(1.0, max(0.0, value / scale))) if value > 0 else 255
+        style = f"black on rgb(255,{shade},{shade})" if value > 0 else ""
+        text.append(token.replace("\n", "⏎"), style=style + (" underline bold" if i == peak else ""))
+    return text
+
+
+def render_feature(feature: dict, exemplars: list[dict]) -> None:
+    """A readable page for one feature: stats, histogram, logits, neighbours, exemplars."""
+    console = Console()
+    console.print(f"[bold]{feature['feature_id']}[/bold]  {feature['label']}")
+    console.print(
+        f"density {feature['density']:.4%}   max {feature['max_act']:.3g}   mean {feature['mean_act']:.3g}"
+        + ("   [red]dead[/red]" if feature["dead"] else "")
+    )
+    console.print(f"activations (0 → {feature['max_act']:.3g}): |{sparkline(feature['histogram'])}|")
+    promote = ", ".join(
+        f"{t!r} {v:+.2f}" for t, v in zip(feature["top_logits"], feature["top_logit_values"], strict=True)
+    )
+    suppress = ", ".join(
+        f"{t!r} {v:+.2f}" for t, v in zip(feature["bottom_logits"], feature["bottom_logit_values"], strict=True)
+    )
+    console.print(f"promotes: {promote}")
+    console.print(f"suppresses: {suppress}")
+    neighbours = ", ".join(
+        f"{n} ({c:.2f})" for n, c in zip(feature["neighbours"], feature["neighbour_cosines"], strict=True)
+    )
+    console.print(f"decoder neighbours: {neighbours}")
+    for kind in ("top", "quantile"):
+        rows = [e for e in exemplars if e["kind"] == kind]
+        if rows:
+            console.print(f"\n[bold]{kind} exemplars[/bold]")
+        for row in rows:
+            prefix = f"{row['activation']:7.3f} " + (f"q{row['group']} " if kind == "quantile" else "")
+            console.print(
+                Text(prefix) + highlighted(row["tokens"], row["values"], row["peak_offset"], feature["max_act"])
+            )

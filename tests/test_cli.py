@@ -39,6 +39,14 @@ def test_build_then_query(project: Path, cli) -> None:
     )
     rows = json.loads(out)
     assert len(rows) == 2 * 3 and {r["t"] for r in rows} == {256 // 16 * 16}
+    code, out, err = cli("feature", "show", "plt/1/0", "--config", str(project))
+    assert code == 0 and out.startswith("plt/1/0") and "top exemplars" in out, err
+    code, out, _ = cli("feature", "show", "plt/2/3", "-f", "json", "--config", str(project))
+    shown = json.loads(out)
+    assert shown["feature_id"] == "plt/2/3" and all(e["feature_id"] == "plt/2/3" for e in shown["exemplars"])
+    for bad, message in (("plt/1", "malformed feature id"), ("plt/1/9999", "unknown feature"), ("x/9/0", "unknown")):
+        code, _, err = cli("feature", "show", bad, "--config", str(project))
+        assert code == 1 and message in err
     out_dir = project.parent / "exported"
     code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
     assert code == 0, err

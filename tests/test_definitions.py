@@ -21,7 +21,12 @@ def test_default_definitions_load() -> None:
 
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"corpus_tokens", "activations", "dictionaries"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "corpus_tokens",
+        "activations",
+        "dictionaries",
+        "feature_stats",
+    }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
 
 
@@ -67,10 +72,13 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     assert single.success and layer1.stat().st_mtime_ns == before and layer0.is_file()
     dictionaries = read_table(store, "dictionaries").sort("layer")
     assert dictionaries["layer"].to_list() == [0, 1, 2] and (dictionaries["fvu_excl_pos0"] < 1.5).all()
-    checks = result.get_asset_check_evaluations()
-    assert [c.check_name for c in checks] == ["quality"]
     coder, meta = load_dictionary(store.root / dictionaries["path"][1])
     assert meta["input_hook"] == "mlp_in.1" and coder.cfg.n_latents == 64
+    features = read_table(store, "features")
+    assert features.height == 3 * 64 and set(features["layer"]) == {0, 1, 2}
+    assert set(read_table(store, "exemplars")["feature_id"]) <= set(features["feature_id"])
+    assert {c.check_name for c in result.get_asset_check_evaluations()} == {"quality", "every_latent_has_a_row"}
+    assert all(c.passed for c in result.get_asset_check_evaluations() if c.check_name == "every_latent_has_a_row")
 
 
 def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:

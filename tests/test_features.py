@@ -79,7 +79,7 @@ def test_logits_and_neighbours(stats, llama: LoadedModel) -> None:
     features, _, _, coder, _ = stats
     logits = (coder.W_dec * llama.model.model.norm.weight) @ llama.model.lm_head.weight.T
     best = logits[5].topk(5).indices.tolist()
-    assert features["top_logits"][5].to_list() == llama.tokenizer.convert_ids_to_tokens(best)
+    assert features["top_logits"][5].to_list() == [llama.tokenizer.decode([i]) for i in best]
     unit = torch.nn.functional.normalize(coder.W_dec, dim=1)
     cosine = unit @ unit.T
     cosine.fill_diagonal_(-2)
