@@ -4,9 +4,12 @@ import dagster as dg
 import polars as pl
 
 from circuitdb.corpus import load_stored_corpus
+from circuitdb.dictionaries.formats import load_dictionary
+from circuitdb.errors import CircuitDBError
 from circuitdb.features import build_layer_features
 from circuitdb.models import load_model
 from circuitdb.store import Store, read_table
+from circuitdb.store.vectors import ensure_index, write_vectors
 from orchestration.partitions import per_layer_options
 from orchestration.resources import ProjectResource
 
@@ -52,3 +55,31 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         )
 
     return feature_stats
+
+
+def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="feature_vectors",
+        deps=["feature_stats"],
+        **per_layer_options(partitions),
+        group_name="features",
+    )
+    def feature_vectors(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Unit decoder directions in LanceDB for nearest-feature search (ANN index once the table is large)."""
+        config = project.load()
+        store = Store(config.store)
+        name = config.dictionaries.name
+        dictionaries = read_table(store, "dictionaries").filter(pl.col("name") == name)
+        features = read_table(store, "features").filter(pl.col("dictionary") == name)
+        written = 0
+        for key in context.partition_keys:
+            layer = int(key)
+            path = dictionaries.filter(pl.col("layer") == layer)["path"]
+            if path.is_empty():
+                raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
+            coder, _ = load_dictionary(store.root / path[0])
+            written += write_vectors(store, name, layer, coder.W_dec, features.filter(pl.col("layer") == layer))
+        indexed = ensure_index(store)
+        return dg.MaterializeResult(metadata={"vectors": written, "ann_index": indexed, "dagster/row_count": written})
+
+    return feature_vectors

@@ -12,7 +12,7 @@ from assets.activations import build_activations_asset
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset
-from assets.features import build_feature_stats_asset
+from assets.features import build_feature_stats_asset, build_feature_vectors_asset
 from circuitdb.config import ProjectConfig, load_config
 from orchestration.partitions import layer_partitions, project_layers
 from orchestration.resources import ProjectResource
@@ -26,6 +26,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_activations_asset(layers),
         build_dictionaries_asset(layers),
         build_feature_stats_asset(layers),
+        build_feature_vectors_asset(layers),
     ]
     if config.clt.enabled:
         assets.append(build_cross_layer_asset(project_layers(config)))

@@ -185,6 +185,48 @@ def feature_show(
         typer.echo(json.dumps({**feature, "exemplars": examples}, default=str))
 
 
+search_app = typer.Typer(help="Find features.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
+
+
+@search_app.command("similar")
+def search_similar(
+    feature_id: Annotated[str | None, typer.Argument(help="Feature whose decoder direction is the query.")] = None,
+    vector: Annotated[
+        Path | None, typer.Option(help="Query vector instead: a .npy file or numbers in a text file.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="How many features.")] = 10,
+    layer_min: Annotated[int | None, typer.Option(help="Lowest layer.")] = None,
+    layer_max: Annotated[int | None, typer.Option(help="Highest layer.")] = None,
+    dictionary: Annotated[str | None, typer.Option(help="Only this dictionary set.")] = None,
+    min_density: Annotated[float, typer.Option(help="Lowest density.")] = 0.0,
+    max_density: Annotated[float, typer.Option(help="Highest density.")] = 1.0,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Features with the most similar decoder directions (cosine), across dictionaries and layers."""
+    import numpy as np
+
+    from circuitdb.store.vectors import feature_vector, nearest
+
+    if (feature_id is None) == (vector is None):
+        raise CircuitDBError("give a feature id or --vector FILE, not both")
+    opened = _store(store, config)
+    if vector is not None:
+        try:
+            query = np.load(vector) if vector.suffix == ".npy" else np.loadtxt(vector, dtype=np.float32)
+        except (OSError, ValueError) as exc:
+            raise CircuitDBError(f"cannot read vector file {vector}: {str(exc).splitlines()[0]}") from None
+    else:
+        query = feature_vector(opened, feature_id)
+    layers = (
+        None if layer_min is None and layer_max is None else (layer_min or 0, 10**6 if layer_max is None else layer_max)
+    )
+    found = nearest(opened, query, k, layers, dictionary, (min_density, max_density), exclude=feature_id)
+    render(QueryResult(found.columns, [], found.rows()), fmt)
+
+
 def _quote(text: str) -> str:
     return text.replace("'", "''")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from circuitdb.dictionaries.formats import import_circuit_tracer
@@ -47,6 +48,14 @@ def test_build_then_query(project: Path, cli) -> None:
     for bad, message in (("plt/1", "malformed feature id"), ("plt/1/9999", "unknown feature"), ("x/9/0", "unknown")):
         code, _, err = cli("feature", "show", bad, "--config", str(project))
         assert code == 1 and message in err
+    code, out, err = cli(
+        "search", "similar", "plt/1/0", "--k", "4", "--layer-min", "2", "-f", "json", "--config", str(project)
+    )
+    found = json.loads(out)
+    assert code == 0 and len(found) == 4 and {f["layer"] for f in found} == {2}, err
+    np.save(project.parent / "v.npy", np.ones(3))
+    code, _, err = cli("search", "similar", "--vector", str(project.parent / "v.npy"), "--config", str(project))
+    assert code == 1 and "dimension 3" in err
     out_dir = project.parent / "exported"
     code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
     assert code == 0, err

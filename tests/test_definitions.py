@@ -11,6 +11,7 @@ import torch
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import import_circuit_tracer_clt, load_dictionary
 from circuitdb.store import Store, read_table
+from circuitdb.store.vectors import feature_vector, nearest
 from orchestration.build import RANGE_END, RANGE_START, build_all
 from orchestration.definitions import build_definitions
 from orchestration.resources import ProjectResource
@@ -26,6 +27,7 @@ def test_default_definitions_load() -> None:
         "activations",
         "dictionaries",
         "feature_stats",
+        "feature_vectors",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
 
@@ -77,6 +79,8 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     features = read_table(store, "features")
     assert features.height == 3 * 64 and set(features["layer"]) == {0, 1, 2}
     assert set(read_table(store, "exemplars")["feature_id"]) <= set(features["feature_id"])
+    similar = nearest(store, feature_vector(store, "plt/1/5"), k=3, exclude="plt/1/5")
+    assert similar.height == 3 and "plt/1/5" not in similar["feature_id"].to_list()
     assert {c.check_name for c in result.get_asset_check_evaluations()} == {"quality", "every_latent_has_a_row"}
     assert all(c.passed for c in result.get_asset_check_evaluations() if c.check_name == "every_latent_has_a_row")
 

@@ -1,0 +1,119 @@
+"""Decoder directions in LanceDB: nearest features by cosine, filtered before the search.
+
+One table, `feature_vectors`, one row per feature (unit decoder row + id, dictionary, layer,
+index, label, density). A partition (dictionary, layer) is replaced by delete + add. Below
+`INDEX_MIN_ROWS` rows an exact scan is fast enough (~ms); above it an IVF-HNSW index with scalar
+quantization is built, and searches re-rank candidates exactly so recall stays high.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LANCE_LOG", "error")  # lance warns on every new dataset; the CLI owns the terminal
+
+import lancedb  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+
+from circuitdb.errors import CircuitDBError  # noqa: E402
+from circuitdb.store.layout import Store  # noqa: E402
+
+TABLE = "feature_vectors"
+INDEX_MIN_ROWS = 50_000
+"""Below this many rows searches scan exactly; above it an ANN index is built."""
+
+
+def _connect(store: Store) -> lancedb.DBConnection:
+    return lancedb.connect(str(store.root / "vectors"))
+
+
+def _table(store: Store):
+    db = _connect(store)
+    if TABLE not in db.list_tables().tables:
+        raise CircuitDBError("no feature vectors in the store yet; run `circuitdb build` (asset feature_vectors)")
+    return db.open_table(TABLE)
+
+
+def write_vectors(store: Store, dictionary: str, layer: int, decoder: torch.Tensor, features: pl.DataFrame) -> int:
+    """Replace the vectors of (`dictionary`, `layer`) with the unit rows of `decoder` [n, d]."""
+    unit = torch.nn.functional.normalize(decoder.detach().float(), dim=1).numpy()
+    features = features.sort("index")
+    data = pa.table(
+        {
+            "feature_id": features["feature_id"].to_list(),
+            "dictionary": features["dictionary"].to_list(),
+            "layer": pa.array(features["layer"].to_numpy(), pa.int32()),
+            "index": pa.array(features["index"].to_numpy(), pa.int32()),
+            "label": features["label"].to_list(),
+            "density": pa.array(features["density"].to_numpy(), pa.float64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(unit.ravel()), unit.shape[1]),
+        }
+    )
+    db = _connect(store)
+    if TABLE in db.list_tables().tables:
+        table = db.open_table(TABLE)
+        table.delete(f"dictionary = '{_quote(dictionary)}' AND layer = {int(layer)}")
+        table.add(data)
+    else:
+        db.create_table(TABLE, data=data)
+    return data.num_rows
+
+
+def ensure_index(store: Store) -> bool:
+    """Build the ANN index when the table is large enough to need one; True if it has one now."""
+    table = _table(store)
+    rows = table.count_rows()
+    if rows < INDEX_MIN_ROWS:
+        return False
+    partitions = max(1, int(np.sqrt(rows)))
+    table.create_index(
+        metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ", num_partitions=partitions, replace=True
+    )
+    return True
+
+
+def feature_vector(store: Store, feature_id: str) -> np.ndarray:
+    rows = _table(store).search().where(f"feature_id = '{_quote(feature_id)}'").limit(1).to_list()
+    if not rows:
+        raise CircuitDBError(f"unknown feature {feature_id!r}: no decoder vector stored for it")
+    return np.asarray(rows[0]["vector"], dtype=np.float32)
+
+
+def nearest(
+    store: Store,
+    vector: np.ndarray,
+    k: int = 10,
+    layers: tuple[int, int] | None = None,
+    dictionary: str | None = None,
+    density: tuple[float, float] | None = None,
+    exclude: str | None = None,
+) -> pl.DataFrame:
+    """The k features whose decoder direction is closest in cosine to `vector`, filters applied first."""
+    table = _table(store)
+    width = table.schema.field("vector").type.list_size
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    if vector.shape[0] != width:
+        raise CircuitDBError(f"vector has dimension {vector.shape[0]}; the stored decoder directions have {width}")
+    if not np.isfinite(vector).all() or not np.linalg.norm(vector):
+        raise CircuitDBError("the query vector must be finite and non-zero")
+    clauses = []
+    if layers is not None:
+        clauses.append(f"layer >= {int(layers[0])} AND layer <= {int(layers[1])}")
+    if dictionary is not None:
+        clauses.append(f"dictionary = '{_quote(dictionary)}'")
+    if density is not None:
+        clauses.append(f"density >= {float(density[0])} AND density <= {float(density[1])}")
+    if exclude is not None:
+        clauses.append(f"feature_id != '{_quote(exclude)}'")
+    query = table.search(vector).distance_type("cosine").limit(k).refine_factor(10).nprobes(32)
+    if clauses:
+        query = query.where(" AND ".join(clauses), prefilter=True)
+    result = pl.from_arrow(query.select(["feature_id", "dictionary", "layer", "index", "label", "density"]).to_arrow())
+    return result.with_columns((1 - pl.col("_distance")).alias("cosine")).drop("_distance")
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
