@@ -27,7 +27,7 @@ from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
-from circuitdb.models import LoadedModel
+from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, read_table, write_partition
 
 
@@ -228,3 +228,47 @@ def build_layer_features(
     write_partition(store, "exemplars", partition, exemplars)
     write_partition(store, "features", partition, features)
     return features.height, exemplars.height
+
+
+def load_dictionary_set(store: Store, name: str) -> dict[int, tuple[SparseCoder, str]]:
+    """Every stored per-layer dictionary of set `name`: layer → (coder, input hook)."""
+    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("kind") != "clt"))
+    if rows.is_empty():
+        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build them first")
+    loaded = {}
+    for layer, path in rows.select("layer", "path").iter_rows():
+        coder, meta = load_dictionary(store.root / path)
+        loaded[layer] = (coder.eval(), meta["input_hook"])
+    return loaded
+
+
+@torch.no_grad()
+def active_features(
+    lm: LoadedModel, dictionaries: dict[int, tuple[SparseCoder, str]], name: str, text: str
+) -> pl.DataFrame:
+    """Every (feature, position) active when the model reads `text` (BOS added, position 0 left out)."""
+    if not text.strip():
+        raise CircuitDBError("empty text: give some words to search with")
+    ids = lm.encode(text)
+    if len(ids) > lm.max_context:
+        raise CircuitDBError(f"text is {len(ids)} tokens, longer than the model's context of {lm.max_context}")
+    hooks = resolve_hooks(lm, [hook for _, hook in dictionaries.values()])
+    acts = capture(lm, torch.tensor([ids]), hooks)
+    tokens = [lm.tokenizer.decode([i]) for i in ids]
+    frames = []
+    for layer, (coder, hook) in sorted(dictionaries.items()):
+        latents = coder.to(lm.device).encode(acts[hook][0])[1:].cpu()
+        position, index = latents.nonzero(as_tuple=True)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "feature_id": [f"{name}/{layer}/{i}" for i in index.tolist()],
+                    "layer": layer,
+                    "index": index.numpy(),
+                    "position": (position + 1).numpy(),
+                    "token": [tokens[p + 1] for p in position.tolist()],
+                    "activation": latents[position, index].numpy(),
+                }
+            )
+        )
+    return pl.concat(frames)

@@ -227,6 +227,72 @@ def search_similar(
     render(QueryResult(found.columns, [], found.rows()), fmt)
 
 
+@search_app.command("text")
+def search_text(
+    text: Annotated[str, typer.Argument(help="Text to run through the model.")],
+    k: Annotated[int, typer.Option(help="How many features (pooled) or per token.")] = 10,
+    per_token: Annotated[bool, typer.Option("--per-token", help="The top features of every token.")] = False,
+    name: Annotated[str, typer.Option(help="Dictionary set.")] = "plt",
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Features most active on a text: pooled (max over tokens) or per token, ranked by activation / max."""
+    import polars as pl
+
+    from circuitdb.features import active_features, load_dictionary_set
+    from circuitdb.models import load_model
+
+    project = _config(config, store=store)
+    opened = Store.open_existing(project.store)
+    if not text.strip():
+        raise CircuitDBError("empty text: give some words to search with")
+    lm = load_model(project.model.spec, project.model.device)
+    found = active_features(lm, load_dictionary_set(opened, name), name, text)
+    if "features" in opened.table_names():
+        stats = run_sql(opened, f"SELECT feature_id, max_act, label FROM features WHERE dictionary = '{_quote(name)}'")
+        known = pl.DataFrame(stats.rows, schema=stats.columns, orient="row")
+        found = found.join(known, on="feature_id", how="left")
+    else:
+        found = found.with_columns(max_act=pl.lit(None, pl.Float32), label=pl.lit(None, pl.String))
+    found = found.with_columns(relative=pl.col("activation") / pl.col("max_act"))  # null without stats: ranked last
+    if per_token:
+        found = (
+            found.sort("relative", "activation", descending=True, nulls_last=True)
+            .group_by("position", maintain_order=True)
+            .head(k)
+            .sort("position")
+        )
+    else:
+        found = (
+            found.sort("relative", "activation", descending=True, nulls_last=True)
+            .unique("feature_id", keep="first", maintain_order=True)
+            .head(k)
+        )
+    columns = ["position", "token", "feature_id", "activation", "relative", "label"]
+    render(QueryResult(columns, [], found.select(columns).rows()), fmt)
+
+
+@feature_app.command("top")
+def feature_top(
+    layer: Annotated[int | None, typer.Option(help="Only this layer.")] = None,
+    by: Annotated[str, typer.Option(help="density or max_act.")] = "density",
+    k: Annotated[int, typer.Option(help="How many.")] = 20,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The most frequent (or strongest) live features, with their labels."""
+    if by not in ("density", "max_act"):
+        raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
+    opened = _store(store, config)
+    if "features" not in opened.table_names():
+        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
+    where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
+    query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
+    render(run_sql(opened, query), fmt)
+
+
 def _quote(text: str) -> str:
     return text.replace("'", "''")
 

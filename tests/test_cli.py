@@ -56,6 +56,20 @@ def test_build_then_query(project: Path, cli) -> None:
     np.save(project.parent / "v.npy", np.ones(3))
     code, _, err = cli("search", "similar", "--vector", str(project.parent / "v.npy"), "--config", str(project))
     assert code == 1 and "dimension 3" in err
+    code, out, err = cli("search", "text", "The quick brown fox", "--k", "5", "-f", "json", "--config", str(project))
+    pooled = json.loads(out)
+    assert code == 0 and len(pooled) == 5 and len({r["feature_id"] for r in pooled}) == 5, err
+    assert [r["relative"] for r in pooled] == sorted((r["relative"] for r in pooled), reverse=True)
+    code, out, _ = cli(
+        "search", "text", "The quick brown fox", "--per-token", "--k", "2", "-f", "json", "--config", str(project)
+    )
+    per_token = json.loads(out)
+    assert {r["position"] for r in per_token} == set(range(1, len(per_token) // 2 + 1))
+    code, _, err = cli("search", "text", "   ", "--config", str(project))
+    assert code == 1 and "empty text" in err
+    code, out, _ = cli("feature", "top", "--layer", "1", "--k", "3", "-f", "json", "--config", str(project))
+    top = json.loads(out)
+    assert len(top) == 3 and top[0]["density"] >= top[-1]["density"]
     out_dir = project.parent / "exported"
     code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
     assert code == 0, err
