@@ -25,6 +25,8 @@ demo: install
 	$(BIN)/circuitdb sql "select corpus, model, n_blocks, n_tokens from corpora" --store $(STORE)
 	$(BIN)/circuitdb sql "select split, count(distinct hook) as hooks, sum(n_tokens) // count(distinct hook) as tokens_per_hook from activation_shards group by split order by split" --store $(STORE)
 	$(BIN)/circuitdb sql "select layer, fvu, fvu_excl_pos0, l0, dead_frac, delta_ce from dictionaries order by layer" --store $(STORE)
+	$(BIN)/circuitdb feature top --layer 12 --k 5 --store $(STORE)
+	$(BIN)/circuitdb search text "def parse(self, text): return text.split()" --k 5 --store $(STORE)
 
 test: install
 	$(BIN)/python -m pytest
