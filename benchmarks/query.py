@@ -1,0 +1,118 @@
+"""Query latency and search recall on a built store, and search on a synthetic 1M-vector table.
+
+Prints one JSON line:
+- sql_p50_ms: median over three typical queries (top features of a layer by density; a feature
+  with its exemplars via a join; a count by layer), each run 20 times;
+- search_p50_ms, recall_at_10: `nearest` for 200 random features against exact brute force;
+- stats_tok_s: feature statistics + exemplars for one layer (tokens per second);
+- search_1m_p50_ms, recall_at_10_1m: the same search on N random unit vectors of width 576
+  (an ANN index is built first; its build time is reported too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import polars as pl
+import torch
+
+from circuitdb.config import load_config
+from circuitdb.corpus import load_stored_corpus
+from circuitdb.features import build_layer_features
+from circuitdb.models import load_model
+from circuitdb.store import Store
+from circuitdb.store.vectors import _table, ensure_index, nearest, write_vectors
+from query.engine import run_sql
+
+QUERIES = (
+    "SELECT feature_id, density, label FROM features WHERE layer = 12 ORDER BY density DESC LIMIT 20",
+    "SELECT f.feature_id, f.label, e.tokens, e.values FROM features f JOIN exemplars e USING (feature_id) "
+    "WHERE f.feature_id = 'plt/12/100' AND e.kind = 'top' ORDER BY e.rank",
+    "SELECT layer, count(*) FROM features WHERE NOT dead GROUP BY layer ORDER BY layer",
+)
+
+
+def _p50(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _recall(store: Store, vectors: np.ndarray, ids: list[str], queries: np.ndarray) -> tuple[float, float]:
+    """(p50 ms, recall@10) of `nearest` for each query row against exact cosine over `vectors`."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    hits, times = 0, []
+    for query in queries:
+        start = time.perf_counter()
+        found = nearest(store, query, k=10)["feature_id"].to_list()
+        times.append((time.perf_counter() - start) * 1000)
+        exact = np.argpartition(-(unit @ (query / np.linalg.norm(query))), 10)[:10]
+        hits += len(set(found) & {ids[i] for i in exact})
+    return statistics.median(times), hits / (10 * len(queries))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=None, help="a store built by `make demo` (default: the configured one)")
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    config = load_config(None, {"store": args.store})
+    store = Store.open_existing(config.store)
+    result: dict = {}
+    result["sql_p50_ms"] = round(statistics.median(_p50(lambda q=q: run_sql(store, q), 20) for q in QUERIES), 2)
+
+    vectors_table = _table(store).to_arrow()
+    ids = vectors_table["feature_id"].to_pylist()
+    vectors = np.stack(vectors_table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    picks = np.random.default_rng(0).choice(len(ids), args.queries, replace=False)
+    p50, recall = _recall(store, vectors, ids, vectors[picks])
+    result |= {"search_p50_ms": round(p50, 2), "recall_at_10": round(recall, 4), "n_vectors": len(ids)}
+
+    lm = load_model(config.model.spec, config.model.device)
+    corpus = load_stored_corpus(store, config.corpus.name)
+    start = time.perf_counter()
+    build_layer_features(store, lm, corpus, config.dictionaries.name, 12)
+    seconds = time.perf_counter() - start
+    result["stats_tok_s"] = round(corpus.split("train").shape[0] * (corpus.context - 1) / seconds, 1)
+    result["stats_seconds_per_layer"] = round(seconds, 2)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        synthetic = Store(scratch)
+        rng = np.random.default_rng(1)
+        rows, width, block = args.synthetic_rows, 576, 100_000
+        for start in range(0, rows, block):
+            chunk = rng.standard_normal((min(block, rows - start), width), dtype=np.float32)
+            frame = pl.DataFrame(
+                {
+                    "feature_id": [f"s/{start // block}/{i}" for i in range(len(chunk))],
+                    "dictionary": "s",
+                    "layer": start // block,
+                    "index": range(len(chunk)),
+                    "label": "",
+                    "density": 0.0,
+                }
+            )
+            write_vectors(synthetic, "s", start // block, torch.from_numpy(chunk), frame)
+        started = time.perf_counter()
+        ensure_index(synthetic)
+        result["index_build_1m_s"] = round(time.perf_counter() - started, 1)
+        table = _table(synthetic).to_arrow()
+        all_ids = table["feature_id"].to_pylist()
+        all_vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        queries = rng.standard_normal((args.queries, width), dtype=np.float32)
+        p50, recall = _recall(synthetic, all_vectors, all_ids, queries)
+        result |= {"search_1m_p50_ms": round(p50, 2), "recall_at_10_1m": round(recall, 4), "n_vectors_1m": rows}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
