@@ -72,6 +72,7 @@ class _Triples:
 
 
 def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int) -> _Triples:
+    """Encode every sequence of `source` (positions ≥ 1) and keep only the active entries."""
     tokens, latents, values = [], [], []
     for start in range(0, source.n_sequences, chunk_sequences):
         picked = torch.arange(start, min(start + chunk_sequences, source.n_sequences))
@@ -176,7 +177,7 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     found = torch.searchsorted(sorted_keys, wanted).clamp_max(len(sorted_keys) - 1)
     activations = torch.where(sorted_keys[found] == wanted, t.value[order][found], torch.zeros(()))
     # rank within each (latent, group), in the order `chosen` lists them (best first)
-    group_key = latent * 1000 + groups
+    group_key = latent * (cfg.n_groups + 1) + groups
     starts = torch.searchsorted(group_key, group_key, side="left")
     rank = torch.arange(len(chosen)) - starts
     return pl.DataFrame(
