@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
+from tqdm.auto import tqdm
 
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
@@ -71,10 +72,10 @@ class _Triples:
         return order[rank < keep]
 
 
-def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int) -> _Triples:
+def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int, desc: str) -> _Triples:
     """Encode every sequence of `source` (positions ≥ 1) and keep only the active entries."""
     tokens, latents, values = [], [], []
-    for start in range(0, source.n_sequences, chunk_sequences):
+    for start in tqdm(range(0, source.n_sequences, chunk_sequences), desc=desc, unit="chunk", leave=False):
         picked = torch.arange(start, min(start + chunk_sequences, source.n_sequences))
         inputs, _ = source.read(picked)
         positions = inputs.shape[1]
@@ -105,7 +106,7 @@ def feature_statistics(
     coder = coder.cpu().eval()
     n = coder.cfg.n_latents
     positions = blocks.shape[1]
-    t = _triples(source, coder, cfg.chunk_sequences)
+    t = _triples(source, coder, cfg.chunk_sequences, f"features {dictionary}/{layer}")
     tokens_seen = source.n_sequences * (positions - 1)
     active = torch.bincount(t.latent, minlength=n)
     total = torch.bincount(t.latent, weights=t.value.double(), minlength=n)
