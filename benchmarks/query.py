@@ -14,20 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
-import polars as pl
-import torch
+# This file is named as the issue asks, which shadows the `query` package when run as a script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from circuitdb.config import load_config
-from circuitdb.corpus import load_stored_corpus
-from circuitdb.features import build_layer_features
-from circuitdb.models import load_model
-from circuitdb.store import Store
-from circuitdb.store.vectors import _table, ensure_index, nearest, write_vectors
-from query.engine import run_sql
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from circuitdb.config import load_config  # noqa: E402
+from circuitdb.corpus import load_stored_corpus  # noqa: E402
+from circuitdb.features import build_layer_features  # noqa: E402
+from circuitdb.models import load_model  # noqa: E402
+from circuitdb.store import Store  # noqa: E402
+from circuitdb.store.vectors import _table, ensure_index, nearest, write_vectors  # noqa: E402
+from query.engine import run_sql  # noqa: E402
 
 QUERIES = (
     "SELECT feature_id, density, label FROM features WHERE layer = 12 ORDER BY density DESC LIMIT 20",

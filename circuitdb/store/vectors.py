@@ -111,7 +111,8 @@ def nearest(
     query = table.search(vector).distance_type("cosine").limit(k).refine_factor(10).nprobes(32)
     if clauses:
         query = query.where(" AND ".join(clauses), prefilter=True)
-    result = pl.from_arrow(query.select(["feature_id", "dictionary", "layer", "index", "label", "density"]).to_arrow())
+    columns = ["feature_id", "dictionary", "layer", "index", "label", "density", "_distance"]
+    result = pl.from_arrow(query.select(columns).to_arrow())
     return result.with_columns((1 - pl.col("_distance")).alias("cosine")).drop("_distance")
 
 
