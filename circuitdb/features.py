@@ -121,7 +121,7 @@ def feature_statistics(
 
     top_ids, top_vals, bottom_ids, bottom_vals = _logits(coder, lm, cfg.n_logits)
     neighbours, cosines = _neighbours(coder, cfg.n_neighbours)
-    strings = np.array([lm.tokenizer.decode([i]) for i in range(len(lm.tokenizer))], dtype=object)
+    strings = _token_strings(lm)
     peak = torch.full((n,), -1, dtype=torch.long)
     first = top[torch.searchsorted(t.latent[top], torch.arange(n)).clamp_max(len(top) - 1)]
     has_peak = t.latent[first] == torch.arange(n)
@@ -191,10 +191,22 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
             "position": position.numpy(),
             "activation": value.numpy(),
             "peak_offset": (position - start).numpy(),
-            "tokens": strings[blocks.flatten()[window].numpy()].tolist(),
+            "tokens": pl.Series(strings).gather(blocks.flatten()[window].flatten().numpy()).reshape(window.shape),
             "values": activations.numpy(),
         }
-    ).with_columns(pl.col("values").arr.to_list())
+    ).with_columns(pl.col("values", "tokens").arr.to_list())
+
+
+_TOKEN_STRINGS: dict[int, np.ndarray] = {}
+
+
+def _token_strings(lm: LoadedModel) -> np.ndarray:
+    """Every vocabulary entry decoded to text, once per tokenizer (49k decodes take ~1 s)."""
+    key = id(lm.tokenizer)
+    if key not in _TOKEN_STRINGS:
+        decode = lm.tokenizer.decode
+        _TOKEN_STRINGS[key] = np.array([decode([i]) for i in range(len(lm.tokenizer))], dtype=object)
+    return _TOKEN_STRINGS[key]
 
 
 def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
