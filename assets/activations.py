@@ -6,10 +6,7 @@ forward pass per batch that captures every requested layer at once, instead of o
 
 import dagster as dg
 
-from circuitdb.corpus import load_stored_corpus
 from circuitdb.harvest import harvest_layers
-from circuitdb.models import load_model
-from circuitdb.store import Store
 from orchestration.partitions import per_layer_options
 from orchestration.resources import ProjectResource
 
@@ -23,11 +20,8 @@ def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDef
     )
     def activations(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Activations at the configured hook kinds of each layer, as fp16 shards with a manifest."""
-        config = project.load()
+        config, store, lm, corpus = project.open_stage()
         layers = [int(key) for key in context.partition_keys]
-        store = Store(config.store)
-        lm = load_model(config.model.spec, config.model.device)
-        corpus = load_stored_corpus(store, config.corpus.name)
         shards = harvest_layers(store, lm, corpus, layers, config.harvest)
         return dg.MaterializeResult(
             metadata={

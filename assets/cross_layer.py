@@ -2,10 +2,7 @@
 
 import dagster as dg
 
-from circuitdb.corpus import load_stored_corpus
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
-from circuitdb.models import load_model
-from circuitdb.store import Store
 from orchestration.resources import ProjectResource
 
 
@@ -19,10 +16,7 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
     )
     def cross_layer_transcoder(project: ProjectResource) -> dg.MaterializeResult:
         """A cross-layer transcoder reading every mlp_in.l and writing to every later mlp_out (config `clt`)."""
-        config = project.load()
-        store = Store(config.store)
-        lm = load_model(config.model.spec, config.model.device)
-        corpus = load_stored_corpus(store, config.corpus.name)
+        config, store, lm, corpus = project.open_stage()
         rows = build_cross_layer_transcoder(store, lm, corpus, layers, config.clt)
         table = "| layer | fvu_excl_pos0 | l0 | dead_frac |\n|---|---|---|---|\n" + "\n".join(
             f"| {r['layer']} | {r['fvu_excl_pos0']:.4g} | {r['l0']:.4g} | {r['dead_frac']:.4g} |" for r in rows

@@ -7,10 +7,7 @@ layers in turn; the quality check covers every layer the run trained.
 import dagster as dg
 
 from assets.plots import svg_lines
-from circuitdb.corpus import load_stored_corpus
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
-from circuitdb.models import load_model
-from circuitdb.store import Store
 from orchestration.partitions import per_layer_options
 from orchestration.resources import ProjectResource
 
@@ -29,11 +26,8 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
     )
     def dictionaries(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Per-layer sparse dictionaries (per-layer transcoders by default) with held-out metrics."""
-        config = project.load()
+        config, store, lm, corpus = project.open_stage()
         cfg = config.dictionaries
-        store = Store(config.store)
-        lm = load_model(config.model.spec, config.model.device)
-        corpus = load_stored_corpus(store, config.corpus.name)
         rows = []
         for key in context.partition_keys:
             row = build_layer_dictionary(store, lm, corpus, int(key), cfg)

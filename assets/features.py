@@ -3,11 +3,9 @@
 import dagster as dg
 import polars as pl
 
-from circuitdb.corpus import load_stored_corpus
 from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.features import build_layer_features
-from circuitdb.models import load_model
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import ensure_index, write_vectors
 from orchestration.partitions import per_layer_options
@@ -24,10 +22,7 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
     )
     def feature_stats(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """`features` and `exemplars` tables for the per-layer dictionaries; dead latents are flagged, not dropped."""
-        config = project.load()
-        store = Store(config.store)
-        lm = load_model(config.model.spec, config.model.device)
-        corpus = load_stored_corpus(store, config.corpus.name)
+        config, store, lm, corpus = project.open_stage()
         name = config.dictionaries.name
         counts = {int(key): build_layer_features(store, lm, corpus, name, int(key)) for key in context.partition_keys}
         features = read_table(store, "features").filter(

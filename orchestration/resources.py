@@ -5,6 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from circuitdb.config import ProjectConfig, load_config
+from circuitdb.corpus import TokenizedCorpus, load_stored_corpus
+from circuitdb.models import LoadedModel, load_model
+from circuitdb.store import Store
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -22,3 +25,14 @@ class ProjectResource(dg.ConfigurableResource):
     def load(self) -> ProjectConfig:
         overrides = {"store": self.store, "model.spec": self.model, "model.device": self.device}
         return load_config(self.config_file, overrides)
+
+    def open_stage(self) -> tuple[ProjectConfig, Store, LoadedModel, TokenizedCorpus]:
+        """What every model-running stage after the corpus starts from: config, store, model, stored corpus."""
+        config = self.load()
+        store = Store(config.store)
+        return (
+            config,
+            store,
+            load_model(config.model.spec, config.model.device),
+            load_stored_corpus(store, config.corpus.name),
+        )
