@@ -17,7 +17,7 @@ import typer
 
 from circuitdb.config import ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import TABLES, Store
+from circuitdb.store import TABLES, Store, sql_literal
 from query.engine import QueryResult, run_sql
 from query.render import OutputFormat, render, render_feature
 
@@ -124,7 +124,7 @@ def dictionary_export(
     )
 
     opened = _store(store, config)
-    query = f"SELECT layer, path, model, kind FROM dictionaries WHERE name = '{_quote(name)}' ORDER BY layer"
+    query = f"SELECT layer, path, model, kind FROM dictionaries WHERE name = {sql_literal(name)} ORDER BY layer"
     rows = [r for r in run_sql(opened, query).rows if layer is None or r[0] == layer]
     if not rows:
         where = "" if layer is None else f" for layer {layer}"
@@ -168,12 +168,12 @@ def feature_show(
     opened = _store(store, config)
     if "features" not in opened.table_names():
         raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
-    found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = '{_quote(feature_id)}'")
+    found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}")
     if not found.rows:
         raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
     feature = dict(zip(found.columns, found.rows[0], strict=True))
     query = (
-        f"SELECT * FROM exemplars WHERE feature_id = '{_quote(feature_id)}' "
+        f"SELECT * FROM exemplars WHERE feature_id = {sql_literal(feature_id)} "
         f"AND ((kind = 'top' AND rank < {exemplars}) OR (kind = 'quantile' AND rank = 0)) "
         'ORDER BY kind DESC, "group" DESC, rank'
     )
@@ -250,7 +250,9 @@ def search_text(
     lm = load_model(project.model.spec, project.model.device)
     found = active_features(lm, load_dictionary_set(opened, name), name, text)
     if "features" in opened.table_names():
-        stats = run_sql(opened, f"SELECT feature_id, max_act, label FROM features WHERE dictionary = '{_quote(name)}'")
+        stats = run_sql(
+            opened, f"SELECT feature_id, max_act, label FROM features WHERE dictionary = {sql_literal(name)}"
+        )
         known = pl.DataFrame(stats.rows, schema=stats.columns, orient="row")
         found = found.join(known, on="feature_id", how="left")
     else:
@@ -291,10 +293,6 @@ def feature_top(
     where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
     query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
     render(run_sql(opened, query), fmt)
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import duckdb
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, connect
+from circuitdb.store import Store, connect, sql_literal
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -55,8 +55,7 @@ def check_read_only(sql: str) -> str:
 def read_only_connection(store: Store) -> duckdb.DuckDBPyConnection:
     """The store's views on a connection locked down to reading the store's tables."""
     con = connect(store)
-    tables = str(store.tables_dir).replace("'", "''")
-    con.execute(f"SET allowed_directories=['{tables}']")
+    con.execute(f"SET allowed_directories=[{sql_literal(str(store.tables_dir))}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     return con

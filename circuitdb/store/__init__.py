@@ -1,8 +1,17 @@
 """The store: layout, table schemas, atomic Parquet writes and the DuckDB catalog over them."""
 
-from circuitdb.store.catalog import connect
+from circuitdb.store.catalog import connect, sql_literal
 from circuitdb.store.layout import Store, atomic_write_bytes
 from circuitdb.store.parquet import read_table, write_partition
 from circuitdb.store.schemas import TABLES, TableSchema
 
-__all__ = ["TABLES", "Store", "TableSchema", "atomic_write_bytes", "connect", "read_table", "write_partition"]
+__all__ = [
+    "TABLES",
+    "Store",
+    "TableSchema",
+    "atomic_write_bytes",
+    "connect",
+    "read_table",
+    "sql_literal",
+    "write_partition",
+]

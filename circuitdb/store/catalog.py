@@ -11,10 +11,15 @@ import duckdb
 from circuitdb.store.layout import Store
 
 
+def sql_literal(text: str) -> str:
+    """`text` as a quoted SQL string literal (DuckDB and LanceDB filters alike)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per table of `store`."""
     con = duckdb.connect(":memory:")
     for table in store.table_names():
-        pattern = str(store.tables_dir / table / "*.parquet").replace("'", "''")
-        con.execute(f"CREATE VIEW \"{table}\" AS SELECT * FROM read_parquet('{pattern}', union_by_name=true)")
+        pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))
+        con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({pattern}, union_by_name=true)')
     return con

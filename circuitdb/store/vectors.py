@@ -19,6 +19,7 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from circuitdb.errors import CircuitDBError  # noqa: E402
+from circuitdb.store.catalog import sql_literal  # noqa: E402
 from circuitdb.store.layout import Store  # noqa: E402
 
 TABLE = "feature_vectors"
@@ -55,7 +56,7 @@ def write_vectors(store: Store, dictionary: str, layer: int, decoder: torch.Tens
     db = _connect(store)
     if TABLE in db.list_tables().tables:
         table = db.open_table(TABLE)
-        table.delete(f"dictionary = '{_quote(dictionary)}' AND layer = {int(layer)}")
+        table.delete(f"dictionary = {sql_literal(dictionary)} AND layer = {int(layer)}")
         table.add(data)
     else:
         db.create_table(TABLE, data=data)
@@ -76,7 +77,7 @@ def ensure_index(store: Store) -> bool:
 
 
 def feature_vector(store: Store, feature_id: str) -> np.ndarray:
-    rows = _table(store).search().where(f"feature_id = '{_quote(feature_id)}'").limit(1).to_list()
+    rows = _table(store).search().where(f"feature_id = {sql_literal(feature_id)}").limit(1).to_list()
     if not rows:
         raise CircuitDBError(f"unknown feature {feature_id!r}: no decoder vector stored for it")
     return np.asarray(rows[0]["vector"], dtype=np.float32)
@@ -103,11 +104,11 @@ def nearest(
     if layers is not None:
         clauses.append(f"layer >= {int(layers[0])} AND layer <= {int(layers[1])}")
     if dictionary is not None:
-        clauses.append(f"dictionary = '{_quote(dictionary)}'")
+        clauses.append(f"dictionary = {sql_literal(dictionary)}")
     if density is not None:
         clauses.append(f"density >= {float(density[0])} AND density <= {float(density[1])}")
     if exclude is not None:
-        clauses.append(f"feature_id != '{_quote(exclude)}'")
+        clauses.append(f"feature_id != {sql_literal(exclude)}")
     # nprobes 16, exact re-ranking of 5·k candidates: recall@10 0.995 on the demo store (nprobes 32: 0.997, slower)
     query = table.search(vector).distance_type("cosine").limit(k).refine_factor(5).nprobes(16)
     if clauses:
@@ -115,7 +116,3 @@ def nearest(
     columns = ["feature_id", "dictionary", "layer", "index", "label", "density", "_distance"]
     result = pl.from_arrow(query.select(columns).to_arrow())
     return result.with_columns((1 - pl.col("_distance")).alias("cosine")).drop("_distance")
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
