@@ -3,9 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from circuitdb.dictionaries.formats import load_dictionary
-from circuitdb.errors import CircuitDBError
-from circuitdb.features import build_layer_features
+from circuitdb.features import build_layer_features, load_stored_dictionary
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import ensure_index, write_vectors
 from orchestration.partitions import per_layer_options
@@ -64,15 +62,11 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         config = project.load()
         store = Store(config.store)
         name = config.dictionaries.name
-        dictionaries = read_table(store, "dictionaries").filter(pl.col("name") == name)
         features = read_table(store, "features").filter(pl.col("dictionary") == name)
         written = 0
         for key in context.partition_keys:
             layer = int(key)
-            path = dictionaries.filter(pl.col("layer") == layer)["path"]
-            if path.is_empty():
-                raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
-            coder, _ = load_dictionary(store.root / path[0])
+            coder, _ = load_stored_dictionary(store, name, layer)
             written += write_vectors(store, name, layer, coder.W_dec, features.filter(pl.col("layer") == layer))
         indexed = ensure_index(store)
         return dg.MaterializeResult(metadata={"vectors": written, "ann_index": indexed, "dagster/row_count": written})

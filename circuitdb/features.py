@@ -227,15 +227,20 @@ def _neighbours(coder: SparseCoder, k: int):
     return best.indices, best.values
 
 
+def load_stored_dictionary(store: Store, name: str, layer: int) -> tuple[SparseCoder, dict]:
+    """The dictionary of set `name` at `layer` as the `dictionaries` table records it."""
+    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("layer") == layer))
+    if rows.is_empty():
+        raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
+    return load_dictionary(store.root / rows["path"][0])
+
+
 def build_layer_features(
     store: Store, lm: LoadedModel, corpus: TokenizedCorpus, name: str, layer: int, cfg: FeatureStatsConfig | None = None
 ) -> tuple[int, int]:
     """Statistics and exemplars of the stored dictionary `name` at `layer`, over the train split; written
     as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
-    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("layer") == layer))
-    if rows.is_empty():
-        raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
-    coder, meta = load_dictionary(store.root / rows["path"][0])
+    coder, meta = load_stored_dictionary(store, name, layer)
     source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [meta["input_hook"]])
     features, exemplars = feature_statistics(coder, source, corpus.split("train"), lm, name, layer, cfg)
     partition = f"{name}-layer-{layer:03d}"
