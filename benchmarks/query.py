@@ -31,7 +31,7 @@ from circuitdb.corpus import load_stored_corpus  # noqa: E402
 from circuitdb.features import build_layer_features  # noqa: E402
 from circuitdb.models import load_model  # noqa: E402
 from circuitdb.store import Store  # noqa: E402
-from circuitdb.store.vectors import _table, ensure_index, nearest, write_vectors  # noqa: E402
+from circuitdb.store.vectors import ensure_index, nearest, read_vectors, write_vectors  # noqa: E402
 from query.engine import run_sql  # noqa: E402
 
 QUERIES = (
@@ -75,9 +75,7 @@ def main() -> None:
     result: dict = {}
     result["sql_p50_ms"] = round(statistics.median(_p50(lambda q=q: run_sql(store, q), 20) for q in QUERIES), 2)
 
-    vectors_table = _table(store).to_arrow()
-    ids = vectors_table["feature_id"].to_pylist()
-    vectors = np.stack(vectors_table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    ids, vectors = read_vectors(store)
     picks = np.random.default_rng(0).choice(len(ids), args.queries, replace=False)
     p50, recall = _recall(store, vectors, ids, vectors[picks])
     result |= {"search_p50_ms": round(p50, 2), "recall_at_10": round(recall, 4), "n_vectors": len(ids)}
@@ -110,9 +108,7 @@ def main() -> None:
         started = time.perf_counter()
         ensure_index(synthetic)
         result["index_build_1m_s"] = round(time.perf_counter() - started, 1)
-        table = _table(synthetic).to_arrow()
-        all_ids = table["feature_id"].to_pylist()
-        all_vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        all_ids, all_vectors = read_vectors(synthetic)
         queries = rng.standard_normal((args.queries, width), dtype=np.float32)
         p50, recall = _recall(synthetic, all_vectors, all_ids, queries)
         result |= {"search_1m_p50_ms": round(p50, 2), "recall_at_10_1m": round(recall, 4), "n_vectors_1m": rows}

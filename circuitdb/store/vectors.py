@@ -76,6 +76,12 @@ def ensure_index(store: Store) -> bool:
     return True
 
 
+def read_vectors(store: Store) -> tuple[list[str], np.ndarray]:
+    """Every stored (feature id, unit decoder direction): for exact comparisons such as recall checks."""
+    table = _table(store).to_arrow()
+    return table["feature_id"].to_pylist(), np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+
+
 def feature_vector(store: Store, feature_id: str) -> np.ndarray:
     rows = _table(store).search().where(f"feature_id = {sql_literal(feature_id)}").limit(1).to_list()
     if not rows:
