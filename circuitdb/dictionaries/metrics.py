@@ -28,29 +28,31 @@ def fvu(targets: torch.Tensor, recon: torch.Tensor) -> float:
     return float((flat_t - flat_r).pow(2).sum() / (flat_t - flat_t.mean(0)).pow(2).sum())
 
 
-@torch.no_grad()
-def reconstruction_metrics(coder: SparseCoder, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 4096):
-    """FVU (all / excl. position 0), L0 and dead fraction for [sequences, positions, d] tensors."""
-    device = coder.W_dec.device
-    flat_in = inputs.reshape(-1, inputs.shape[-1])
-    recon, active, l0_sum = [], torch.zeros(coder.cfg.n_latents, dtype=torch.bool, device=device), 0.0
-    positions = torch.arange(inputs.shape[1]).repeat(inputs.shape[0])
-    for start in range(0, flat_in.shape[0], chunk):
-        out, latents = coder(flat_in[start : start + chunk].to(device))
-        recon.append(out.cpu())
-        fired = latents > 0
-        keep = positions[start : start + chunk] > 0
-        active |= fired[keep.to(device)].any(0)
-        l0_sum += float(fired[keep.to(device)].sum())
-    recon = torch.cat(recon).view(*targets.shape[:-1], -1)
-    n_rest = int((positions > 0).sum())
+def summarize(targets: torch.Tensor, recon: torch.Tensor, fired: torch.Tensor) -> dict:
+    """Held-out metrics from targets/reconstructions [sequences, positions, d] and fired latents
+    [sequences, positions, n_latents] (bool); sparsity is counted on positions ≥ 1 only."""
+    rest = fired[:, 1:]
     return {
         "fvu": fvu(targets, recon),
         "fvu_excl_pos0": fvu(targets[:, 1:], recon[:, 1:]),
-        "l0": l0_sum / max(1, n_rest),
-        "dead_frac": float(1 - active.float().mean()),
-        "n_eval_tokens": n_rest,
+        "l0": float(rest.sum(-1).float().mean()),
+        "dead_frac": float(1 - rest.flatten(0, 1).any(0).float().mean()),
+        "n_eval_tokens": rest.shape[0] * rest.shape[1],
     }
+
+
+@torch.no_grad()
+def reconstruction_metrics(coder: SparseCoder, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 4096):
+    """FVU (all / excl. position 0), L0 and dead fraction of `coder` on [sequences, positions, d] tensors."""
+    device = coder.W_dec.device
+    flat_in = inputs.reshape(-1, inputs.shape[-1])
+    recon, fired = [], []
+    for start in range(0, flat_in.shape[0], chunk):
+        out, latents = coder(flat_in[start : start + chunk].to(device))
+        recon.append(out.cpu())
+        fired.append((latents > 0).cpu())
+    shape = targets.shape[:-1]
+    return summarize(targets, torch.cat(recon).view(*shape, -1), torch.cat(fired).view(*shape, -1))
 
 
 def _keep_first(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

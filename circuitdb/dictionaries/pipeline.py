@@ -16,7 +16,13 @@ from circuitdb.config import CrossLayerConfig, DictionariesConfig
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.formats import save_dictionary
-from circuitdb.dictionaries.metrics import clt_splice, dictionary_splice, fvu, reconstruction_metrics, spliced_metrics
+from circuitdb.dictionaries.metrics import (
+    clt_splice,
+    dictionary_splice,
+    reconstruction_metrics,
+    spliced_metrics,
+    summarize,
+)
 from circuitdb.dictionaries.train import train_dictionary
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, write_partition
@@ -98,14 +104,7 @@ def build_cross_layer_transcoder(
     latents = latents.view(*targets.shape[:3], -1)
     rows = []
     for index, layer in enumerate(layers):
-        fired = latents[:, 1:, index] > 0
-        metrics = {
-            "fvu": fvu(targets[:, :, index], recon[:, :, index]),
-            "fvu_excl_pos0": fvu(targets[:, 1:, index], recon[:, 1:, index]),
-            "l0": float(fired.sum(-1).float().mean()),
-            "dead_frac": float(1 - fired.flatten(0, 1).any(0).float().mean()),
-            "n_eval_tokens": fired.shape[0] * fired.shape[1],
-        }
+        metrics = summarize(targets[:, :, index], recon[:, :, index], latents[:, :, index] > 0)
         row = _row(cfg, layer, lm, corpus, result, seconds, path)
         row |= {"input_hook": inputs_hooks[index], "target_hook": target_hooks[index], **metrics}
         rows.append(row | {"delta_ce": delta_ce, "kl": kl})
