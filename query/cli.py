@@ -39,6 +39,11 @@ def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
     return load_config(config_file, overrides)
 
 
+def _require_features(store: Store) -> None:
+    if "features" not in store.table_names():
+        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
+
+
 def _store(store: str | None, config_file: str | None) -> Store:
     return Store.open_existing(_config(config_file, store=store).store)
 
@@ -166,8 +171,7 @@ def feature_show(
             f"malformed feature id {feature_id!r}; expected <dictionary>/<layer>/<index>, e.g. plt/12/345"
         )
     opened = _store(store, config)
-    if "features" not in opened.table_names():
-        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
+    _require_features(opened)
     found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}")
     if not found.rows:
         raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
@@ -288,8 +292,7 @@ def feature_top(
     if by not in ("density", "max_act"):
         raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
     opened = _store(store, config)
-    if "features" not in opened.table_names():
-        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
+    _require_features(opened)
     where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
     query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
     render(run_sql(opened, query), fmt)
