@@ -79,12 +79,11 @@ def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int,
         picked = torch.arange(start, min(start + chunk_sequences, source.n_sequences))
         inputs, _ = source.read(picked)
         positions = inputs.shape[1]
-        acts = coder.encode(inputs[:, 1:, 0].float().flatten(0, 1))
-        row, latent = acts.nonzero(as_tuple=True)
+        row, latent, value = coder.active_latents(inputs[:, 1:, 0].float().flatten(0, 1))
         sequence = picked[row // (positions - 1)]
         tokens.append(sequence * positions + row % (positions - 1) + 1)
         latents.append(latent)
-        values.append(acts[row, latent])
+        values.append(value)
     return _Triples(torch.cat(tokens), torch.cat(latents), torch.cat(values))
 
 
@@ -210,12 +209,20 @@ def _token_strings(lm: LoadedModel) -> np.ndarray:
 
 
 def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
-    """Top/bottom-k vocabulary ids and values of each decoder row through final-norm gain and unembedding."""
+    """Top/bottom-k vocabulary ids and exact values of each decoder row through final-norm gain and
+    unembedding; bf16 logits shortlist 2k candidates each way (the full fp32 product is 1.4 s per
+    4096-latent dictionary on two cores, bf16 0.4 s)."""
     gain = lm.model.get_submodule(lm.arch.final_norm).weight.detach().float()
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight.detach().float()
-    logits = (coder.W_dec.detach().float() * gain) @ unembedding.T
-    top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
-    return top.indices, top.values, bottom.indices, bottom.values
+    directions = coder.W_dec.detach().float() * gain
+    coarse = directions.bfloat16() @ unembedding.bfloat16().T
+    ranked = []
+    for largest in (True, False):
+        candidates = coarse.topk(2 * k, dim=1, largest=largest).indices
+        exact = torch.einsum("nkd,nd->nk", unembedding[candidates], directions)
+        best = exact.topk(k, dim=1, largest=largest)
+        ranked += [candidates.gather(1, best.indices), best.values]
+    return tuple(ranked)
 
 
 def _neighbours(coder: SparseCoder, k: int):

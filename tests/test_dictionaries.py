@@ -38,6 +38,21 @@ def test_sparse_topk_matches_dense_forward_and_gradients() -> None:
         assert torch.allclose(dense, sparse, atol=1e-4)
 
 
+@pytest.mark.parametrize(("kind", "activation"), [("sae", "topk"), ("plt", "topk"), ("plt", "relu")])
+def test_active_latents_are_the_nonzeros_of_encode(kind: str, activation: str) -> None:
+    torch.manual_seed(0)
+    coder = SparseCoder(DictionaryConfig(kind=kind, activation=activation, n_latents=512, k=16), 64, 64)
+    with torch.no_grad():
+        coder.b_enc.normal_(std=0.5)
+        coder.b_dec.normal_()
+    x = torch.randn(400, 64) * 3
+    dense = coder.encode(x).detach()
+    rows, latents, values = coder.active_latents(x)
+    sparse = torch.zeros_like(dense).index_put_((rows, latents), values)
+    assert torch.allclose(sparse, dense, atol=1e-5)
+    assert len(rows) == int((dense != 0).sum())
+
+
 def test_jumprelu_threshold_gradient() -> None:
     jump = JumpReLU(1, initial_threshold=1.0, bandwidth=0.2)
     pre = torch.tensor([[1.05], [0.95], [3.0]])

@@ -1,0 +1,24 @@
+"""Circuit tracing: the replacement model of a prompt, its attribution graph, pruning, interventions."""
+
+from circuitdb.attribution.graph import Graph, attribute, check_prompt, logit_targets
+from circuitdb.attribution.interventions import Intervention, InterventionResult, intervene
+from circuitdb.attribution.pruning import Pruned, prune
+from circuitdb.attribution.replacement_model import Features, ReplacementModel, trace
+from circuitdb.attribution.transcoders import Transcoders, load_transcoders
+
+__all__ = [
+    "Features",
+    "Graph",
+    "Intervention",
+    "InterventionResult",
+    "Pruned",
+    "ReplacementModel",
+    "Transcoders",
+    "attribute",
+    "check_prompt",
+    "intervene",
+    "load_transcoders",
+    "logit_targets",
+    "prune",
+    "trace",
+]

@@ -1,0 +1,238 @@
+"""Attribution graph: the direct effect of every node on every later node, in the replacement model.
+
+Nodes, in circuit-tracer's order: active features (layer, position, index), error nodes (layer ×
+position), input-token embeddings (position), target logits. `adjacency[t, s]` is the direct effect of
+source s on target t: s's write into the residual stream (activation × decoder row, the error vector,
+or the token embedding) dotted with the gradient of t's pre-activation (or demeaned logit) with
+respect to that residual, along frozen paths only — attention through its frozen pattern and value/
+output projections, norms through their frozen 1/rms, transcoders through their linear skip, never
+through another feature's nonlinearity.
+
+How it is computed (exact, no sampling): one backward sweep from the last layer down carries the
+residual-stream gradient of every target at once. Targets are grouped by their position p and only
+positions ≤ p are carried (attention is causal); a target joins the sweep at its own layer. At each
+layer the gradients are dotted with the writes of that layer's sources (one small matmul per source
+position), then pushed through the skip and the attention's value/output path with three matmuls.
+This is the same arithmetic as one backward pass per target, without the positions and layers where
+that gradient is known to be zero: ~3.5x fewer multiply-adds than running every backward through the
+whole model, and no autograd graph in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitdb.attribution.pruning import node_influence
+from circuitdb.attribution.replacement_model import Features, ReplacementModel
+from circuitdb.errors import CircuitDBError
+
+
+@dataclass
+class Graph:
+    """Nodes and dense adjacency [targets, sources] of one prompt; the last `n_logits` rows are logits."""
+
+    ids: list[int]
+    features: Features
+    n_layers: int
+    logit_tokens: list[int]
+    logit_probabilities: torch.Tensor
+    adjacency: torch.Tensor
+    n_active_features: int
+    """Active features before `max_feature_nodes` capped them."""
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def error_start(self) -> int:
+        return self.n_features
+
+    @property
+    def token_start(self) -> int:
+        return self.n_features + self.n_layers * self.n_positions
+
+    @property
+    def logit_start(self) -> int:
+        return self.token_start + self.n_positions
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logit_start + len(self.logit_tokens)
+
+
+def logit_targets(
+    logits: torch.Tensor, cumulative: float = 0.95, max_logits: int = 10
+) -> tuple[list[int], torch.Tensor]:
+    """The most probable next tokens until their probabilities sum to `cumulative`, at most `max_logits`."""
+    probabilities = logits.float().softmax(-1)
+    top = probabilities.topk(max_logits)
+    keep = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(cumulative)).item()) + 1
+    keep = min(keep, max_logits)
+    return top.indices[:keep].tolist(), top.values[:keep].cpu()
+
+
+class _Weights:
+    """Per-layer tensors of a Llama-family block that the frozen backward pass needs."""
+
+    def __init__(self, rm: ReplacementModel, layer: int) -> None:
+        lm = rm.lm
+        block = lm.block(layer)
+        attention = block.get_submodule(lm.arch.attention)
+        scales = rm.freezer.scales
+        self.W_O = attention.o_proj.weight  # [d, heads·head_dim]
+        self.W_V = attention.v_proj.weight  # [kv_heads·head_dim, d]
+        self.heads = attention.config.num_attention_heads
+        self.head_dim = attention.head_dim
+        self.groups = self.heads // attention.config.num_key_value_heads
+        self.pattern = rm.freezer.patterns[layer]  # [heads, P, P]
+        self.input_norm = block.input_layernorm.weight * scales[f"{layer}.input"]  # [P, d]
+        self.mlp_norm = block.post_attention_layernorm.weight * scales[f"{layer}.post_attention"]  # [P, d]
+        self.skip = rm.transcoders.skip(layer)
+
+    def skip_backward(self, grad: torch.Tensor, positions: int) -> None:
+        """grad at resid_post → grad at resid_mid, in place: the residual plus the transcoder's skip."""
+        if self.skip is not None:
+            grad += (grad @ self.skip) * self.mlp_norm[:positions]
+
+    def attention_backward(self, grad: torch.Tensor, positions: int) -> None:
+        """grad at resid_mid → grad at resid_pre, in place: the residual plus value/output paths."""
+        n = grad.shape[0]
+        per_head = (grad @ self.W_O).view(n, positions, self.heads, self.head_dim)
+        pattern = self.pattern[:, :positions, :positions]
+        to_values = torch.einsum("hqk,nqhe->nkhe", pattern, per_head)
+        to_values = to_values.reshape(n, positions, -1, self.groups, self.head_dim).sum(3)
+        grad += (to_values.reshape(n, positions, -1) @ self.W_V) * self.input_norm[:positions]
+
+
+@torch.no_grad()
+def attribute(
+    rm: ReplacementModel,
+    max_feature_nodes: int | None = None,
+    logit_cumulative: float = 0.95,
+    max_logits: int = 10,
+    progress: bool = True,
+) -> Graph:
+    """The attribution graph of the traced prompt (see the module docstring)."""
+    lm, features, tc = rm.lm, rm.features, rm.transcoders
+    L, P = lm.n_layers, rm.n_positions
+    dtype, device = rm.mlp_in.dtype, rm.mlp_in.device
+    tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
+    n_f = len(features)
+    error_start, token_start = n_f, n_f + L * P
+    logit_start = token_start + P
+    n_nodes = logit_start + len(tokens)
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=dtype, device=device)
+
+    # targets: features read mlp_in of their layer; logits read the final residual at the last position
+    target_layer = torch.cat([features.layer, torch.full((len(tokens),), L)])
+    target_position = torch.cat([features.position, torch.full((len(tokens),), P - 1)])
+    target_row = torch.arange(n_f + len(tokens))
+    target_row[n_f:] += logit_start - n_f
+    reads = torch.zeros(len(target_row), lm.d_model, dtype=dtype, device=device)
+    for layer in tc.layers:
+        mask = features.layer == layer
+        if mask.any():
+            rows, _ = tc.encoder(layer, features.index[mask])
+            weights = _Weights(rm, layer)
+            reads[:n_f][mask] = rows * weights.mlp_norm[features.position[mask]]
+    unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
+    final_norm = lm.model.get_submodule(lm.arch.final_norm).weight * rm.freezer.scales[lm.arch.final_norm][-1]
+    reads[n_f:] = (unembedding[tokens] - unembedding.mean(0)) * final_norm  # demeaned logits: softmax ignores shifts
+
+    # sources: what each feature writes into mlp_out of each layer, and the error vectors
+    writes_at: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]
+    for layer in tc.layers:
+        mask = features.layer == layer
+        columns = mask.nonzero().flatten()
+        for target_layer_, rows in tc.writes(layer, features.index[mask]).items():
+            vectors = rows * features.activation[mask, None]
+            writes_at[target_layer_].append((columns, features.position[mask], vectors))
+    for layer in range(L):
+        writes_at[layer].append(
+            (error_start + layer * P + torch.arange(P), torch.arange(P), rm.errors[layer].to(dtype))
+        )
+
+    groups = []
+    for position in range(P):
+        members = (target_position == position).nonzero().flatten()
+        members = members[target_layer[members].argsort(descending=True, stable=True)]
+        layers = target_layer[members]
+        grad = torch.zeros(len(members), position + 1, lm.d_model, dtype=dtype, device=device)
+        groups.append((position, members, layers, grad))
+
+    def inject(layer: int) -> None:
+        for position, members, layers, grad in groups:
+            new = (layers == layer).nonzero().flatten()
+            if len(new):
+                grad[new, position] += reads[members[new]]
+
+    def active(layers: torch.Tensor, layer: int) -> int:
+        return int((layers >= layer).sum())
+
+    inject(L)
+    for layer in tqdm(range(L - 1, -1, -1), desc="attribution", unit="layer", disable=not progress, leave=False):
+        weights = _Weights(rm, layer)
+        sources = writes_at[layer]
+        for position, members, layers, grad in groups:
+            live = grad[: active(layers, layer + 1)]
+            if not len(live):
+                continue
+            rows = target_row[members[: len(live)]]
+            for columns, positions, vectors in sources:
+                for source_position in positions.unique().tolist():
+                    if source_position > position:
+                        continue
+                    pick = positions == source_position
+                    adjacency[rows[:, None], columns[pick][None, :]] += live[:, source_position] @ vectors[pick].T
+            weights.skip_backward(live, position + 1)
+        inject(layer)
+        for position, _, layers, grad in groups:
+            live = grad[: active(layers, layer)]
+            if len(live):
+                weights.attention_backward(live, position + 1)
+
+    embeddings = lm.model.get_submodule(lm.arch.embedding).weight[rm.ids.to(device)]
+    for position, members, _, grad in groups:
+        if len(members):
+            adjacency[target_row[members][:, None], token_start + torch.arange(position + 1)] = torch.einsum(
+                "npd,pd->np", grad, embeddings[: position + 1]
+            )
+
+    graph = Graph(rm.ids.tolist(), features, L, tokens, probabilities, adjacency, n_f)
+    if max_feature_nodes is not None and n_f > max_feature_nodes:
+        graph = _keep_top_features(graph, max_feature_nodes)
+    return graph
+
+
+def _keep_top_features(graph: Graph, keep: int) -> Graph:
+    """The graph restricted to the `keep` features of most influence on the logits (others dropped)."""
+    influence = node_influence(graph)[: graph.n_features]
+    chosen = influence.topk(keep).indices.sort().values
+    rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
+    f = graph.features
+    features = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
+    adjacency = graph.adjacency[rows][:, rows]
+    return Graph(
+        graph.ids,
+        features,
+        graph.n_layers,
+        graph.logit_tokens,
+        graph.logit_probabilities,
+        adjacency,
+        graph.n_active_features,
+    )
+
+
+def check_prompt(n_tokens: int, limit: int) -> None:
+    if n_tokens <= 1:
+        raise CircuitDBError("the prompt is empty")
+    if n_tokens > limit:
+        raise CircuitDBError(f"the prompt has {n_tokens} tokens; the limit is {limit} (attribution.max_prompt_tokens)")

@@ -1,0 +1,108 @@
+"""Pruning and scores: keep what carries the influence on the logits, and say how much errors carry.
+
+Influence is measured on the row-normalized absolute adjacency Â (each target's incoming weights
+sum to 1): the total influence of node s on the logits is wᵀ(Â + Â² + …)[s] = wᵀ((I − Â)⁻¹ − I)[s],
+with w the logits' probabilities. The graph is acyclic, so Â is nilpotent and the series ends after
+at most depth-many terms; it is summed as repeated vector–matrix products, never as an inverse.
+- nodes: keep the features and errors with the most influence, up to `node_threshold` of the total
+  (tokens and logits always stay);
+- edges: score each edge by its normalized weight times its target's influence (logits weigh their
+  probability) and keep up to `edge_threshold` of the total; then drop nodes left without an
+  outgoing edge (or a feature without an incoming one), repeatedly.
+- replacement score: the share of the logits' influence that starts at tokens rather than errors;
+- completeness score: the influence-weighted share of each node's input that does not come from errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from circuitdb.attribution.graph import Graph
+
+
+def normalized(adjacency: torch.Tensor) -> torch.Tensor:
+    """|A| with each row (target) scaled to sum 1."""
+    absolute = adjacency.abs()
+    return absolute.div_(absolute.sum(1, keepdim=True).clamp_min(1e-10))
+
+
+def influence(matrix: torch.Tensor, weights: torch.Tensor, max_steps: int = 10_000) -> torch.Tensor:
+    """wᵀ(M + M² + …) for a nilpotent M, by repeated products until they vanish."""
+    current = weights @ matrix
+    total = current.clone()
+    for _ in range(max_steps):
+        if not current.any():
+            return total
+        current = current @ matrix
+        total += current
+    raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
+
+
+def logit_weights(graph: Graph) -> torch.Tensor:
+    weights = torch.zeros(graph.n_nodes, dtype=graph.adjacency.dtype, device=graph.adjacency.device)
+    weights[graph.logit_start :] = graph.logit_probabilities.to(weights)
+    return weights
+
+
+def node_influence(graph: Graph) -> torch.Tensor:
+    return influence(normalized(graph.adjacency), logit_weights(graph))
+
+
+def _threshold(scores: torch.Tensor, share: float) -> torch.Tensor:
+    """The smallest score among those that, largest first, make up `share` of the total."""
+    ranked = scores.flatten().sort(descending=True).values
+    cumulative = ranked.cumsum(0) / ranked.sum().clamp_min(1e-30)
+    return ranked[min(int(torch.searchsorted(cumulative, share).item()), len(ranked) - 1)]
+
+
+@dataclass
+class Pruned:
+    node_mask: torch.Tensor
+    edge_mask: torch.Tensor
+    """[targets, sources], like the adjacency."""
+    node_influence: torch.Tensor
+    """Each node's influence on the logits (unpruned graph)."""
+    replacement_score: float
+    completeness_score: float
+
+
+@torch.no_grad()
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    weights = logit_weights(graph)
+    matrix = normalized(graph.adjacency)
+    node_scores = influence(matrix, weights)
+    errors = slice(graph.error_start, graph.token_start)
+    token_influence = node_scores[graph.token_start : graph.logit_start].sum()
+    error_influence = node_scores[errors].sum()
+    replacement = float(token_influence / (token_influence + error_influence).clamp_min(1e-30))
+    output_influence = node_scores + weights
+    non_error = 1 - matrix[:, errors].sum(1)
+    completeness = float((non_error * output_influence).sum() / output_influence.sum())
+
+    keep = node_scores >= _threshold(node_scores[: graph.token_start], node_threshold)
+    keep[graph.token_start :] = True
+    matrix[~keep] = 0
+    matrix[:, ~keep] = 0
+    matrix = normalized(matrix)
+    target_scores = influence(matrix, weights) + weights
+    matrix.mul_(target_scores[:, None])
+    edges = matrix >= _threshold(matrix[matrix > 0], edge_threshold)
+    edges &= matrix > 0
+    del matrix
+    inner = slice(0, graph.token_start)
+    while True:
+        before = keep.clone()
+        keep[inner] &= edges[:, inner].any(0)
+        keep[: graph.n_features] &= edges[: graph.n_features].any(1)
+        edges[~keep] = False
+        edges[:, ~keep] = False
+        if torch.equal(before, keep):
+            break
+    return Pruned(keep, edges, node_scores, replacement, completeness)

@@ -1,0 +1,241 @@
+"""The replacement model of one prompt: the model made linear from feature activations to logits.
+
+On the prompt, the model runs once normally (`trace`), recording each attention pattern, each
+norm's denominator, and each MLP's input and output. In the *replacement model*:
+- attention patterns and norm denominators are frozen at those values (constants, no gradient);
+- each MLP output becomes its transcoders' reconstruction plus an **error** term, the part the
+  transcoders missed, held constant (so with errors the replacement reproduces the model exactly);
+- features at position 0 (the BOS attention sink) are not used: the dictionaries were trained without
+  it, so that position's MLP output is all error.
+Everything between feature activations and logits is then linear, which is what makes the direct
+effects of `graph.py` exact. `run` replays the model through Hugging Face's own modules in this
+frozen state; tests measure edges with it by finite differences, independently of `graph.py`.
+
+Freezing works without forking model code: attention goes through a registered attention function
+that uses the recorded pattern, and norms through a forward hook that applies the recorded 1/rms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import eager_mask
+
+from circuitdb.attribution.transcoders import Transcoders
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import LoadedModel
+
+ATTENTION = "circuitdb_frozen"
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class _Freezer:
+    """What the registered attention function and norm hooks read: record, or replay recorded values."""
+
+    record: bool = True
+    patterns: dict[int, torch.Tensor] = field(default_factory=dict)
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+_ACTIVE: list[_Freezer] = []
+
+
+def _frozen_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention that records its softmax pattern, or replays a recorded one (detached)."""
+    state = _ACTIVE[-1]
+    groups = query.shape[1] // value.shape[1]
+    value = value.repeat_interleave(groups, dim=1)
+    if state.record:
+        scores = query @ key.repeat_interleave(groups, dim=1).transpose(2, 3) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask[..., : key.shape[-2]]
+        pattern = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+        state.patterns[module.layer_idx] = pattern[0].detach()
+    else:
+        pattern = state.patterns[module.layer_idx].unsqueeze(0)
+    return (pattern @ value).transpose(1, 2).contiguous(), pattern
+
+
+AttentionInterface.register(ATTENTION, _frozen_attention)
+AttentionMaskInterface.register(ATTENTION, eager_mask)
+
+
+def _norm_hook(path: str):
+    """RMSNorm with its 1/rms recorded on the prompt and replayed as a constant afterwards."""
+
+    def hook(module, args, output):
+        state = _ACTIVE[-1]
+        x = args[0]
+        if state.record:
+            scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+            state.scales[path] = scale[0].detach()
+        return module.weight * (x * state.scales[path].to(x.dtype))
+
+    return hook
+
+
+@contextmanager
+def _frozen(lm: LoadedModel, state: _Freezer) -> Iterator[None]:
+    """Within: attention and norms of `lm` record into / replay from `state`."""
+    previous = lm.model.config._attn_implementation
+    norms = {f"{lm.arch.final_norm}": lm.model.get_submodule(lm.arch.final_norm)}
+    for layer in range(lm.n_layers):
+        block = lm.block(layer)
+        norms[f"{layer}.input"] = block.input_layernorm
+        norms[f"{layer}.post_attention"] = block.post_attention_layernorm
+    handles = [module.register_forward_hook(_norm_hook(path)) for path, module in norms.items()]
+    lm.model.set_attn_implementation(ATTENTION)
+    _ACTIVE.append(state)
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+        lm.model.set_attn_implementation(previous)
+        for handle in handles:
+            handle.remove()
+
+
+MlpFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(layer, mlp_in [positions, d], mlp_out [positions, d]) → the MLP output to use instead."""
+
+
+def forward(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    mlp: MlpFn | None = None,
+    freezer: _Freezer | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits [positions, vocab] of one sequence, MLP outputs rewritten by `mlp`, attention and norms
+    frozen to `freezer` when given (recording into it when `freezer.record`)."""
+    with ExitStack() as stack:
+        if freezer is not None:
+            stack.enter_context(_frozen(lm, freezer))
+        if mlp is not None:
+            for layer in range(lm.n_layers):
+                module = lm.block(layer).get_submodule(lm.arch.mlp)
+                hook = lambda m, args, out, layer=layer: mlp(layer, args[0][0], out[0]).unsqueeze(0)  # noqa: E731
+                stack.callback(module.register_forward_hook(hook).remove)
+        if inputs_embeds is not None:
+            out = lm.model(inputs_embeds=inputs_embeds.unsqueeze(0), use_cache=False)
+        else:
+            out = lm.model(input_ids=ids.unsqueeze(0).to(lm.device), use_cache=False)
+    return out.logits[0]
+
+
+@dataclass
+class Features:
+    """Active features of a prompt, ordered by (layer, position, index)."""
+
+    layer: torch.Tensor
+    position: torch.Tensor
+    index: torch.Tensor
+    activation: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+    def dense(self, layer: int, positions: int, n_latents: int) -> torch.Tensor:
+        """Latents of `layer` as a dense [positions, n_latents] tensor."""
+        mask = self.layer == layer
+        out = torch.zeros(positions, n_latents, dtype=self.activation.dtype, device=self.activation.device)
+        out[self.position[mask], self.index[mask]] = self.activation[mask]
+        return out
+
+
+@dataclass
+class ReplacementModel:
+    """One prompt traced through the model, with everything the frozen linear replacement needs."""
+
+    lm: LoadedModel
+    transcoders: Transcoders
+    ids: torch.Tensor
+    """Token ids [positions], BOS first."""
+    freezer: _Freezer
+    mlp_in: torch.Tensor
+    """[layers, positions, d]"""
+    mlp_out: torch.Tensor
+    """[layers, positions, d]: the model's own MLP outputs."""
+    logits: torch.Tensor
+    """[positions, vocab]: the model's own logits."""
+    features: Features
+    errors: torch.Tensor
+    """[layers, positions, d]: mlp_out minus the transcoders' reconstruction (all of mlp_out where uncovered)."""
+    n_latents: int
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.ids)
+
+    def latents(self, features: Features | None = None) -> dict[int, torch.Tensor]:
+        features = features or self.features
+        return {layer: features.dense(layer, self.n_positions, self.n_latents) for layer in self.transcoders.layers}
+
+    def reconstruction(self, layer: int, mlp_in: torch.Tensor, latents: dict[int, torch.Tensor]) -> torch.Tensor:
+        if layer not in self.transcoders.layers:
+            return torch.zeros_like(mlp_in)
+        return self.transcoders.reconstruct(layer, mlp_in, latents)
+
+    @torch.no_grad()
+    def run(
+        self,
+        features: Features | None = None,
+        errors: bool = True,
+        inputs_embeds: torch.Tensor | None = None,
+        read: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Logits of the frozen replacement model with feature activations fixed to `features` (default:
+        the prompt's own), errors included or not; `read(layer, mlp_in)` sees each layer's MLP input."""
+        latents = self.latents(features)
+
+        def mlp(layer: int, mlp_in: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            if read is not None:
+                read(layer, mlp_in)
+            out = self.reconstruction(layer, mlp_in, latents)
+            return out + self.errors[layer] if errors else out
+
+        self.freezer.record = False
+        return forward(self.lm, self.ids, mlp, self.freezer, inputs_embeds)
+
+
+@torch.no_grad()
+def trace(lm: LoadedModel, ids: list[int] | torch.Tensor, transcoders: Transcoders) -> ReplacementModel:
+    """Run the prompt once, record what the replacement model freezes, and find the active features."""
+    if lm.config.model_type not in LLAMA_FAMILY:
+        raise CircuitDBError(
+            f"attribution supports Llama-family models ({', '.join(LLAMA_FAMILY)}); {lm.name} is {lm.config.model_type}"
+        )
+    transcoders.check_model(lm)
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    dtype = next(lm.model.parameters()).dtype
+    transcoders.to(lm.device, dtype)
+    mlp_in = torch.zeros(lm.n_layers, len(ids), lm.d_model, dtype=dtype, device=lm.device)
+    mlp_out = torch.zeros_like(mlp_in)
+
+    def record(layer: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        mlp_in[layer], mlp_out[layer] = x, out
+        return out
+
+    freezer = _Freezer(record=True)
+    logits = forward(lm, ids, record, freezer)
+    parts = []
+    for layer in transcoders.layers:
+        latents = transcoders.encode(layer, mlp_in[layer])
+        latents[0] = 0  # position 0 (BOS) is left to the error node
+        position, index = latents.nonzero(as_tuple=True)
+        parts.append((torch.full_like(position, layer), position, index, latents[position, index]))
+    columns = [torch.cat(column) for column in zip(*parts, strict=True)] if parts else [torch.zeros(0)] * 4
+    features = Features(*columns)
+    n_latents = transcoders.encode(transcoders.layers[0], mlp_in[0, :1]).shape[-1] if transcoders.layers else 0
+    model = ReplacementModel(
+        lm, transcoders, ids, freezer, mlp_in, mlp_out, logits, features, mlp_out.clone(), n_latents
+    )
+    latents = model.latents()
+    for layer in transcoders.layers:
+        model.errors[layer] = mlp_out[layer] - transcoders.reconstruct(layer, mlp_in[layer], latents)
+    return model

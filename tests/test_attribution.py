@@ -1,0 +1,172 @@
+"""Attribution graphs checked against independent measurements in float64 on a tiny random Llama.
+
+- the replacement model reproduces the model's logits, and without errors equals a hand-written
+  frozen forward pass of the transcoders alone;
+- every edge equals a finite-difference measurement in the frozen replacement model (HF modules);
+- each target equals the sum of its incoming edges plus what remains when every source is zero;
+- zeroing a feature with attention and MLPs frozen moves a logit by minus its edge.
+Per-layer transcoders (all layers, and only some layers) and a cross-layer transcoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitdb.attribution import Intervention, Transcoders, attribute, intervene, prune, trace
+from circuitdb.attribution.replacement_model import Features
+from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries import SparseCoder
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
+from circuitdb.models import LoadedModel, load_model
+
+PROMPT = "The quick brown fox jumps over"
+
+
+def _per_layer(layers: list[int], seed: int = 0) -> Transcoders:
+    torch.manual_seed(seed)
+    coders = {}
+    for layer in layers:
+        coder = SparseCoder(DictionaryConfig(kind="plt", n_latents=32, k=4, skip=True), 64, 64)
+        with torch.no_grad():
+            coder.W_skip.normal_(std=0.05)
+            coder.b_dec.normal_(std=0.1)
+            coder.W_dec.mul_(0.5)
+        coders[layer] = coder
+    return Transcoders(coders)
+
+
+def _cross_layer(seed: int = 0) -> Transcoders:
+    torch.manual_seed(seed)
+    clt = CrossLayerTranscoder(DictionaryConfig(kind="clt", activation="relu", n_latents=24, k=4, skip=False), 3, 64)
+    with torch.no_grad():
+        clt.b_enc.fill_(-0.5)
+        clt.b_dec.normal_(std=0.1)
+    return Transcoders(clt=clt)
+
+
+@pytest.fixture(scope="module")
+def llama64(llama_dir: Path) -> LoadedModel:
+    lm = load_model(str(llama_dir), device="cpu")
+    lm.model.double()
+    return lm
+
+
+@pytest.fixture(scope="module", params=["all-layers", "some-layers", "cross-layer"])
+def traced(request: pytest.FixtureRequest, llama64: LoadedModel):
+    transcoders = {
+        "all-layers": lambda: _per_layer([0, 1, 2]),
+        "some-layers": lambda: _per_layer([0, 2]),
+        "cross-layer": _cross_layer,
+    }[request.param]()
+    rm = trace(llama64, llama64.encode(PROMPT), transcoders)
+    assert len(rm.features) > 10, "the test needs active features"
+    return rm, attribute(rm, progress=False)
+
+
+def _targets(rm, graph, features: Features | None = None, errors: bool = True, embeds=None) -> torch.Tensor:
+    """Every target's value measured in the frozen replacement model: feature pre-activations, demeaned logits."""
+    f = graph.features
+    values = torch.zeros(graph.n_features + len(graph.logit_tokens), dtype=torch.float64)
+    mlp_in = {}
+    logits = rm.run(features, errors=errors, inputs_embeds=embeds, read=lambda layer, x: mlp_in.update({layer: x}))
+    for i in range(graph.n_features):
+        rows, bias = rm.transcoders.encoder(int(f.layer[i]), f.index[i : i + 1])
+        values[i] = rows[0] @ mlp_in[int(f.layer[i])][f.position[i]] + bias[0]
+    last = logits[-1]
+    values[graph.n_features :] = last[graph.logit_tokens] - last.mean()
+    return values
+
+
+def _target_rows(graph) -> torch.Tensor:
+    return torch.cat([torch.arange(graph.n_features), torch.arange(graph.logit_start, graph.n_nodes)])
+
+
+def test_replacement_model_reproduces_the_model(traced, llama64: LoadedModel) -> None:
+    rm, _ = traced
+    plain = llama64.model(input_ids=rm.ids[None]).logits[0]
+    assert torch.allclose(rm.run(), plain, atol=1e-6)  # HF's RMSNorm computes in float32 even in a float64 model
+    assert not torch.allclose(rm.run(errors=False), plain, atol=1e-3)
+
+
+def test_without_errors_the_replacement_is_the_transcoders_alone(traced, llama64: LoadedModel) -> None:
+    """A hand-written Llama forward with frozen patterns/norms whose MLPs are the transcoders."""
+    rm, _ = traced
+    model, scales, patterns = llama64.model.model, rm.freezer.scales, rm.freezer.patterns
+    latents = rm.latents()
+    x = model.embed_tokens.weight[rm.ids]
+    for layer, block in enumerate(model.layers):
+        attn = block.self_attn
+        normed = x * scales[f"{layer}.input"] * block.input_layernorm.weight
+        values = (normed @ attn.v_proj.weight.T).view(len(x), -1, attn.head_dim)
+        values = values.repeat_interleave(attn.num_key_value_groups, dim=1).transpose(0, 1)
+        x = x + (patterns[layer] @ values).transpose(0, 1).reshape(len(x), -1) @ attn.o_proj.weight.T
+        mlp_in = x * scales[f"{layer}.post_attention"] * block.post_attention_layernorm.weight
+        if layer in rm.transcoders.layers:
+            x = x + rm.transcoders.reconstruct(layer, mlp_in, latents)
+    logits = (x * scales["model.norm"] * model.norm.weight) @ llama64.model.lm_head.weight.T
+    assert torch.allclose(rm.run(errors=False), logits, atol=1e-9)
+
+
+def test_every_edge_is_a_finite_difference(traced) -> None:
+    rm, graph = traced
+    rows, eps = _target_rows(graph), 1e-3
+    clean = _targets(rm, graph)
+    f = graph.features
+    embeddings = rm.lm.model.model.embed_tokens.weight[rm.ids].clone()
+    checked = 0
+    for source in range(graph.n_features):
+        scaled = Features(f.layer, f.position, f.index, f.activation.clone())
+        scaled.activation[source] *= 1 + eps
+        measured = (_targets(rm, graph, scaled) - clean) / eps
+        torch.testing.assert_close(measured, graph.adjacency[rows, source], rtol=1e-4, atol=1e-9)
+        checked += int((graph.adjacency[rows, source] != 0).sum())
+    errors = rm.errors.clone()
+    for layer in range(graph.n_layers):
+        for position in range(graph.n_positions):
+            rm.errors[layer, position] *= 1 + eps
+            measured = (_targets(rm, graph) - clean) / eps
+            rm.errors.copy_(errors)
+            column = graph.error_start + layer * graph.n_positions + position
+            torch.testing.assert_close(measured, graph.adjacency[rows, column], rtol=1e-4, atol=1e-9)
+    for position in range(graph.n_positions):
+        embeds = embeddings.clone()
+        embeds[position] *= 1 + eps
+        measured = (_targets(rm, graph, embeds=embeds) - clean) / eps
+        torch.testing.assert_close(measured, graph.adjacency[rows, graph.token_start + position], rtol=1e-4, atol=1e-9)
+    assert checked > 50, "too few nonzero feature edges to mean anything"
+
+
+def test_targets_are_their_incoming_edges_plus_bias(traced) -> None:
+    rm, graph = traced
+    f = graph.features
+    nothing = Features(f.layer, f.position, f.index, torch.zeros_like(f.activation))
+    bias = _targets(rm, graph, nothing, errors=False, embeds=torch.zeros(graph.n_positions, rm.lm.d_model).double())
+    total = graph.adjacency[_target_rows(graph)].sum(1) + bias
+    torch.testing.assert_close(total, _targets(rm, graph), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(total[: graph.n_features], f.activation)  # TopK/ReLU: activation = pre-activation
+
+
+def test_zeroing_a_feature_moves_the_logit_by_its_edge(traced) -> None:
+    rm, graph = traced
+    top_logit = graph.logit_start
+    source = int(graph.adjacency[top_logit, : graph.n_features].abs().argmax())
+    f = graph.features
+    zero = Intervention(int(f.layer[source]), int(f.index[source]), "zero", positions=[int(f.position[source])])
+    result = intervene(rm, [zero], freeze_attention=True, frozen_layers=range(graph.n_layers))
+    token = graph.logit_tokens[0]
+    change = (result.logits[-1] - result.logits[-1].mean())[token] - (rm.logits[-1] - rm.logits[-1].mean())[token]
+    assert change.item() == pytest.approx(-graph.adjacency[top_logit, source].item(), rel=1e-6)
+    assert abs(change.item()) > 1e-4
+
+
+def test_pruning_keeps_tokens_and_logits_and_scores_are_shares(traced) -> None:
+    _, graph = traced
+    pruned = prune(graph, node_threshold=0.5, edge_threshold=0.9)
+    assert pruned.node_mask[graph.token_start :].all()
+    assert 0 < pruned.node_mask[: graph.n_features].sum() < graph.n_features
+    assert 0.0 <= pruned.replacement_score <= 1.0 and 0.0 <= pruned.completeness_score <= 1.0
+    kept_edges = pruned.edge_mask.nonzero()
+    assert pruned.node_mask[kept_edges[:, 0]].all() and pruned.node_mask[kept_edges[:, 1]].all()
