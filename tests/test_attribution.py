@@ -170,3 +170,12 @@ def test_pruning_keeps_tokens_and_logits_and_scores_are_shares(traced) -> None:
     assert 0.0 <= pruned.replacement_score <= 1.0 and 0.0 <= pruned.completeness_score <= 1.0
     kept_edges = pruned.edge_mask.nonzero()
     assert pruned.node_mask[kept_edges[:, 0]].all() and pruned.node_mask[kept_edges[:, 1]].all()
+
+
+def test_bucketed_threshold_equals_sorting_everything() -> None:
+    from circuitdb.attribution.pruning import _matrix_threshold, _threshold
+
+    torch.manual_seed(0)
+    matrix = torch.rand(300, 200).pow(6) * (torch.rand(300, 200) > 0.3)
+    for share in (0.5, 0.9, 0.98, 1.0):
+        assert _matrix_threshold(matrix, share, rows_per_chunk=64) == pytest.approx(_threshold(matrix, share), rel=1e-6)

@@ -4,7 +4,7 @@ from circuitdb.attribution.graph import Graph, attribute, check_prompt, logit_ta
 from circuitdb.attribution.interventions import Intervention, InterventionResult, intervene
 from circuitdb.attribution.pruning import Pruned, prune
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, trace
-from circuitdb.attribution.transcoders import Transcoders, load_transcoders
+from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
 
 __all__ = [
     "Features",
@@ -20,5 +20,6 @@ __all__ = [
     "load_transcoders",
     "logit_targets",
     "prune",
+    "stored_transcoders",
     "trace",
 ]

@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 
 
 def normalized(adjacency: torch.Tensor) -> torch.Tensor:
-    """|A| with each row (target) scaled to sum 1."""
-    absolute = adjacency.abs()
-    return absolute.div_(absolute.sum(1, keepdim=True).clamp_min(1e-10))
+    """|A| with each row (target) scaled to sum 1 (a new matrix)."""
+    return _normalize_rows_(adjacency.abs())
+
+
+def _normalize_rows_(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix.div_(matrix.sum(1, keepdim=True).clamp_min(1e-10))
 
 
 def influence(matrix: torch.Tensor, weights: torch.Tensor, max_steps: int = 10_000) -> torch.Tensor:
@@ -52,11 +55,37 @@ def node_influence(graph: Graph) -> torch.Tensor:
     return influence(normalized(graph.adjacency), logit_weights(graph))
 
 
-def _threshold(scores: torch.Tensor, share: float) -> torch.Tensor:
-    """The smallest score among those that, largest first, make up `share` of the total."""
-    ranked = scores.flatten().sort(descending=True).values
-    cumulative = ranked.cumsum(0) / ranked.sum().clamp_min(1e-30)
-    return ranked[min(int(torch.searchsorted(cumulative, share).item()), len(ranked) - 1)]
+def _threshold(scores: torch.Tensor, share: float) -> float:
+    """The smallest score among those that, largest first, make up `share` of the total (scores ≥ 0)."""
+    ranked = scores.flatten().double().sort(descending=True).values
+    cumulative = ranked.cumsum(0) / ranked.sum().clamp_min(1e-300)
+    return float(ranked[min(int(torch.searchsorted(cumulative, share).item()), len(ranked) - 1)])
+
+
+def _matrix_threshold(matrix: torch.Tensor, share: float, rows_per_chunk: int = 512) -> float:
+    """`_threshold` over every entry of a large non-negative float32 matrix without sorting it.
+
+    The bit patterns of non-negative floats sort like their values, so one chunked pass buckets the
+    entries by their top 16 bits (sums per bucket); only the bucket where the cumulative share is
+    crossed is then sorted. Same result as sorting all N² entries, without N² indices in memory.
+    """
+    if matrix.dtype != torch.float32:
+        return _threshold(matrix, share)
+    totals = torch.zeros(1 << 16, dtype=torch.float64)
+    for chunk in matrix.split(rows_per_chunk):
+        buckets = chunk.contiguous().view(torch.int32).flatten() >> 16
+        totals += torch.bincount(buckets, weights=chunk.flatten().double(), minlength=1 << 16)
+    above = totals.flip(0).cumsum(0).flip(0)  # above[b]: total of buckets ≥ b
+    goal = share * float(above[0])
+    crossing = int((above >= goal).nonzero().max())  # highest bucket whose cumulative reaches the goal
+    higher = float(above[crossing + 1]) if crossing + 1 < len(above) else 0.0
+    members = torch.cat(
+        [chunk[(chunk.contiguous().view(torch.int32) >> 16) == crossing] for chunk in matrix.split(rows_per_chunk)]
+    )
+    ranked = members.double().sort(descending=True).values
+    cumulative = higher + ranked.cumsum(0)
+    index = min(int(torch.searchsorted(cumulative, goal).item()), len(ranked) - 1)
+    return float(ranked[index])
 
 
 @dataclass
@@ -90,11 +119,11 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     keep[graph.token_start :] = True
     matrix[~keep] = 0
     matrix[:, ~keep] = 0
-    matrix = normalized(matrix)
+    _normalize_rows_(matrix)
     target_scores = influence(matrix, weights) + weights
     matrix.mul_(target_scores[:, None])
-    edges = matrix >= _threshold(matrix[matrix > 0], edge_threshold)
-    edges &= matrix > 0
+    edge_floor = _matrix_threshold(matrix, edge_threshold)
+    edges = matrix >= edge_floor if edge_floor > 0 else matrix > 0
     del matrix
     inner = slice(0, graph.token_start)
     while True:

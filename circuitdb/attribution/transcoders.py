@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import torch
 
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
@@ -17,6 +18,7 @@ from circuitdb.dictionaries.formats import import_circuit_tracer, import_circuit
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
+from circuitdb.store import Store, read_table
 
 
 class Transcoders:
@@ -98,3 +100,22 @@ def load_transcoders(directory: Path) -> Transcoders:
     if any(directory.glob("W_enc_*.safetensors")):
         return Transcoders(clt=import_circuit_tracer_clt(directory), name=directory.name)
     return Transcoders(import_circuit_tracer(directory), name=directory.name)
+
+
+def stored_transcoders(store: Store, name: str) -> Transcoders:
+    """The dictionary set `name` of the store as transcoders: its CLT, or its per-layer transcoders."""
+    rows = read_table(store, "dictionaries").filter(pl.col("name") == name)
+    if rows.is_empty():
+        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build them first (`circuitdb build`)")
+    clt_rows = rows.filter(pl.col("kind") == "clt")
+    if not clt_rows.is_empty():
+        coder, _ = load_dictionary(store.root / clt_rows["path"][0])
+        return Transcoders(clt=coder, name=name)
+    per_layer = {}
+    for layer, path, input_hook, target_hook in rows.select("layer", "path", "input_hook", "target_hook").iter_rows():
+        if (input_hook, target_hook) != (f"mlp_in.{layer}", f"mlp_out.{layer}"):
+            raise CircuitDBError(
+                f"dictionary {name}/{layer} maps {input_hook} → {target_hook}; attribution needs transcoders"
+            )
+        per_layer[layer], _ = load_dictionary(store.root / path)
+    return Transcoders(per_layer, name=name)

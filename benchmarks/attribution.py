@@ -1,0 +1,87 @@
+"""Attribution speed and memory on the embedded model: one prompt, 30 per-layer transcoders.
+
+Prints one JSON line: seconds (trace + full attribution + pruning, model and transcoders already
+loaded), load_seconds, peak_rss_gb, n_prompt_tokens, n_active_features, n_nodes, n_nodes_pruned,
+n_edges_pruned, replacement_score, completeness_score, transcoders ('trained: <where>' or 'random').
+
+Transcoders come from --transcoders DIR (circuit-tracer format or ours), else from the store that
+`make demo` builds, else random ones of the demo's shape (4096 latents, k=32, skip), which time the
+same arithmetic but explain nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from circuitdb.attribution import Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
+from circuitdb.config import DictionaryConfig, load_config
+from circuitdb.dictionaries import SparseCoder
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import load_model
+from circuitdb.store import Store
+
+PROMPT = "The capital of France is Paris, and the capital of Germany is"
+
+
+def _random_transcoders(n_layers: int, d: int, n_latents: int, k: int) -> Transcoders:
+    torch.manual_seed(0)
+    coders = {}
+    for layer in range(n_layers):
+        coder = SparseCoder(DictionaryConfig(kind="plt", n_latents=n_latents, k=k, skip=True), d, d)
+        with torch.no_grad():
+            coder.W_skip.normal_(std=d**-0.5)
+        coders[layer] = coder
+    return Transcoders(coders, name="random")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transcoders", default=None, help="folder of transcoders (circuit-tracer format or ours)")
+    parser.add_argument("--store", default=None, help="store built by `make demo` (default: the configured one)")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--max-feature-nodes", type=int, default=None)
+    args = parser.parse_args()
+    config = load_config(None, {"store": args.store})
+    started = time.perf_counter()
+    lm = load_model(config.model.spec, config.model.device)
+    if args.transcoders:
+        transcoders, source = load_transcoders(args.transcoders), f"trained: {args.transcoders}"
+    else:
+        try:
+            transcoders = stored_transcoders(Store.open_existing(config.store), config.dictionaries.name)
+            source = f"trained: {config.store}"
+        except CircuitDBError:
+            transcoders, source = _random_transcoders(lm.n_layers, lm.d_model, 4096, 32), "random"
+    load_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    ids = lm.encode(args.prompt)
+    graph = attribute(trace(lm, ids, transcoders), max_feature_nodes=args.max_feature_nodes, progress=False)
+    del transcoders  # not needed once the graph exists; pruning then has their memory
+    pruned = prune(graph)
+    seconds = time.perf_counter() - started
+    result = {
+        "seconds": round(seconds, 2),
+        "load_seconds": round(load_seconds, 2),
+        "prompt": args.prompt,
+        "n_prompt_tokens": len(ids),
+        "n_active_features": graph.n_active_features,
+        "n_nodes": graph.n_nodes,
+        "n_nodes_pruned": int(pruned.node_mask.count_nonzero()),
+        "n_edges_pruned": int(pruned.edge_mask.count_nonzero()),
+        "replacement_score": round(pruned.replacement_score, 4),
+        "completeness_score": round(pruned.completeness_score, 4),
+        "transcoders": source,
+        "device": str(lm.device),
+    }
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
