@@ -207,6 +207,43 @@ class CrossLayerConfig:
 
 
 @dataclass
+class AttributionConfig:
+    dictionaries: str = "plt"
+    """Dictionary set (per-layer transcoders or a CLT) that graphs are built with."""
+    prompts: list[str] = field(
+        default_factory=lambda: [
+            "The capital of France is Paris, and the capital of Germany is",
+            "def add(a, b):\n    return a +",
+            "import os\nimport",
+        ]
+    )
+    """Prompts the pipeline attributes (one `attribution_graphs` partition each)."""
+    prompts_file: str = ""
+    """Optional text file, one prompt per line, watched by a sensor that adds partitions."""
+    max_prompt_tokens: int = 64
+    """Longest prompt accepted (BOS included); memory grows with the square of the active features."""
+    max_feature_nodes: int = 8192
+    """Features kept as nodes, ranked by influence on the logits (circuit-tracer's default)."""
+    logit_cumulative: float = 0.95
+    """Target logits: the most probable next tokens until their probabilities reach this sum."""
+    max_logits: int = 10
+    """At most this many target logits."""
+    node_threshold: float = 0.8
+    """Pruning keeps the nodes carrying this share of the influence on the logits."""
+    edge_threshold: float = 0.98
+    """Pruning keeps the edges carrying this share of the influence on the logits."""
+    validate_top_features: int = 5
+    """The `graph_validation` check zeroes this many top features and compares with their edges."""
+
+    def __post_init__(self) -> None:
+        for name in ("logit_cumulative", "node_threshold", "edge_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise CircuitDBError(f"attribution.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.max_prompt_tokens < 2 or self.max_feature_nodes < 1 or self.max_logits < 1:
+            raise CircuitDBError("attribution.max_prompt_tokens ≥ 2, max_feature_nodes ≥ 1 and max_logits ≥ 1")
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
     """Folder that holds every table, activation shard, dictionary, vector and graph."""
@@ -220,6 +257,8 @@ class ProjectConfig:
     """Which sparse dictionaries to train on them."""
     clt: CrossLayerConfig = field(default_factory=CrossLayerConfig)
     """An optional cross-layer transcoder over the same activations."""
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    """Attribution graphs: which transcoders, which prompts, how much to keep."""
 
     @property
     def store_path(self) -> Path:

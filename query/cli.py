@@ -17,6 +17,7 @@ import typer
 
 from circuitdb.config import ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
+from circuitdb.features import parse_feature_id
 from circuitdb.store import TABLES, Store, sql_literal
 from query.engine import QueryResult, run_sql
 from query.render import OutputFormat, render, render_feature
@@ -165,11 +166,7 @@ def feature_show(
     config: ConfigOption = None,
 ) -> None:
     """Statistics, histogram, output logits, neighbours and exemplars of one feature."""
-    parts = feature_id.split("/")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        raise CircuitDBError(
-            f"malformed feature id {feature_id!r}; expected <dictionary>/<layer>/<index>, e.g. plt/12/345"
-        )
+    parse_feature_id(feature_id)
     opened = _store(store, config)
     _require_features(opened)
     found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}")
@@ -296,6 +293,173 @@ def feature_top(
     where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
     query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
     render(run_sql(opened, query), fmt)
+
+
+graph_app = typer.Typer(help="Attribution graphs (circuit tracing).", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
+
+
+@graph_app.command("build")
+def graph_build(
+    prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
+    max_feature_nodes: Annotated[int | None, typer.Option(help="Features kept, by influence on the logits.")] = None,
+    transcoders: Annotated[
+        str | None, typer.Option(help="Folder of transcoders (circuit-tracer format or ours) instead of the store's.")
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one line)")] = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Trace the prompt through the replacement model, attribute, prune, and store the graph."""
+    from circuitdb.attribution.pipeline import build_graph
+    from circuitdb.models import load_model
+
+    project = _config(config, store=store, **{"attribution.max_feature_nodes": max_feature_nodes})
+    opened = Store.open_existing(project.store)
+    if not prompt.strip():
+        raise CircuitDBError("the prompt is empty")
+    lm = load_model(project.model.spec, project.model.device)
+    row = build_graph(opened, lm, prompt, project.attribution, transcoders)
+    keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
+    keys += ["completeness_score", "seconds"]
+    if fmt is OutputFormat.table:
+        render(QueryResult(["field", "value"], [], [(k, row[k]) for k in keys]), OutputFormat.table)
+    else:
+        typer.echo(json.dumps({k: row[k] for k in keys} | {"top_logits": row["top_logits"]}))
+
+
+@graph_app.command("list")
+def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
+    """The stored graphs."""
+    query = (
+        "SELECT slug, prompt, dictionaries, n_active_features, n_nodes_pruned, n_edges_pruned, "
+        "round(replacement_score, 3) AS replacement, round(completeness_score, 3) AS completeness, "
+        "top_logits[1] AS top_logit FROM graphs ORDER BY created_at"
+    )
+    render(run_sql(_graph_store(store, config), query), fmt)
+
+
+def _graph_store(store: str | None, config: str | None) -> Store:
+    opened = _store(store, config)
+    if "graphs" not in opened.table_names():
+        raise CircuitDBError('no attribution graphs in the store yet; run `circuitdb graph build "prompt"`')
+    return opened
+
+
+@graph_app.command("show")
+def graph_show(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    depth: Annotated[int, typer.Option(help="Levels of the tree below the logit.")] = 4,
+    width: Annotated[int, typer.Option(help="Strongest inputs shown per node.")] = 3,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The strongest paths into the top logit, as a tree: each node's strongest inputs below it."""
+    from circuitdb.attribution.pipeline import graph_row
+    from query.render import render_graph_tree
+
+    opened = _graph_store(store, config)
+    row = graph_row(opened, slug)
+    nodes = run_sql(opened, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}")
+    edges = run_sql(opened, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}")
+    render_graph_tree(row, [dict(zip(nodes.columns, r, strict=True)) for r in nodes.rows], edges.rows, depth, width)
+
+
+@graph_app.command("edges")
+def graph_edges(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    source: Annotated[str | None, typer.Option("--from", help="Edges leaving this node id.")] = None,
+    target: Annotated[str | None, typer.Option("--to", help="Edges entering this node id.")] = None,
+    k: Annotated[int, typer.Option(help="How many, strongest first.")] = 20,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Edges of a graph from or to one node, strongest first, with the other end's label."""
+    from circuitdb.attribution.pipeline import graph_row
+
+    if (source is None) == (target is None):
+        raise CircuitDBError("give exactly one of --from NODE or --to NODE")
+    opened = _graph_store(store, config)
+    graph_row(opened, slug)
+    node, near, far = (source, "source", "target") if source is not None else (target, "target", "source")
+    known = run_sql(
+        opened, f"SELECT 1 FROM graph_nodes WHERE slug = {sql_literal(slug)} AND node_id = {sql_literal(node)}"
+    )
+    if not known.rows:
+        raise CircuitDBError(f"graph {slug} has no node {node!r} (after pruning); see `graph show {slug}`")
+    query = (
+        f"SELECT e.{far} AS node, n.kind, n.token, e.weight, n.label FROM graph_edges e "
+        f"JOIN graph_nodes n ON n.slug = e.slug AND n.node_id = e.{far} "
+        f"WHERE e.slug = {sql_literal(slug)} AND e.{near} = {sql_literal(node)} "
+        f"ORDER BY abs(e.weight) DESC LIMIT {int(k)}"
+    )
+    render(run_sql(opened, query), fmt)
+
+
+@graph_app.command("export")
+def graph_export(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write (circuit-tracer's graph schema).")],
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the graph as circuit-tracer JSON, which its viewers open."""
+    from circuitdb.attribution.pipeline import graph_json_path, graph_row
+
+    opened = _graph_store(store, config)
+    graph_row(opened, slug)
+    source = graph_json_path(opened, slug)
+    if not source.is_file():
+        raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
+    if out.parent and not out.parent.exists():
+        raise CircuitDBError(f"folder {out.parent} does not exist")
+    shutil.copyfile(source, out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def steer(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    feature: Annotated[list[str], typer.Option(help="Feature id <dictionary>/<layer>/<index>; repeat for several.")],
+    scale: Annotated[float | None, typer.Option(help="Multiply the feature's activation by this.")] = None,
+    set_to: Annotated[float | None, typer.Option("--set", help="Set the activation to this value.")] = None,
+    positions: Annotated[str | None, typer.Option(help="Comma-separated positions (default: all but BOS).")] = None,
+    freeze_attention: Annotated[
+        bool, typer.Option("--freeze-attention", help="Keep attention patterns and norms.")
+    ] = False,
+    generate: Annotated[int, typer.Option(help="Tokens to sample greedily while steering.")] = 0,
+    k: Annotated[int, typer.Option(help="Logit changes to list.")] = 10,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Clamp, scale or zero features on a prompt and show how the next-token prediction moves."""
+    from circuitdb.attribution.steering import steer_prompt
+    from circuitdb.models import load_model
+
+    if scale is not None and set_to is not None:
+        raise CircuitDBError("give --scale or --set, not both")
+    mode, value = ("set", set_to) if set_to is not None else ("scale", 0.0 if scale is None else scale)
+    if mode == "scale" and value == 0.0:
+        mode = "zero"
+    try:
+        where = [int(p) for p in positions.split(",")] if positions else None
+    except ValueError:
+        raise CircuitDBError(f"--positions must be comma-separated integers, got {positions!r}") from None
+    project = _config(config, store=store)
+    opened = Store.open_existing(project.store)
+    lm = load_model(project.model.spec, project.model.device)
+    row, changes = steer_prompt(
+        opened, lm, project.attribution, prompt, feature, mode, value, where, freeze_attention, generate, k
+    )
+    if fmt is OutputFormat.table:
+        typer.echo(f"top token: {row['top_token_before']!r} → {row['top_token_after']!r}")
+        if row["generated"]:
+            typer.echo(f"continuation while steering: {row['generated']!r}")
+        render(QueryResult(["token", "p before", "p after", "change"], [], changes), OutputFormat.table)
+    else:
+        typer.echo(json.dumps({k_: v for k_, v in row.items() if k_ != "created_at"}))
 
 
 @app.command()

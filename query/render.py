@@ -97,3 +97,53 @@ def render_feature(feature: dict, exemplars: list[dict]) -> None:
             console.print(
                 Text(prefix) + highlighted(row["tokens"], row["values"], row["peak_offset"], feature["max_act"])
             )
+
+
+def _describe(node: dict) -> str:
+    where = f"@{node['position']} {node['token']!r}"
+    if node["kind"] == "feature":
+        return f"{node['feature_id']} {where}  {node['label']}"
+    if node["kind"] == "error":
+        return f"MLP error, layer {node['layer']} {where}"
+    if node["kind"] == "token":
+        return f"token {where}"
+    return node["label"]
+
+
+def render_graph_tree(graph: dict, nodes: list[dict], edges: list[tuple], depth: int, width: int) -> None:
+    """The top logit, its `width` strongest inputs, theirs, ... down `depth` levels (pruned graph).
+
+    Error nodes are not expanded (they have no inputs); each level says what share of its input they carry.
+    """
+    console = Console()
+    console.print(f"[bold]{graph['slug']}[/bold]  {graph['prompt']!r}")
+    console.print(
+        f"{graph['n_nodes_pruned']} nodes, {graph['n_edges_pruned']} edges kept of {graph['n_nodes']} nodes; "
+        f"replacement score {graph['replacement_score']:.3f}, completeness {graph['completeness_score']:.3f}"
+    )
+    by_id = {node["node_id"]: node for node in nodes}
+    incoming: dict[str, list[tuple[float, str]]] = {}
+    for source, target, weight in edges:
+        incoming.setdefault(target, []).append((weight, source))
+    logits = sorted((n for n in nodes if n["kind"] == "logit"), key=lambda n: -n["activation"])
+    if not logits:
+        console.print("no logit node survived pruning")
+        return
+
+    def walk(node_id: str, level: int, prefix: str) -> None:
+        if level == depth:
+            return
+        inputs = incoming.get(node_id, [])
+        explained = [e for e in inputs if by_id[e[1]]["kind"] != "error"]
+        strongest = sorted(explained, key=lambda e: -abs(e[0]))[:width]
+        error_share = 1 - sum(abs(w) for w, _ in explained) / max(sum(abs(w) for w, _ in inputs), 1e-30)
+        for i, (weight, source) in enumerate(strongest):
+            last = i == len(strongest) - 1
+            line = f"{prefix}{'└─' if last else '├─'} {weight:+.3g}  {_describe(by_id[source])}"
+            if i == 0:
+                line += f"   (errors: {error_share:.0%} of the input)"
+            console.print(line, highlight=False, markup=False)
+            walk(source, level + 1, prefix + ("   " if last else "│  "))
+
+    console.print(_describe(logits[0]), style="bold")
+    walk(logits[0]["node_id"], 0, "")

@@ -1,0 +1,146 @@
+"""A pruned graph as table rows (`graph_nodes`, `graph_edges`) and as circuit-tracer's graph JSON.
+
+Node ids follow circuit-tracer: features `<layer>_<index>_<position>`, tokens `E_<token id>_<position>`,
+logits `<n_layers + 1>_<token id>_<position>`; error nodes are `err_<layer>_<position>` (circuit-tracer's
+`0_<layer>_<position>` can collide with a layer-0 feature's id). The same ids are used in the tables
+and in the JSON, so an edge found by SQL is the edge a viewer draws.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import torch
+
+from circuitdb.attribution.graph import Graph
+from circuitdb.attribution.pruning import Pruned
+
+
+def node_ids(graph: Graph) -> list[str]:
+    f, P = graph.features, graph.n_positions
+    ids = [
+        f"{layer}_{index}_{pos}"
+        for layer, pos, index in zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True)
+    ]
+    ids += [f"err_{layer}_{pos}" for layer in range(graph.n_layers) for pos in range(P)]
+    ids += [f"E_{token}_{pos}" for pos, token in enumerate(graph.ids)]
+    ids += [f"{graph.n_layers + 1}_{token}_{P - 1}" for token in graph.logit_tokens]
+    return ids
+
+
+def _kinds(graph: Graph) -> list[str]:
+    return (
+        ["feature"] * graph.n_features
+        + ["error"] * (graph.n_layers * graph.n_positions)
+        + ["token"] * graph.n_positions
+        + ["logit"] * len(graph.logit_tokens)
+    )
+
+
+def node_frame(
+    graph: Graph,
+    pruned: Pruned,
+    slug: str,
+    dictionary: str,
+    tokens: list[str],
+    logit_tokens: list[str],
+    labels: dict[str, str],
+) -> pl.DataFrame:
+    """`graph_nodes` rows of the nodes pruning kept."""
+    f, P, L = graph.features, graph.n_positions, graph.n_layers
+    n_err = L * P
+    layer = f.layer.tolist() + [lay for lay in range(L) for _ in range(P)] + [-1] * P + [L] * len(graph.logit_tokens)
+    position = f.position.tolist() + list(range(P)) * L + list(range(P)) + [P - 1] * len(graph.logit_tokens)
+    index = f.index.tolist() + [-1] * n_err + graph.ids + graph.logit_tokens
+    token = [tokens[p] for p in position[: graph.logit_start]] + logit_tokens
+    activation = f.activation.float().tolist() + [0.0] * (n_err + P) + graph.logit_probabilities.tolist()
+    feature_ids = [f"{dictionary}/{lay}/{i}" for lay, i in zip(f.layer.tolist(), f.index.tolist(), strict=True)]
+    label = [labels.get(fid, "") for fid in feature_ids]
+    label += [f"MLP error, layer {lay}" for lay in range(L) for _ in range(P)]
+    label += [f"token {t!r}" for t in tokens] + [
+        f"output {t!r} (p={p:.3f})" for t, p in zip(logit_tokens, graph.logit_probabilities.tolist(), strict=True)
+    ]
+    frame = pl.DataFrame(
+        {
+            "slug": slug,
+            "node_id": node_ids(graph),
+            "kind": _kinds(graph),
+            "feature_id": feature_ids + [None] * (graph.n_nodes - graph.n_features),
+            "layer": layer,
+            "position": position,
+            "index": index,
+            "token": token,
+            "activation": activation,
+            "influence": pruned.node_influence.float().cpu().numpy(),
+            "label": label,
+        }
+    )
+    return frame.filter(pl.Series(pruned.node_mask.cpu().numpy()))
+
+
+def edge_frame(graph: Graph, pruned: Pruned, slug: str) -> pl.DataFrame:
+    """`graph_edges` rows of the edges pruning kept."""
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    ids = pl.Series(node_ids(graph))
+    return pl.DataFrame(
+        {
+            "slug": slug,
+            "source": ids.gather(sources.cpu().numpy()),
+            "target": ids.gather(targets.cpu().numpy()),
+            "weight": graph.adjacency[targets, sources].float().cpu().numpy(),
+        }
+    )
+
+
+def circuit_tracer_json(graph_row: dict, nodes: pl.DataFrame, edges: pl.DataFrame, node_threshold: float) -> dict:
+    """The graph in circuit-tracer's JSON schema (metadata, qParams, nodes, links) for its viewers."""
+    feature_type = {
+        "feature": "cross layer transcoder",
+        "error": "mlp reconstruction error",
+        "token": "embedding",
+        "logit": "logit",
+    }
+    influence = nodes["influence"].to_numpy()
+    order = influence.argsort()[::-1]
+    cumulative = torch.from_numpy(influence[order].copy()).cumsum(0) / max(float(influence.sum()), 1e-30)
+    share = [0.0] * len(influence)
+    for rank, row in enumerate(order.tolist()):
+        share[row] = float(cumulative[rank])
+    top_logit = nodes.filter(pl.col("kind") == "logit")["node_id"].head(1).to_list()
+    json_nodes = []
+    for i, row in enumerate(nodes.iter_rows(named=True)):
+        kind = row["kind"]
+        layer = {"token": "E"}.get(kind, str(row["layer"]))
+        json_nodes.append(
+            {
+                "node_id": row["node_id"],
+                "feature": row["index"] if kind != "error" else -1,
+                "layer": layer,
+                "ctx_idx": row["position"],
+                "feature_type": feature_type[kind],
+                "token_prob": row["activation"] if kind == "logit" else 0.0,
+                "is_target_logit": row["node_id"] in top_logit,
+                "run_idx": 0,
+                "reverse_ctx_idx": 0,
+                "jsNodeId": row["node_id"],
+                "clerp": row["label"],
+                "influence": share[i],
+                "activation": row["activation"] if kind == "feature" else None,
+            }
+        )
+    return {
+        "metadata": {
+            "slug": graph_row["slug"],
+            "scan": graph_row["model"],
+            "transcoder_list": [graph_row["dictionaries"]],
+            "prompt_tokens": graph_row["tokens"],
+            "prompt": graph_row["prompt"],
+            "node_threshold": node_threshold,
+            "schema_version": 1,
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": json_nodes,
+        "links": [
+            {"source": s, "target": t, "weight": w}
+            for s, t, w in edges.select("source", "target", "weight").iter_rows()
+        ],
+    }

@@ -1,0 +1,106 @@
+"""Build, store and read attribution graphs: prompt → trace → attribute → prune → tables + JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
+from circuitdb.attribution.graph import attribute, check_prompt
+from circuitdb.attribution.pruning import prune
+from circuitdb.attribution.replacement_model import ReplacementModel, trace
+from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
+from circuitdb.config import AttributionConfig
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import LoadedModel
+from circuitdb.store import Store, read_table, write_partition
+from circuitdb.store.layout import atomic_write_bytes
+
+
+def graph_slug(prompt: str, model: str, dictionaries: str) -> str:
+    """Readable and stable: the prompt's first words + a hash of (prompt, model, transcoders)."""
+    words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6])[:40] or "prompt"
+    digest = hashlib.sha256(f"{prompt}\0{model}\0{dictionaries}".encode()).hexdigest()[:8]
+    return f"{words}-{digest}"
+
+
+def graph_json_path(store: Store, slug: str) -> Path:
+    return store.root / "graphs" / f"{slug}.json"
+
+
+def resolve_transcoders(store: Store, cfg: AttributionConfig, folder: str | None) -> tuple[Transcoders, str]:
+    """(transcoders, how the graph names them): a folder the user brings, or the configured store set."""
+    if folder:
+        return load_transcoders(Path(folder)), str(Path(folder).resolve())
+    return stored_transcoders(store, cfg.dictionaries), cfg.dictionaries
+
+
+def trace_prompt(lm: LoadedModel, prompt: str, transcoders: Transcoders, cfg: AttributionConfig) -> ReplacementModel:
+    """The prompt traced through the replacement model, after the length checks."""
+    ids = lm.encode(prompt)
+    check_prompt(len(ids), min(cfg.max_prompt_tokens, lm.max_context))
+    return trace(lm, ids, transcoders)
+
+
+def build_graph(
+    store: Store, lm: LoadedModel, prompt: str, cfg: AttributionConfig, transcoders_dir: str | None = None
+) -> dict:
+    """Attribute `prompt`, prune, and write `graphs`, `graph_nodes`, `graph_edges` rows (partition = slug)
+    and `<store>/graphs/<slug>.json`. Returns the `graphs` row."""
+    transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
+    started = time.perf_counter()
+    rm = trace_prompt(lm, prompt, transcoders, cfg)
+    graph = attribute(
+        rm, max_feature_nodes=cfg.max_feature_nodes, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits
+    )
+    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
+    pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
+    seconds = time.perf_counter() - started
+
+    slug = graph_slug(prompt, lm.name, dictionary)
+    decode = lambda ids: [lm.tokenizer.decode([i]) for i in ids]  # noqa: E731
+    tokens, logit_tokens = decode(graph.ids), decode(graph.logit_tokens)
+    features = read_table(store, "features").filter(pl.col("dictionary") == dictionary).select("feature_id", "label")
+    labels = dict(features.iter_rows())
+    nodes = node_frame(graph, pruned, slug, dictionary, tokens, logit_tokens, labels)
+    edges = edge_frame(graph, pruned, slug)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("prompts", "prompts_file")}
+    row = {
+        "slug": slug,
+        "prompt": prompt,
+        "tokens": tokens,
+        "token_ids": graph.ids,
+        "model": lm.name,
+        "dictionaries": dictionary,
+        "n_active_features": graph.n_active_features,
+        "n_nodes": graph.n_nodes,
+        "n_nodes_pruned": nodes.height,
+        "n_edges_pruned": edges.height,
+        "replacement_score": pruned.replacement_score,
+        "completeness_score": pruned.completeness_score,
+        "top_logits": logit_tokens,
+        "top_probabilities": graph.logit_probabilities.tolist(),
+        "settings": json.dumps(settings),
+        "seconds": seconds,
+        "created_at": datetime.now(UTC),
+    }
+    document = circuit_tracer_json(row, nodes, edges, cfg.node_threshold)
+    atomic_write_bytes(graph_json_path(store, slug), json.dumps(document).encode())
+    write_partition(store, "graph_edges", slug, edges)
+    write_partition(store, "graph_nodes", slug, nodes)
+    write_partition(store, "graphs", slug, pl.DataFrame([row]))
+    return row
+
+
+def graph_row(store: Store, slug: str) -> dict:
+    rows = read_table(store, "graphs").filter(pl.col("slug") == slug)
+    if rows.is_empty():
+        raise CircuitDBError(f"unknown graph {slug!r}; `circuitdb graph list` shows the built ones")
+    return rows.row(0, named=True)
