@@ -7,6 +7,7 @@ import dataclasses
 import dagster as dg
 import yaml
 
+from assets.attribution import configured_prompts, prompt_partitions
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import atomic_write_bytes
@@ -22,7 +23,8 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def build_all(config: ProjectConfig) -> dg.ExecuteInProcessResult:
-    """Run every asset for every layer partition in one run (one forward pass over all layers).
+    """Run every per-layer asset for every layer partition in one run (one forward pass over all layers),
+    then one attribution graph per configured prompt.
 
     The merged configuration is written to `<store>/circuitdb.effective.yaml` first: every asset
     reads exactly it, and it records how the store was built.
@@ -33,9 +35,20 @@ def build_all(config: ProjectConfig) -> dg.ExecuteInProcessResult:
     atomic_write_bytes(effective, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
     project = ProjectResource(config_file=str(effective))
     defs = build_definitions(config, project)
+    per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
+    per_layer = [a for a in defs.assets or [] if a not in per_prompt]
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}
+    instance = dg.DagsterInstance.ephemeral()
+    slugs = list(configured_prompts(config))
+    instance.add_dynamic_partitions(prompt_partitions.name, slugs)
+    resources = {"project": project}
     try:
-        return dg.materialize(list(defs.assets or []), resources={"project": project}, tags=tags, run_config=QUIET_LOGS)
+        result = dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)
+        for slug in slugs:  # one run per graph: a prompt partition is its own unit of work
+            result = dg.materialize(
+                per_prompt, resources=resources, partition_key=slug, run_config=QUIET_LOGS, instance=instance
+            )
+        return result
     except dg.DagsterUserCodeExecutionError as exc:
         if isinstance(exc.user_exception, CircuitDBError):
             raise exc.user_exception from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.activations import build_activations_asset
+from assets.attribution import attribution_graphs, prompts_file_sensor, refresh_stale_graphs
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset
@@ -27,10 +28,16 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_dictionaries_asset(layers),
         build_feature_stats_asset(layers),
         build_feature_vectors_asset(layers),
+        attribution_graphs,
     ]
     if config.clt.enabled:
         assets.append(build_cross_layer_asset(project_layers(config)))
-    return dg.Definitions(assets=assets, resources={"project": project or ProjectResource()})
+    return dg.Definitions(
+        assets=assets,
+        sensors=[prompts_file_sensor],
+        schedules=[refresh_stale_graphs],
+        resources={"project": project or ProjectResource()},
+    )
 
 
 defs = build_definitions(load_config())

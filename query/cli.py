@@ -319,7 +319,7 @@ def graph_build(
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
-    row = build_graph(opened, lm, prompt, project.attribution, transcoders)
+    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders)
     keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]
     if fmt is OutputFormat.table:

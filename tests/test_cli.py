@@ -78,6 +78,68 @@ def test_build_then_query(project: Path, cli) -> None:
         "dictionary", "export", "--format", "saelens", "--layer", "1", "--out", str(out_dir), "--config", str(project)
     )
     assert code == 1 and "SAELens format holds SAEs" in err
+    _graph_commands(project, out_dir, cli)
+
+
+def _graph_commands(project: Path, transcoders: Path, cli) -> None:
+    """graph build/list/show/edges/export and steer on the built store; errors are one line."""
+    config = ("--config", str(project))
+    code, out, _ = cli("graph", "list", "-f", "json", *config)
+    assert code == 0 and len(json.loads(out)) == 3  # the default prompts, built by `build`
+    code, out, err = cli("graph", "build", "The quick brown fox jumps", "--format", "json", *config)
+    assert code == 0, err
+    built = json.loads(out.strip().splitlines()[-1])
+    slug = built["slug"]
+    assert built["n_nodes_pruned"] > 0 and 0 <= built["replacement_score"] <= 1
+    code, out, err = cli(
+        "graph", "build", "The quick brown fox jumps", "--transcoders", str(transcoders), "-f", "json", *config
+    )
+    imported = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and imported["slug"] != slug and imported["n_active_features"] == built["n_active_features"], err
+    code, out, err = cli("graph", "show", slug, *config)
+    assert code == 0 and out.splitlines()[0].startswith(slug) and "output" in out and "├─" in out, err
+    code, out, _ = cli(
+        "sql", f"SELECT target FROM graph_edges WHERE slug = '{slug}' AND target LIKE '4_%'", "-f", "json", *config
+    )
+    logit_node = json.loads(out)[0]["target"]
+    code, out, err = cli("graph", "edges", slug, "--to", logit_node, "--k", "3", "-f", "json", *config)
+    assert code == 0 and 0 < len(json.loads(out)) <= 3, err
+    exported = project.parent / "graph.json"
+    code, _, err = cli("graph", "export", slug, "--out", str(exported), *config)
+    document = json.loads(exported.read_text())
+    assert code == 0 and document["metadata"]["slug"] == slug and document["metadata"]["prompt_tokens"][0] == "<bos>"
+    ids = {node["node_id"] for node in document["nodes"]}
+    assert document["links"] and all(link["source"] in ids and link["target"] in ids for link in document["links"])
+    code, out, err = cli(
+        "steer",
+        "The quick brown fox jumps",
+        "--feature",
+        "plt/1/0",
+        "--set",
+        "50",
+        "--generate",
+        "2",
+        "-f",
+        "json",
+        *config,
+    )
+    steered = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and steered["generated"] and steered["top_token_before"], err
+    code, out, _ = cli("sql", "SELECT count(*) AS n FROM interventions", "-f", "json", *config)
+    assert json.loads(out)[0]["n"] == 1
+    for args, message in (
+        (["graph", "build", "  "], "the prompt is empty"),
+        (["graph", "build", "fox " * 80], "the limit is 64"),
+        (["graph", "show", "no-such-graph"], "unknown graph"),
+        (["graph", "edges", slug], "exactly one of --from"),
+        (["graph", "edges", slug, "--from", "9_9_9"], "has no node"),
+        (["graph", "build", "fox", "--transcoders", "/no/such/dir"], "does not exist"),
+        (["steer", "fox jumps", "--feature", "plt/1/9999", "--scale", "2"], "out of range"),
+        (["steer", "fox jumps", "--feature", "plt/1"], "malformed feature id"),
+    ):
+        code, _, err = cli(*args, *config)
+        lines = err.strip().splitlines()
+        assert code == 1 and lines[-1].startswith("error: ") and message in lines[-1], (args, err)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +154,8 @@ def test_build_then_query(project: Path, cli) -> None:
         (["sql", "DELETE FROM corpora"], "", "DELETE statements are refused"),
         (["sql", "SELECT 1"], "store: /no/such/store\n", "store not found"),
         (["tables"], "store: /no/such/store\n", "store not found"),
+        (["graph", "build", "hello there"], "", "no dictionaries named 'plt'"),
+        (["graph", "list"], "", "no attribution graphs"),
     ],
 )
 def test_errors_are_one_line(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -28,8 +29,11 @@ def test_default_definitions_load() -> None:
         "dictionaries",
         "feature_stats",
         "feature_vectors",
+        "attribution_graphs",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
+    assert [s.name for s in defs.sensors] == ["prompts_file_sensor"]
+    assert [s.name for s in defs.schedules] == ["refresh_stale_graphs"]
 
 
 TINY_DICTIONARIES = (
@@ -53,7 +57,7 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
-    assets = list(defs.assets)
+    assets = [a for a in defs.assets if a.key.path != ["attribution_graphs"]]
     result = dg.materialize(assets, resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
     assert result.success
     store = Store(config.store)
@@ -104,8 +108,27 @@ def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file
         assert torch.allclose(exported(x)[0], clt(x)[0], atol=1e-5)
 
 
-def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
+def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
+    """Transcoders at layer 1 only: layers 0 and 2 are whole error nodes in every graph."""
     config = load_config(_project(tmp_path, llama_dir, text_file), {"harvest.layers": "1"})
-    assert build_all(config).success
-    shards = read_table(Store(config.store), "activation_shards")
+    result = build_all(config)
+    assert result.success
+    store = Store(config.store)
+    shards = read_table(store, "activation_shards")
     assert set(shards["hook"]) == {"mlp_in.1", "mlp_out.1", "resid_post.1"}
+    graphs = read_table(store, "graphs")
+    assert graphs["prompt"].sort().to_list() == sorted(config.attribution.prompts)
+    nodes = read_table(store, "graph_nodes")
+    assert set(nodes.filter(pl.col("kind") == "feature")["layer"]) == {1}
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "graph_validation" and check.passed, check.metadata
+    slug = graphs["slug"][0]
+    code, out, err = cli(
+        "sql",
+        f"SELECT count(*) AS n FROM graph_edges WHERE slug = '{slug}'",
+        "--format",
+        "json",
+        "--store",
+        config.store,
+    )
+    assert code == 0 and json.loads(out)[0]["n"] == graphs["n_edges_pruned"][0], err

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitdb.attribution.graph import Graph
 from circuitdb.attribution.replacement_model import ReplacementModel, forward
 from circuitdb.errors import CircuitDBError
 
@@ -112,3 +113,31 @@ def intervene(
         generated.append(next_id)
         ids.append(next_id)
     return InterventionResult(logits, rm.logits, generated)
+
+
+@torch.no_grad()
+def validate_edges(rm: ReplacementModel, graph: Graph, n_features: int) -> list[dict]:
+    """Zero each of the `n_features` features with the largest direct effect on the top logit, in the
+    frozen replacement model, and compare the logit's change with minus that edge."""
+    row = graph.adjacency[graph.logit_start, : graph.n_features]
+    token = graph.logit_tokens[0]
+    clean = rm.logits[-1] - rm.logits[-1].mean()
+    f = graph.features
+    checks = []
+    for source in row.abs().topk(min(n_features, graph.n_features)).indices.tolist():
+        layer, position, index = int(f.layer[source]), int(f.position[source]), int(f.index[source])
+        zeroed = intervene(rm, [Intervention(layer, index, "zero", positions=[position])], True, range(graph.n_layers))
+        measured = float((zeroed.logits[-1] - zeroed.logits[-1].mean())[token] - clean[token])
+        predicted = -float(row[source])
+        error = abs(measured - predicted) / max(abs(predicted), 1e-6)
+        checks.append(
+            {
+                "layer": layer,
+                "position": position,
+                "index": index,
+                "predicted": predicted,
+                "measured": measured,
+                "relative_error": error,
+            }
+        )
+    return checks

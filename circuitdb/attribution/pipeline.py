@@ -14,6 +14,7 @@ import polars as pl
 
 from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
 from circuitdb.attribution.graph import attribute, check_prompt
+from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, trace
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
@@ -50,19 +51,28 @@ def trace_prompt(lm: LoadedModel, prompt: str, transcoders: Transcoders, cfg: At
 
 
 def build_graph(
-    store: Store, lm: LoadedModel, prompt: str, cfg: AttributionConfig, transcoders_dir: str | None = None
-) -> dict:
+    store: Store,
+    lm: LoadedModel,
+    prompt: str,
+    cfg: AttributionConfig,
+    transcoders_dir: str | None = None,
+    validate: bool = False,
+) -> tuple[dict, list[dict]]:
     """Attribute `prompt`, prune, and write `graphs`, `graph_nodes`, `graph_edges` rows (partition = slug)
-    and `<store>/graphs/<slug>.json`. Returns the `graphs` row."""
+    and `<store>/graphs/<slug>.json`. Returns the `graphs` row and, with `validate`, the intervention
+    checks of the top features' edges into the top logit (`validate_edges`)."""
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
     graph = attribute(
         rm, max_feature_nodes=cfg.max_feature_nodes, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits
     )
-    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
-    pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
     seconds = time.perf_counter() - started
+    validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
+    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
+    started = time.perf_counter()
+    pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
+    seconds += time.perf_counter() - started
 
     slug = graph_slug(prompt, lm.name, dictionary)
     decode = lambda ids: [lm.tokenizer.decode([i]) for i in ids]  # noqa: E731
@@ -96,7 +106,7 @@ def build_graph(
     write_partition(store, "graph_edges", slug, edges)
     write_partition(store, "graph_nodes", slug, nodes)
     write_partition(store, "graphs", slug, pl.DataFrame([row]))
-    return row
+    return row, validation
 
 
 def graph_row(store: Store, slug: str) -> dict:
