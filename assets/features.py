@@ -1,8 +1,10 @@
 """Feature stage: statistics, exemplars, logits, neighbours and labels of every latent, per layer."""
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
+from assets.plots import svg_bars
 from circuitdb.features import build_layer_features, load_stored_dictionary
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import ensure_index, write_vectors
@@ -11,15 +13,21 @@ from orchestration.resources import ProjectResource
 
 
 def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
-        name="feature_stats",
-        deps=["dictionaries"],
-        **per_layer_options(partitions),
-        group_name="features",
+    """One encoding pass per layer yields two tables, so they are two assets of one computation."""
+    options = per_layer_options(partitions)
+    kinds = options.pop("kinds")
+
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec("feature_stats", deps=["dictionaries"], group_name="features", kinds=kinds),
+            dg.AssetSpec("exemplars", deps=["dictionaries"], group_name="features", kinds=kinds),
+        ],
         check_specs=[dg.AssetCheckSpec("every_latent_has_a_row", asset="feature_stats")],
+        **options,
     )
-    def feature_stats(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        """`features` and `exemplars` tables for the per-layer dictionaries; dead latents are flagged, not dropped."""
+    def feature_stats(context: dg.AssetExecutionContext, project: ProjectResource):
+        """`features` (statistics, logits, neighbours, labels; dead latents flagged, not dropped) and
+        `exemplars` (top and quantile contexts) for the per-layer dictionaries."""
         config, store, lm, corpus = project.open_stage()
         name = config.dictionaries.name
         counts = {int(key): build_layer_features(store, lm, corpus, name, int(key)) for key in context.partition_keys}
@@ -27,24 +35,32 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
             (pl.col("dictionary") == name) & pl.col("layer").is_in(list(counts))
         )
         expected = config.dictionaries.dictionary.n_latents * len(counts)
-        sample = features.filter(~features["dead"]).sample(min(10, features.height), seed=0)
-        return dg.MaterializeResult(
+        live = features.filter(~features["dead"])
+        sample = live.sample(min(10, live.height), seed=0)
+        edges = np.linspace(-6, 0, 25)
+        density, _ = np.histogram(np.log10(live["density"].to_numpy().clip(1e-6)), bins=edges)
+        yield dg.MaterializeResult(
+            asset_key="feature_stats",
             metadata={
-                "features": sum(c[0] for c in counts.values()),
-                "exemplars": sum(c[1] for c in counts.values()),
+                "features": features.height,
                 "dead": int(features["dead"].sum()),
+                "density_histogram": dg.MetadataValue.md(
+                    svg_bars(density.tolist(), edges.tolist(), "live latents by log10(density)")
+                ),
                 "label_sample": dg.MetadataValue.md(
                     "\n".join(f"- `{fid}`: {label}" for fid, label in sample.select("feature_id", "label").iter_rows())
                 ),
                 "dagster/row_count": features.height,
             },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="every_latent_has_a_row",
-                    passed=features.height == expected,
-                    metadata={"rows": features.height, "latents": expected},
-                )
-            ],
+        )
+        yield dg.MaterializeResult(
+            asset_key="exemplars", metadata={"dagster/row_count": sum(c[1] for c in counts.values())}
+        )
+        yield dg.AssetCheckResult(
+            asset_key="feature_stats",
+            check_name="every_latent_has_a_row",
+            passed=features.height == expected,
+            metadata={"rows": features.height, "latents": expected},
         )
 
     return feature_stats

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 import torch
 
+from assets.attribution import prompt_partitions
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import import_circuit_tracer_clt, load_dictionary
 from circuitdb.store import Store, read_table
@@ -28,6 +29,7 @@ def test_default_definitions_load() -> None:
         "activations",
         "dictionaries",
         "feature_stats",
+        "exemplars",
         "feature_vectors",
         "attribution_graphs",
     }
@@ -57,7 +59,7 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
-    assets = [a for a in defs.assets if a.key.path != ["attribution_graphs"]]
+    assets = [a for a in defs.assets if a.partitions_def != prompt_partitions]
     result = dg.materialize(assets, resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
     assert result.success
     store = Store(config.store)
@@ -73,7 +75,7 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     layer1 = store.table_file("activation_shards", "layer-001")
     before = layer1.stat().st_mtime_ns
     single = dg.materialize(
-        [a for a in assets if a.key.path == ["activations"]], resources={"project": project}, partition_key="0"
+        [a for a in assets if dg.AssetKey("activations") in a.keys], resources={"project": project}, partition_key="0"
     )
     assert single.success and layer1.stat().st_mtime_ns == before and layer0.is_file()
     dictionaries = read_table(store, "dictionaries").sort("layer")
