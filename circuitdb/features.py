@@ -63,9 +63,13 @@ class _Triples:
     value: torch.Tensor
 
     def first_per_group(self, group: torch.Tensor, score: torch.Tensor, keep: int) -> torch.Tensor:
-        """Indices of the `keep` highest-`score` triples within each group id (ties by position)."""
-        order = score.argsort(descending=True, stable=True)
-        order = order[group[order].argsort(stable=True)]
+        """Indices of the `keep` highest-`score` triples within each group id (scores ≥ 0, ties by position).
+
+        One sort of an int64 key: the group in the high bits, then the score's float32 bit pattern
+        (which orders non-negative floats like their values) inverted, so the best come first.
+        """
+        bits = score.float().contiguous().view(torch.int32).long()
+        order = ((group.long() << 31) | (0x7FFFFFFF - bits)).argsort(stable=True)
         grouped = group[order]
         starts = torch.searchsorted(grouped, grouped, side="left")
         rank = torch.arange(len(grouped)) - starts
