@@ -27,6 +27,8 @@ demo: install
 	$(BIN)/circuitdb sql "select layer, fvu, fvu_excl_pos0, l0, dead_frac, delta_ce from dictionaries order by layer" --store $(STORE)
 	$(BIN)/circuitdb feature top --layer 12 --k 5 --store $(STORE)
 	$(BIN)/circuitdb search text "def parse(self, text): return text.split()" --k 5 --store $(STORE)
+	$(BIN)/circuitdb graph list --store $(STORE)
+	$(BIN)/circuitdb graph show $$($(BIN)/circuitdb sql "select slug from graphs order by created_at limit 1" -f csv --store $(STORE) | tail -1) --store $(STORE)
 
 test: install
 	$(BIN)/python -m pytest
@@ -36,6 +38,9 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/harvest.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/query.py --store $(STORE)
+	$(BIN)/python benchmarks/attribution.py --store $(STORE)
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
