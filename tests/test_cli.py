@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuitdb.dictionaries.formats import import_circuit_tracer
+from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries import SparseCoder
+from circuitdb.dictionaries.formats import export_circuit_tracer, import_circuit_tracer
 from tests.test_definitions import TINY_DICTIONARIES
 
 
@@ -127,6 +129,8 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
     assert code == 0 and steered["generated"] and steered["top_token_before"], err
     code, out, _ = cli("sql", "SELECT count(*) AS n FROM interventions", "-f", "json", *config)
     assert json.loads(out)[0]["n"] == 1
+    narrow = project.parent / "narrow"
+    export_circuit_tracer({0: SparseCoder(DictionaryConfig(kind="plt", n_latents=8, k=2), 32, 32)}, narrow, "tiny")
     for args, message in (
         (["graph", "build", "  "], "the prompt is empty"),
         (["graph", "build", "fox " * 80], "the limit is 64"),
@@ -134,6 +138,7 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
         (["graph", "edges", slug], "exactly one of --from"),
         (["graph", "edges", slug, "--from", "9_9_9"], "has no node"),
         (["graph", "build", "fox", "--transcoders", "/no/such/dir"], "does not exist"),
+        (["graph", "build", "fox", "--transcoders", str(narrow)], "width 32"),
         (["steer", "fox jumps", "--feature", "plt/1/9999", "--scale", "2"], "out of range"),
         (["steer", "fox jumps", "--feature", "plt/1"], "malformed feature id"),
     ):

@@ -134,3 +134,24 @@ def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file:
         config.store,
     )
     assert code == 0 and json.loads(out)[0]["n"] == graphs["n_edges_pruned"][0], err
+
+
+def test_prompts_file_sensor_adds_new_prompts(tmp_path: Path, llama_dir: Path, monkeypatch) -> None:
+    from assets.attribution import configured_prompts, prompts_file_sensor
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The quick brown fox\n\nA second prompt\n")
+    (tmp_path / "circuitdb.yaml").write_text(
+        f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n"
+        f"attribution:\n  prompts: []\n  prompts_file: {prompts}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    result = prompts_file_sensor(dg.build_sensor_context(instance=instance))
+    slugs = sorted(configured_prompts(load_config()))
+    assert len(slugs) == 2 and sorted(r.partition_key for r in result.run_requests) == slugs
+    instance.add_dynamic_partitions(prompt_partitions.name, slugs)
+    assert isinstance(prompts_file_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    prompts.write_text(prompts.read_text() + "A third prompt\n")
+    (new,) = prompts_file_sensor(dg.build_sensor_context(instance=instance)).run_requests
+    assert new.partition_key not in slugs
