@@ -74,7 +74,7 @@ def _recall(store: Store, vectors: np.ndarray, ids: list[str], queries: np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="a store built by `make demo` (default: the configured one)")
-    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000, help="0: no synthetic table")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--synthetic", choices=["families", "iid"], default="families")
     parser.add_argument("--skip-store", action="store_true", help="only the synthetic table")
@@ -82,7 +82,8 @@ def main() -> None:
     result: dict = {}
     if not args.skip_store:
         result |= _store_figures(args)
-    result |= _synthetic_figures(args)
+    if args.synthetic_rows:
+        result |= _synthetic_figures(args)
     print(json.dumps(result))
 
 
