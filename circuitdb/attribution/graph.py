@@ -74,7 +74,7 @@ def logit_targets(
     """The most probable next tokens until their probabilities sum to `cumulative`, at most `max_logits`."""
     probabilities = logits.float().softmax(-1)
     top = probabilities.topk(max_logits)
-    keep = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(cumulative)).item()) + 1
+    keep = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(cumulative, device=top.values.device)).item()) + 1
     keep = min(keep, max_logits)
     return top.indices[:keep].tolist(), top.values[:keep].cpu()
 
@@ -132,9 +132,9 @@ def attribute(
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=dtype, device=device)
 
     # targets: features read mlp_in of their layer; logits read the final residual at the last position
-    target_layer = torch.cat([features.layer, torch.full((len(tokens),), L)])
-    target_position = torch.cat([features.position, torch.full((len(tokens),), P - 1)])
-    target_row = torch.arange(n_f + len(tokens))
+    target_layer = torch.cat([features.layer, torch.full((len(tokens),), L, device=device)])
+    target_position = torch.cat([features.position, torch.full((len(tokens),), P - 1, device=device)])
+    target_row = torch.arange(n_f + len(tokens), device=device)
     target_row[n_f:] += logit_start - n_f
     reads = torch.zeros(len(target_row), lm.d_model, dtype=dtype, device=device)
     for layer in tc.layers:
@@ -157,7 +157,7 @@ def attribute(
             writes_at[target_layer_].append((columns, features.position[mask], vectors))
     for layer in range(L):
         writes_at[layer].append(
-            (error_start + layer * P + torch.arange(P), torch.arange(P), rm.errors[layer].to(dtype))
+            (error_start + layer * P + torch.arange(P, device=device), torch.arange(P, device=device), rm.errors[layer])
         )
 
     groups = []
@@ -202,8 +202,8 @@ def attribute(
     embeddings = lm.model.get_submodule(lm.arch.embedding).weight[rm.ids.to(device)]
     for position, members, _, grad in groups:
         if len(members):
-            adjacency[target_row[members][:, None], token_start + torch.arange(position + 1)] = torch.einsum(
-                "npd,pd->np", grad, embeddings[: position + 1]
+            adjacency[target_row[members][:, None], token_start + torch.arange(position + 1, device=device)] = (
+                torch.einsum("npd,pd->np", grad, embeddings[: position + 1])
             )
 
     graph = Graph(rm.ids.tolist(), features, L, tokens, probabilities, adjacency, n_f)
@@ -216,7 +216,7 @@ def _keep_top_features(graph: Graph, keep: int) -> Graph:
     """The graph restricted to the `keep` features of most influence on the logits (others dropped)."""
     influence = node_influence(graph)[: graph.n_features]
     chosen = influence.topk(keep).indices.sort().values
-    rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
+    rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes, device=chosen.device)])
     f = graph.features
     features = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
     adjacency = graph.adjacency[rows][:, rows]

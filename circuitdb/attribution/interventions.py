@@ -70,6 +70,7 @@ def _mlp_with(rm: ReplacementModel, interventions: list[Intervention], frozen_la
             latents = traced[layer] if frozen else tc.encode(layer, mlp_in)
             for item in mine:
                 where = torch.arange(1, positions) if item.positions is None else torch.tensor(item.positions)
+                where = where.to(mlp_in.device)
                 where = where[where < positions]
                 current = latents[where, item.index]
                 delta = item.new_values(current) - current

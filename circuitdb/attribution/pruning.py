@@ -71,7 +71,7 @@ def _matrix_threshold(matrix: torch.Tensor, share: float, rows_per_chunk: int = 
     """
     if matrix.dtype != torch.float32:
         return _threshold(matrix, share)
-    totals = torch.zeros(1 << 16, dtype=torch.float64)
+    totals = torch.zeros(1 << 16, dtype=torch.float64, device=matrix.device)
     for chunk in matrix.split(rows_per_chunk):
         buckets = chunk.contiguous().view(torch.int32).flatten() >> 16
         totals += torch.bincount(buckets, weights=chunk.flatten().double(), minlength=1 << 16)
