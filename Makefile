@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/circuitdb feature top --layer 12 --k 5 --store $(STORE)
 	$(BIN)/circuitdb search text "def parse(self, text): return text.split()" --k 5 --store $(STORE)
 	$(BIN)/circuitdb graph list --store $(STORE)
-	$(BIN)/circuitdb graph show $$($(BIN)/circuitdb sql "select slug from graphs order by created_at limit 1" -f csv --store $(STORE) | tail -1) --store $(STORE)
+	$(BIN)/circuitdb graph show $$($(BIN)/circuitdb sql "select slug from graphs order by created_at limit 1" -f csv --store $(STORE) | tail -1 | tr -d "\r") --store $(STORE)
 
 test: install
 	$(BIN)/python -m pytest
