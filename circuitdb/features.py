@@ -16,10 +16,12 @@ Output logits: a latent's decoder row is read through the final norm's gain and 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 import torch
 from tqdm.auto import tqdm
 
@@ -62,6 +64,14 @@ class _Triples:
     latent: torch.Tensor
     value: torch.Tensor
 
+    @functools.cached_property
+    def by_token_and_latent(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(sorted keys token · stride + latent, their values, stride): to look up any (token, latent)."""
+        stride = int(self.latent.max()) + 1
+        keys = self.token * stride + self.latent
+        order = keys.argsort()
+        return keys[order], self.value[order], stride
+
     def first_per_group(self, group: torch.Tensor, score: torch.Tensor, keep: int) -> torch.Tensor:
         """Indices of the `keep` highest-`score` triples within each group id (scores ≥ 0, ties by position).
 
@@ -70,10 +80,9 @@ class _Triples:
         """
         bits = score.float().contiguous().view(torch.int32).long()
         order = ((group.long() << 31) | (0x7FFFFFFF - bits)).argsort(stable=True)
-        grouped = group[order]
-        starts = torch.searchsorted(grouped, grouped, side="left")
-        rank = torch.arange(len(grouped)) - starts
-        return order[rank < keep]
+        _, counts = torch.unique_consecutive(group[order], return_counts=True)
+        starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        return order[torch.arange(len(order)) - starts < keep]
 
 
 def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int, desc: str) -> _Triples:
@@ -129,7 +138,9 @@ def feature_statistics(
     first = top[torch.searchsorted(t.latent[top], torch.arange(n)).clamp_max(len(top) - 1)]
     has_peak = t.latent[first] == torch.arange(n)
     peak[has_peak] = blocks.flatten()[t.token[first[has_peak]]].long()
-    ids = lambda rows: [strings[row].tolist() for row in rows.numpy()]  # noqa: E731
+    vocabulary = pl.Series(strings, dtype=pl.String)
+    ids = lambda rows: vocabulary.gather(rows.flatten().numpy()).reshape(tuple(rows.shape))  # noqa: E731
+    neighbour_ids = pl.Series([f"{dictionary}/{layer}/{j}" for j in range(n)]).gather(neighbours.flatten().numpy())
     features = pl.DataFrame(
         {
             "feature_id": [f"{dictionary}/{layer}/{i}" for i in range(n)],
@@ -145,14 +156,14 @@ def feature_statistics(
             "top_logit_values": top_vals.numpy(),
             "bottom_logits": ids(bottom_ids),
             "bottom_logit_values": bottom_vals.numpy(),
-            "neighbours": [[f"{dictionary}/{layer}/{j}" for j in row] for row in neighbours.tolist()],
+            "neighbours": neighbour_ids.reshape(tuple(neighbours.shape)),
             "neighbour_cosines": cosines.numpy(),
             "label": [
                 "dead" if a == 0 else f"on {strings[p]!r} → " + ", ".join(repr(s) for s in strings[row[:3]])
                 for a, p, row in zip(active.tolist(), peak.tolist(), top_ids.numpy(), strict=True)
             ],
         }
-    ).with_columns(pl.col("histogram", "top_logit_values", "bottom_logit_values", "neighbour_cosines").arr.to_list())
+    ).with_columns(cs.by_dtype(pl.Array).arr.to_list())
     exemplars = pl.concat(
         [
             _windows(t, top, "top", torch.zeros(len(top), dtype=torch.long), blocks, strings, cfg, dictionary, layer),
@@ -173,13 +184,10 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     sequence, position = token // positions, token % positions
     start = (position - width * 3 // 4).clamp(1, positions - width)
     window = sequence[:, None] * positions + start[:, None] + torch.arange(width)  # [exemplars, width]
-    stride = int(t.latent.max()) + 1
-    keys = t.token * stride + t.latent
-    order = keys.argsort()
-    sorted_keys = keys[order]
+    sorted_keys, sorted_values, stride = t.by_token_and_latent
     wanted = window * stride + latent[:, None]
     found = torch.searchsorted(sorted_keys, wanted).clamp_max(len(sorted_keys) - 1)
-    activations = torch.where(sorted_keys[found] == wanted, t.value[order][found], torch.zeros(()))
+    activations = torch.where(sorted_keys[found] == wanted, sorted_values[found], torch.zeros(()))
     # rank within each (latent, group), in the order `chosen` lists them (best first)
     group_key = latent * (cfg.n_groups + 1) + groups
     starts = torch.searchsorted(group_key, group_key, side="left")
@@ -218,15 +226,18 @@ def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
     4096-latent dictionary on two cores, bf16 0.4 s)."""
     gain = lm.model.get_submodule(lm.arch.final_norm).weight.detach().float()
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight.detach().float()
-    directions = coder.W_dec.detach().float() * gain
-    coarse = directions.bfloat16() @ unembedding.bfloat16().T
-    ranked = []
-    for largest in (True, False):
-        candidates = coarse.topk(2 * k, dim=1, largest=largest).indices
-        exact = torch.einsum("nkd,nd->nk", unembedding[candidates], directions)
-        best = exact.topk(k, dim=1, largest=largest)
-        ranked += [candidates.gather(1, best.indices), best.values]
-    return tuple(ranked)
+    coarse_unembedding = unembedding.bfloat16().T
+    parts = []
+    for directions in (coder.W_dec.detach().float() * gain).split(256):  # [256, vocab] stays in cache
+        coarse = directions.bfloat16() @ coarse_unembedding
+        ranked = []
+        for largest in (True, False):
+            candidates = coarse.topk(2 * k, dim=1, largest=largest).indices
+            exact = torch.einsum("nkd,nd->nk", unembedding[candidates], directions)
+            best = exact.topk(k, dim=1, largest=largest)
+            ranked += [candidates.gather(1, best.indices), best.values]
+        parts.append(ranked)
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 def _neighbours(coder: SparseCoder, k: int):
@@ -262,7 +273,7 @@ def build_layer_features(
     """Statistics and exemplars of the stored dictionary `name` at `layer`, over the train split; written
     as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
     coder, meta = load_stored_dictionary(store, name, layer)
-    source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [meta["input_hook"]])
+    source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
     features, exemplars = feature_statistics(coder, source, corpus.split("train"), lm, name, layer, cfg)
     partition = f"{name}-layer-{layer:03d}"
     write_partition(store, "exemplars", partition, exemplars)

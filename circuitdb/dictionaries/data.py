@@ -30,7 +30,7 @@ class ActivationSource:
     input_hooks: list[str]
     """Hook points the dictionary reads."""
     target_hooks: list[str]
-    """Hook points it reconstructs (= input_hooks for an SAE)."""
+    """Hook points it reconstructs (= input_hooks for an SAE; empty when only the inputs are read)."""
     exclude_first_position: bool = True
     """Drop position 0 (BOS), whose huge norm would dominate the loss."""
 
@@ -70,7 +70,8 @@ class ActivationSource:
         return sum(self._layout(self.input_hooks[0], file).shape[0] for file in self.files)
 
     def read(self, sequences: torch.Tensor, drop_first_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) [len(sequences), positions, hooks, d] in the storage dtype, in the given order.
+        """(inputs, targets) [len(sequences), positions, hooks, d] in the storage dtype, in the given order
+        (targets empty when the source has no target hooks).
 
         `sequences` index the run's sequences across all shards; each shard is read once, in
         ascending row order, so any selection costs about one pass over the rows it touches.
@@ -92,7 +93,8 @@ class ActivationSource:
             gathered = torch.cat(parts)[:, start:]
             return gathered[order.argsort()]
 
-        return gather(self.input_hooks), gather(self.target_hooks)
+        inputs = gather(self.input_hooks)
+        return inputs, (gather(self.target_hooks) if self.target_hooks else inputs[:, :, :0])
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle_mb: int = 256) -> Iterator[tuple]:
         """Shuffled (inputs [B, H_in, d], targets [B, H_out, d]) for one epoch; a last partial batch is dropped.

@@ -48,7 +48,7 @@ class SparseCoder(nn.Module):
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.kind == "sae":
             x = x - self.b_dec
-        return x @ self.W_enc.T + self.b_enc
+        return torch.addmm(self.b_enc, x, self.W_enc.T)  # one pass over [tokens, n_latents], bias fused
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Dense latent activations [tokens, n_latents] from pre-activations."""
