@@ -48,7 +48,8 @@ class SparseCoder(nn.Module):
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.kind == "sae":
             x = x - self.b_dec
-        return torch.addmm(self.b_enc, x, self.W_enc.T)  # one pass over [tokens, n_latents], bias fused
+        flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc.T)  # bias fused into the product
+        return flat.view(*x.shape[:-1], -1)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Dense latent activations [tokens, n_latents] from pre-activations."""
