@@ -94,7 +94,7 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
 def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
     file = _project(tmp_path, llama_dir, text_file)
     clt_yaml = "clt:\n  enabled: true\n  dictionary: {kind: clt, activation: relu, n_latents: 48, k: 4}\n"
-    clt_yaml += "  train: {batch_size: 32, epochs: 2}\n"
+    clt_yaml += "  train: {batch_size: 32, epochs: 2}\nattribution: {dictionaries: clt, prompts: []}\n"
     file.write_text(file.read_text() + clt_yaml)
     config = load_config(file)
     assert build_all(config).success
@@ -108,6 +108,11 @@ def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file
     x = torch.randn(5, 3, 64)
     with torch.no_grad():
         assert torch.allclose(exported(x)[0], clt(x)[0], atol=1e-5)
+    code, out, err = cli("graph", "build", "The quick brown fox", "-f", "json", "--config", str(file))
+    built = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and built["n_nodes"] > 0, err
+    nodes = read_table(Store(config.store), "graph_nodes").filter(pl.col("kind") == "feature")
+    assert nodes["feature_id"].str.starts_with("clt/").all()
 
 
 def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
