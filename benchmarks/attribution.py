@@ -18,7 +18,15 @@ import time
 
 import torch
 
-from circuitdb.attribution import Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
+from circuitdb.attribution import (
+    Transcoders,
+    attribute,
+    keep_top_features,
+    load_transcoders,
+    prune,
+    stored_transcoders,
+    trace,
+)
 from circuitdb.config import DictionaryConfig, load_config
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -61,8 +69,9 @@ def main() -> None:
 
     started = time.perf_counter()
     ids = lm.encode(args.prompt)
-    graph = attribute(trace(lm, ids, transcoders), max_feature_nodes=args.max_feature_nodes, progress=False)
-    del transcoders  # not needed once the graph exists; pruning then has their memory
+    graph = attribute(trace(lm, ids, transcoders), progress=False)
+    del transcoders  # not needed once the graph exists; capping and pruning then have their memory
+    graph = keep_top_features(graph, args.max_feature_nodes)
     pruned = prune(graph)
     seconds = time.perf_counter() - started
     result = {

@@ -179,3 +179,18 @@ def test_bucketed_threshold_equals_sorting_everything() -> None:
     matrix = torch.rand(300, 200).pow(6) * (torch.rand(300, 200) > 0.3)
     for share in (0.5, 0.9, 0.98, 1.0):
         assert _matrix_threshold(matrix, share, rows_per_chunk=64) == pytest.approx(_threshold(matrix, share), rel=1e-6)
+
+
+def test_keep_top_features_is_the_submatrix_of_the_most_influential(traced) -> None:
+    from circuitdb.attribution import keep_top_features
+    from circuitdb.attribution.pruning import node_influence
+
+    _, graph = traced
+    influence = node_influence(graph)[: graph.n_features]
+    capped = keep_top_features(graph, 7)
+    chosen = influence.topk(7).indices.sort().values
+    assert capped.n_features == 7 and capped.n_active_features == graph.n_active_features
+    assert torch.equal(capped.features.index, graph.features.index[chosen])
+    rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
+    assert torch.equal(capped.adjacency, graph.adjacency[rows][:, rows])
+    assert keep_top_features(graph, graph.n_features) is graph

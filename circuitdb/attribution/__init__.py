@@ -1,6 +1,6 @@
 """Circuit tracing: the replacement model of a prompt, its attribution graph, pruning, interventions."""
 
-from circuitdb.attribution.graph import Graph, attribute, check_prompt, logit_targets
+from circuitdb.attribution.graph import Graph, attribute, check_prompt, keep_top_features, logit_targets
 from circuitdb.attribution.interventions import Intervention, InterventionResult, intervene
 from circuitdb.attribution.pruning import Pruned, prune
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, trace
@@ -17,6 +17,7 @@ __all__ = [
     "attribute",
     "check_prompt",
     "intervene",
+    "keep_top_features",
     "load_transcoders",
     "logit_targets",
     "prune",

@@ -115,7 +115,6 @@ class _Weights:
 @torch.no_grad()
 def attribute(
     rm: ReplacementModel,
-    max_feature_nodes: int | None = None,
     logit_cumulative: float = 0.95,
     max_logits: int = 10,
     progress: bool = True,
@@ -206,20 +205,21 @@ def attribute(
                 torch.einsum("npd,pd->np", grad, embeddings[: position + 1])
             )
 
-    graph = Graph(rm.ids.tolist(), features, L, tokens, probabilities, adjacency, n_f)
-    if max_feature_nodes is not None and n_f > max_feature_nodes:
-        graph = _keep_top_features(graph, max_feature_nodes)
-    return graph
+    return Graph(rm.ids.tolist(), features, L, tokens, probabilities, adjacency, n_f)
 
 
-def _keep_top_features(graph: Graph, keep: int) -> Graph:
-    """The graph restricted to the `keep` features of most influence on the logits (others dropped)."""
+def keep_top_features(graph: Graph, keep: int | None) -> Graph:
+    """The graph restricted to the `keep` features of most influence on the logits (others dropped, with
+    their edges); the graph itself when it has no more. Call it once the replacement model is freed:
+    it holds the adjacency, its normalized copy and the smaller result at once."""
+    if keep is None or graph.n_features <= keep:
+        return graph
     influence = node_influence(graph)[: graph.n_features]
     chosen = influence.topk(keep).indices.sort().values
     rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes, device=chosen.device)])
     f = graph.features
     features = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
-    adjacency = graph.adjacency[rows][:, rows]
+    adjacency = graph.adjacency[rows[:, None], rows[None, :]]  # one gather, no intermediate copy
     return Graph(
         graph.ids,
         features,

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
-from circuitdb.attribution.graph import attribute, check_prompt
+from circuitdb.attribution.graph import attribute, check_prompt, keep_top_features
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, trace
@@ -64,21 +64,19 @@ def build_graph(
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
-    graph = attribute(
-        rm, max_feature_nodes=cfg.max_feature_nodes, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits
-    )
+    graph = attribute(rm, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits)
     seconds = time.perf_counter() - started
     validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
-    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
+    del rm, transcoders  # the graph holds all it needs; capping and pruning get their memory
     started = time.perf_counter()
+    graph = keep_top_features(graph, cfg.max_feature_nodes)
     pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
     seconds += time.perf_counter() - started
 
     slug = graph_slug(prompt, lm.name, dictionary)
     decode = lambda ids: [lm.tokenizer.decode([i]) for i in ids]  # noqa: E731
     tokens, logit_tokens = decode(graph.ids), decode(graph.logit_tokens)
-    features = read_table(store, "features").filter(pl.col("dictionary") == dictionary).select("feature_id", "label")
-    labels = dict(features.iter_rows())
+    labels = dict(read_table(store, "features", ["feature_id", "label"]).iter_rows())
     nodes = node_frame(graph, pruned, slug, dictionary, tokens, logit_tokens, labels)
     edges = edge_frame(graph, pruned, slug)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("prompts", "prompts_file")}

@@ -30,9 +30,10 @@ def write_partition(store: Store, table: str, partition: str, frame: pl.DataFram
     return frame.height
 
 
-def read_table(store: Store, table: str) -> pl.DataFrame:
-    """All partitions of `table` (empty frame with the schema when none is written yet)."""
+def read_table(store: Store, table: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """All partitions of `table`, or only `columns` of them (empty frame with the schema when none is written yet)."""
     files = sorted((store.tables_dir / table).glob("*.parquet"))
     if not files:
-        return pl.DataFrame(schema={name: dtype for name, (dtype, _) in TABLES[table].columns.items()})
-    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        schema = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
+        return pl.DataFrame(schema={name: schema[name] for name in columns or schema})
+    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
