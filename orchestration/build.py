@@ -22,9 +22,10 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """The CLI reports progress bars and a summary itself; a failure surfaces as one CircuitDBError line."""
 
 
-def build_all(config: ProjectConfig) -> dg.ExecuteInProcessResult:
+def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     """Run every per-layer asset for every layer partition in one run (one forward pass over all layers),
-    then one attribution graph per configured prompt.
+    then one attribution graph per configured prompt. Returns every asset check's evaluation (a run
+    whose step fails raises; a failed check is reported, not raised, as in Dagster).
 
     The merged configuration is written to `<store>/circuitdb.effective.yaml` first: every asset
     reads exactly it, and it records how the store was built.
@@ -43,12 +44,14 @@ def build_all(config: ProjectConfig) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(prompt_partitions.name, slugs)
     resources = {"project": project}
     try:
-        result = dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)
+        results = [dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)]
         for slug in slugs:  # one run per graph: a prompt partition is its own unit of work
-            result = dg.materialize(
-                per_prompt, resources=resources, partition_key=slug, run_config=QUIET_LOGS, instance=instance
+            results.append(
+                dg.materialize(
+                    per_prompt, resources=resources, partition_key=slug, run_config=QUIET_LOGS, instance=instance
+                )
             )
-        return result
+        return [check for result in results for check in result.get_asset_check_evaluations()]
     except dg.DagsterUserCodeExecutionError as exc:
         if isinstance(exc.user_exception, CircuitDBError):
             raise exc.user_exception from None

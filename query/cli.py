@@ -95,12 +95,17 @@ def build(
     from orchestration.build import build_all
 
     overrides = {"store": store, "model.spec": model, "model.device": device, "harvest.layers": layers}
-    build_all(_config(config, **overrides, **{"corpus.max_tokens": max_tokens}))
+    checks = build_all(_config(config, **overrides, **{"corpus.max_tokens": max_tokens}))
     opened = Store.open_existing(_config(config, store=store).store)
     typer.echo(f"store ready at {opened.root}")
     for table in opened.table_names():
         count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
         typer.echo(f"  {table}: {count} rows")
+    failed = [c for c in checks if not c.passed]
+    typer.echo(f"asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    for check in failed:
+        details = ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
+        typer.echo(f"  failed: {check.asset_key.to_user_string()} {check.check_name} ({details})", err=True)
 
 
 dictionary_app = typer.Typer(help="Trained sparse dictionaries.", no_args_is_help=True)

@@ -27,7 +27,7 @@ def project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
 def test_build_then_query(project: Path, cli) -> None:
     code, out, err = cli("build", "--config", str(project))
     assert code == 0, err
-    assert "corpora: 1 rows" in out
+    assert "corpora: 1 rows" in out and "asset checks: " in out
     code, out, _ = cli("tables", "--config", str(project), "--format", "json")
     assert code == 0 and {"corpora", "activation_shards", "corpus_blocks"} <= {r["table"] for r in json.loads(out)}
     code, out, _ = cli("sql", "select count(*) as n from corpora", "--config", str(project), "-f", "csv")
