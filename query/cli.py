@@ -335,9 +335,9 @@ def graph_build(
 
 @graph_app.command("list")
 def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
-    """The stored graphs."""
+    """The stored graphs (their prompts: `sql "select slug, prompt from graphs"`)."""
     query = (
-        "SELECT slug, prompt, dictionaries, n_active_features, n_nodes_pruned, n_edges_pruned, "
+        "SELECT slug, n_active_features AS active, n_nodes_pruned AS nodes, n_edges_pruned AS edges, "
         "round(replacement_score, 3) AS replacement, round(completeness_score, 3) AS completeness, "
         "top_logits[1] AS top_logit FROM graphs ORDER BY created_at"
     )
