@@ -224,6 +224,9 @@ class AttributionConfig:
     """Longest prompt accepted (BOS included); memory grows with the square of the active features."""
     max_feature_nodes: int = 8192
     """Features kept as nodes, ranked by influence on the logits (circuit-tracer's default)."""
+    max_adjacency_gb: float = 4.0
+    """Refuse prompts whose dense adjacency (all active features, before the cap) would need more memory;
+    peak memory is about twice this plus the model (capping and pruning hold a normalized copy)."""
     logit_cumulative: float = 0.95
     """Target logits: the most probable next tokens until their probabilities reach this sum."""
     max_logits: int = 10

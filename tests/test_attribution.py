@@ -194,3 +194,13 @@ def test_keep_top_features_is_the_submatrix_of_the_most_influential(traced) -> N
     rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
     assert torch.equal(capped.adjacency, graph.adjacency[rows][:, rows])
     assert keep_top_features(graph, graph.n_features) is graph
+
+
+def test_a_graph_too_large_for_the_memory_limit_is_refused_before_allocating(traced) -> None:
+    from circuitdb.errors import CircuitDBError
+
+    rm, graph = traced
+    limit = graph.n_nodes**2 * 8 / 1e9 * 0.99  # float64 adjacency, just over the limit
+    with pytest.raises(CircuitDBError, match="attribution.max_adjacency_gb"):
+        attribute(rm, progress=False, max_adjacency_gb=limit)
+    assert attribute(rm, progress=False, max_adjacency_gb=limit / 0.98).n_nodes == graph.n_nodes

@@ -118,8 +118,10 @@ def attribute(
     logit_cumulative: float = 0.95,
     max_logits: int = 10,
     progress: bool = True,
+    max_adjacency_gb: float | None = None,
 ) -> Graph:
-    """The attribution graph of the traced prompt (see the module docstring)."""
+    """The attribution graph of the traced prompt (see the module docstring). The adjacency is dense
+    (nodes² floats): with `max_adjacency_gb`, a prompt that would need more fails before allocating it."""
     lm, features, tc = rm.lm, rm.features, rm.transcoders
     L, P = lm.n_layers, rm.n_positions
     dtype, device = rm.mlp_in.dtype, rm.mlp_in.device
@@ -128,6 +130,12 @@ def attribute(
     error_start, token_start = n_f, n_f + L * P
     logit_start = token_start + P
     n_nodes = logit_start + len(tokens)
+    needed_gb = n_nodes**2 * torch.finfo(dtype).bits / 8 / 1e9
+    if max_adjacency_gb is not None and needed_gb > max_adjacency_gb:
+        raise CircuitDBError(
+            f"the prompt has {n_f} active features: its graph needs {needed_gb:.1f} GB "
+            f"(limit {max_adjacency_gb} GB, attribution.max_adjacency_gb); shorten the prompt"
+        )
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=dtype, device=device)
 
     # targets: features read mlp_in of their layer; logits read the final residual at the last position

@@ -64,7 +64,9 @@ def build_graph(
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
-    graph = attribute(rm, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits)
+    graph = attribute(
+        rm, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits, max_adjacency_gb=cfg.max_adjacency_gb
+    )
     seconds = time.perf_counter() - started
     validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
     del rm, transcoders  # the graph holds all it needs; capping and pruning get their memory
