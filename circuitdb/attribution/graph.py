@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdb.attribution.pruning import node_influence
-from circuitdb.attribution.replacement_model import Features, ReplacementModel
+from circuitdb.attribution.replacement_model import Features, ReplacementModel, is_centred
 from circuitdb.errors import CircuitDBError
 
 
@@ -79,28 +79,53 @@ def logit_targets(
     return top.indices[:keep].tolist(), top.values[:keep].cpu()
 
 
+def _value_output(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_V [kv_heads·head_dim, d], W_O [d, heads·head_dim]) in Linear layout, for Llama-family
+    (v_proj/o_proj) and GPT-2 (fused Conv1D c_attn, whose last third is V, and Conv1D c_proj)."""
+    if hasattr(attention, "v_proj"):
+        return attention.v_proj.weight, attention.o_proj.weight
+    d = attention.c_attn.weight.shape[0]
+    return attention.c_attn.weight[:, 2 * d :].T, attention.c_proj.weight.T
+
+
+class _Norm:
+    """A frozen norm's backward: scale by gain/rms per position, then (LayerNorm) remove the mean."""
+
+    def __init__(self, module: torch.nn.Module, scale: torch.Tensor) -> None:
+        self.gain = module.weight * scale  # [P, d]
+        self.centred = is_centred(module)
+
+    def backward(self, grad: torch.Tensor, positions: int) -> torch.Tensor:
+        out = grad * self.gain[:positions]
+        return out - out.mean(-1, keepdim=True) if self.centred else out
+
+    def read(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Gradients wrt the norm's input of dot products with `vectors` [n, d] of its output at `positions`."""
+        out = vectors * self.gain[positions]
+        return out - out.mean(-1, keepdim=True) if self.centred else out
+
+
 class _Weights:
-    """Per-layer tensors of a Llama-family block that the frozen backward pass needs."""
+    """Per-layer tensors of a block that the frozen backward pass needs."""
 
     def __init__(self, rm: ReplacementModel, layer: int) -> None:
         lm = rm.lm
         block = lm.block(layer)
         attention = block.get_submodule(lm.arch.attention)
         scales = rm.freezer.scales
-        self.W_O = attention.o_proj.weight  # [d, heads·head_dim]
-        self.W_V = attention.v_proj.weight  # [kv_heads·head_dim, d]
-        self.heads = attention.config.num_attention_heads
-        self.head_dim = attention.head_dim
-        self.groups = self.heads // attention.config.num_key_value_heads
+        self.W_V, self.W_O = _value_output(attention)
+        self.heads = lm.config.num_attention_heads
+        self.head_dim = self.W_O.shape[1] // self.heads
+        self.groups = self.heads * self.head_dim // self.W_V.shape[0]
         self.pattern = rm.freezer.patterns[layer]  # [heads, P, P]
-        self.input_norm = block.input_layernorm.weight * scales[f"{layer}.input"]  # [P, d]
-        self.mlp_norm = block.post_attention_layernorm.weight * scales[f"{layer}.post_attention"]  # [P, d]
+        self.attention_norm = _Norm(block.get_submodule(lm.arch.attention_norm), scales[f"{layer}.attention"])
+        self.mlp_norm = _Norm(block.get_submodule(lm.arch.mlp_norm), scales[f"{layer}.mlp"])
         self.skip = rm.transcoders.skip(layer)
 
     def skip_backward(self, grad: torch.Tensor, positions: int) -> None:
         """grad at resid_post → grad at resid_mid, in place: the residual plus the transcoder's skip."""
         if self.skip is not None:
-            grad += (grad @ self.skip) * self.mlp_norm[:positions]
+            grad += self.mlp_norm.backward(grad @ self.skip, positions)
 
     def attention_backward(self, grad: torch.Tensor, positions: int) -> None:
         """grad at resid_mid → grad at resid_pre, in place: the residual plus value/output paths."""
@@ -109,7 +134,7 @@ class _Weights:
         pattern = self.pattern[:, :positions, :positions]
         to_values = torch.einsum("hqk,nqhe->nkhe", pattern, per_head)
         to_values = to_values.reshape(n, positions, -1, self.groups, self.head_dim).sum(3)
-        grad += (to_values.reshape(n, positions, -1) @ self.W_V) * self.input_norm[:positions]
+        grad += self.attention_norm.backward(to_values.reshape(n, positions, -1) @ self.W_V, positions)
 
 
 @torch.no_grad()
@@ -148,11 +173,11 @@ def attribute(
         mask = features.layer == layer
         if mask.any():
             rows, _ = tc.encoder(layer, features.index[mask])
-            weights = _Weights(rm, layer)
-            reads[:n_f][mask] = rows * weights.mlp_norm[features.position[mask]]
+            reads[:n_f][mask] = _Weights(rm, layer).mlp_norm.read(rows, features.position[mask])
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
-    final_norm = lm.model.get_submodule(lm.arch.final_norm).weight * rm.freezer.scales[lm.arch.final_norm][-1]
-    reads[n_f:] = (unembedding[tokens] - unembedding.mean(0)) * final_norm  # demeaned logits: softmax ignores shifts
+    final_norm = _Norm(lm.model.get_submodule(lm.arch.final_norm), rm.freezer.scales["final"])
+    last = torch.full((len(tokens),), P - 1, device=device)
+    reads[n_f:] = final_norm.read(unembedding[tokens] - unembedding.mean(0), last)  # demeaned: softmax ignores shifts
 
     # sources: what each feature writes into mlp_out of each layer, and the error vectors
     writes_at: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]

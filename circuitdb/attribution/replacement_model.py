@@ -26,11 +26,9 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
 
 from circuitdb.attribution.transcoders import Transcoders
-from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 
 ATTENTION = "circuitdb_frozen"
-LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
 
 
 @dataclass
@@ -65,30 +63,44 @@ AttentionInterface.register(ATTENTION, _frozen_attention)
 AttentionMaskInterface.register(ATTENTION, eager_mask)
 
 
+def is_centred(norm: torch.nn.Module) -> bool:
+    """LayerNorm subtracts the mean (a linear map, kept live); RMSNorm does not."""
+    return isinstance(norm, torch.nn.LayerNorm)
+
+
 def _norm_hook(path: str):
-    """RMSNorm with its 1/rms recorded on the prompt and replayed as a constant afterwards."""
+    """RMSNorm / LayerNorm with its 1/rms (1/std) recorded on the prompt and replayed as a constant."""
 
     def hook(module, args, output):
         state = _ACTIVE[-1]
         x = args[0]
+        if is_centred(module):
+            x = x - x.mean(-1, keepdim=True)
         if state.record:
-            scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+            eps = module.eps if is_centred(module) else module.variance_epsilon
+            scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
             state.scales[path] = scale[0].detach()
-        return module.weight * (x * state.scales[path].to(x.dtype))
+        out = module.weight * (x * state.scales[path].to(x.dtype))
+        return out + module.bias if getattr(module, "bias", None) is not None else out
 
     return hook
+
+
+def norm_paths(lm: LoadedModel) -> dict[str, torch.nn.Module]:
+    """Every norm the replacement model freezes, by the key its scale is recorded under."""
+    norms = {"final": lm.model.get_submodule(lm.arch.final_norm)}
+    for layer in range(lm.n_layers):
+        block = lm.block(layer)
+        norms[f"{layer}.attention"] = block.get_submodule(lm.arch.attention_norm)
+        norms[f"{layer}.mlp"] = block.get_submodule(lm.arch.mlp_norm)
+    return norms
 
 
 @contextmanager
 def _frozen(lm: LoadedModel, state: _Freezer) -> Iterator[None]:
     """Within: attention and norms of `lm` record into / replay from `state`."""
     previous = lm.model.config._attn_implementation
-    norms = {f"{lm.arch.final_norm}": lm.model.get_submodule(lm.arch.final_norm)}
-    for layer in range(lm.n_layers):
-        block = lm.block(layer)
-        norms[f"{layer}.input"] = block.input_layernorm
-        norms[f"{layer}.post_attention"] = block.post_attention_layernorm
-    handles = [module.register_forward_hook(_norm_hook(path)) for path, module in norms.items()]
+    handles = [module.register_forward_hook(_norm_hook(path)) for path, module in norm_paths(lm).items()]
     lm.model.set_attn_implementation(ATTENTION)
     _ACTIVE.append(state)
     try:
@@ -206,10 +218,6 @@ class ReplacementModel:
 @torch.no_grad()
 def trace(lm: LoadedModel, ids: list[int] | torch.Tensor, transcoders: Transcoders) -> ReplacementModel:
     """Run the prompt once, record what the replacement model freezes, and find the active features."""
-    if lm.config.model_type not in LLAMA_FAMILY:
-        raise CircuitDBError(
-            f"attribution supports Llama-family models ({', '.join(LLAMA_FAMILY)}); {lm.name} is {lm.config.model_type}"
-        )
     transcoders.check_model(lm)
     ids = torch.as_tensor(ids, dtype=torch.long)
     dtype = next(lm.model.parameters()).dtype

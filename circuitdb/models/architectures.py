@@ -22,6 +22,10 @@ class Architecture:
     """Norm applied to the last residual before the unembedding."""
     embedding: str
     """Token embedding module."""
+    attention_norm: str = "input_layernorm"
+    """Norm inside a block before attention."""
+    mlp_norm: str = "post_attention_layernorm"
+    """Norm inside a block before the MLP (its output is `mlp_in`)."""
     unembedding: str = "lm_head"
     """Output projection to the vocabulary."""
 
@@ -36,7 +40,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gpt2": Architecture(
-        layers="transformer.h", attention="attn", mlp="mlp", final_norm="transformer.ln_f", embedding="transformer.wte"
+        layers="transformer.h",
+        attention="attn",
+        mlp="mlp",
+        final_norm="transformer.ln_f",
+        embedding="transformer.wte",
+        attention_norm="ln_1",
+        mlp_norm="ln_2",
     ),
 }
 """Keyed by the Hugging Face config's `model_type`. SmolLM models report `llama`."""
