@@ -101,23 +101,39 @@ def test_replacement_model_reproduces_the_model(traced) -> None:
 
 
 def test_without_errors_the_replacement_is_the_transcoders_alone(traced, llama64: LoadedModel) -> None:
-    """A hand-written Llama forward with frozen patterns/norms whose MLPs are the transcoders."""
+    """A hand-written forward (Llama or GPT-2) with frozen patterns/norms whose MLPs are the transcoders."""
     rm, _ = traced
-    if rm.lm is not llama64:
-        pytest.skip("the hand-written forward is Llama's")
-    model, scales, patterns = llama64.model.model, rm.freezer.scales, rm.freezer.patterns
-    latents = rm.latents()
-    x = model.embed_tokens.weight[rm.ids]
-    for layer, block in enumerate(model.layers):
-        attn = block.self_attn
-        normed = x * scales[f"{layer}.attention"] * block.input_layernorm.weight
-        values = (normed @ attn.v_proj.weight.T).view(len(x), -1, attn.head_dim)
-        values = values.repeat_interleave(attn.num_key_value_groups, dim=1).transpose(0, 1)
-        x = x + (patterns[layer] @ values).transpose(0, 1).reshape(len(x), -1) @ attn.o_proj.weight.T
-        mlp_in = x * scales[f"{layer}.mlp"] * block.post_attention_layernorm.weight
-        if layer in rm.transcoders.layers:
-            x = x + rm.transcoders.reconstruct(layer, mlp_in, latents)
-    logits = (x * scales["final"] * model.norm.weight) @ llama64.model.lm_head.weight.T
+    scales, patterns, latents = rm.freezer.scales, rm.freezer.patterns, rm.latents()
+    positions = len(rm.ids)
+
+    def mlp(layer: int, x: torch.Tensor, mlp_in: torch.Tensor) -> torch.Tensor:
+        return x + rm.transcoders.reconstruct(layer, mlp_in, latents) if layer in rm.transcoders.layers else x
+
+    if rm.lm is llama64:
+        model = llama64.model.model
+        x = model.embed_tokens.weight[rm.ids]
+        for layer, block in enumerate(model.layers):
+            attn = block.self_attn
+            normed = x * scales[f"{layer}.attention"] * block.input_layernorm.weight
+            values = (normed @ attn.v_proj.weight.T).view(positions, -1, attn.head_dim)
+            values = values.repeat_interleave(attn.num_key_value_groups, dim=1).transpose(0, 1)
+            x = x + (patterns[layer] @ values).transpose(0, 1).reshape(positions, -1) @ attn.o_proj.weight.T
+            x = mlp(layer, x, x * scales[f"{layer}.mlp"] * block.post_attention_layernorm.weight)
+        logits = (x * scales["final"] * model.norm.weight) @ llama64.model.lm_head.weight.T
+    else:
+        model = rm.lm.model.transformer
+        centred = lambda v: v - v.mean(-1, keepdim=True)  # noqa: E731
+        x = model.wte.weight[rm.ids] + model.wpe.weight[:positions]
+        for layer, block in enumerate(model.h):
+            normed = centred(x) * scales[f"{layer}.attention"] * block.ln_1.weight + block.ln_1.bias
+            d, heads = x.shape[1], rm.lm.config.n_head
+            values = (normed @ block.attn.c_attn.weight + block.attn.c_attn.bias)[:, 2 * d :]
+            values = values.view(positions, heads, d // heads).transpose(0, 1)
+            mixed = (patterns[layer] @ values).transpose(0, 1).reshape(positions, d)
+            x = x + mixed @ block.attn.c_proj.weight + block.attn.c_proj.bias
+            x = mlp(layer, x, centred(x) * scales[f"{layer}.mlp"] * block.ln_2.weight + block.ln_2.bias)
+        final = centred(x) * scales["final"] * model.ln_f.weight + model.ln_f.bias
+        logits = final @ rm.lm.model.lm_head.weight.T
     assert torch.allclose(rm.run(errors=False), logits, atol=1e-9)
 
 
