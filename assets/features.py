@@ -31,7 +31,8 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         config, store, lm, corpus = project.open_stage()
         name = config.dictionaries.name
         counts = {int(key): build_layer_features(store, lm, corpus, name, int(key)) for key in context.partition_keys}
-        features = read_table(store, "features").filter(
+        summary = ["feature_id", "dictionary", "layer", "label", "density", "dead"]
+        features = read_table(store, "features", summary).filter(
             (pl.col("dictionary") == name) & pl.col("layer").is_in(list(counts))
         )
         expected = config.dictionaries.dictionary.n_latents * len(counts)
@@ -78,7 +79,8 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         config = project.load()
         store = Store(config.store)
         name = config.dictionaries.name
-        features = read_table(store, "features").filter(pl.col("dictionary") == name)
+        columns = ["feature_id", "dictionary", "layer", "index", "label", "density"]  # what write_vectors stores
+        features = read_table(store, "features", columns).filter(pl.col("dictionary") == name)
         written = 0
         for key in context.partition_keys:
             layer = int(key)

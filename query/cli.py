@@ -40,13 +40,22 @@ def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
     return load_config(config_file, overrides)
 
 
-def _require_features(store: Store) -> None:
-    if "features" not in store.table_names():
-        raise CircuitDBError("no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)")
-
-
 def _store(store: str | None, config_file: str | None) -> Store:
     return Store.open_existing(_config(config_file, store=store).store)
+
+
+_NOT_BUILT = {
+    "features": "no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)",
+    "graphs": 'no attribution graphs in the store yet; run `circuitdb graph build "prompt"`',
+}
+
+
+def _store_with(table: str, store: str | None, config_file: str | None) -> Store:
+    """The store, or one line saying how to build `table` when it has none yet."""
+    opened = _store(store, config_file)
+    if table not in opened.table_names():
+        raise CircuitDBError(_NOT_BUILT[table])
+    return opened
 
 
 @app.command()
@@ -172,8 +181,7 @@ def feature_show(
 ) -> None:
     """Statistics, histogram, output logits, neighbours and exemplars of one feature."""
     parse_feature_id(feature_id)
-    opened = _store(store, config)
-    _require_features(opened)
+    opened = _store_with("features", store, config)
     found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}")
     if not found.rows:
         raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
@@ -293,8 +301,7 @@ def feature_top(
     """The most frequent (or strongest) live features, with their labels."""
     if by not in ("density", "max_act"):
         raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
-    opened = _store(store, config)
-    _require_features(opened)
+    opened = _store_with("features", store, config)
     where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
     query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
     render(run_sql(opened, query), fmt)
@@ -341,14 +348,7 @@ def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None
         "round(replacement_score, 3) AS replacement, round(completeness_score, 3) AS completeness, "
         "top_logits[1] AS top_logit FROM graphs ORDER BY created_at"
     )
-    render(run_sql(_graph_store(store, config), query), fmt)
-
-
-def _graph_store(store: str | None, config: str | None) -> Store:
-    opened = _store(store, config)
-    if "graphs" not in opened.table_names():
-        raise CircuitDBError('no attribution graphs in the store yet; run `circuitdb graph build "prompt"`')
-    return opened
+    render(run_sql(_store_with("graphs", store, config), query), fmt)
 
 
 @graph_app.command("show")
@@ -363,7 +363,7 @@ def graph_show(
     from circuitdb.attribution.pipeline import graph_row
     from query.render import render_graph_tree
 
-    opened = _graph_store(store, config)
+    opened = _store_with("graphs", store, config)
     row = graph_row(opened, slug)
     nodes = run_sql(opened, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}")
     edges = run_sql(opened, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}")
@@ -385,7 +385,7 @@ def graph_edges(
 
     if (source is None) == (target is None):
         raise CircuitDBError("give exactly one of --from NODE or --to NODE")
-    opened = _graph_store(store, config)
+    opened = _store_with("graphs", store, config)
     graph_row(opened, slug)
     node, near, far = (source, "source", "target") if source is not None else (target, "target", "source")
     known = run_sql(
@@ -412,7 +412,7 @@ def graph_export(
     """Write the graph as circuit-tracer JSON, which its viewers open."""
     from circuitdb.attribution.pipeline import graph_json_path, graph_row
 
-    opened = _graph_store(store, config)
+    opened = _store_with("graphs", store, config)
     graph_row(opened, slug)
     source = graph_json_path(opened, slug)
     if not source.is_file():

@@ -168,12 +168,13 @@ def attribute(
     target_position = torch.cat([features.position, torch.full((len(tokens),), P - 1, device=device)])
     target_row = torch.arange(n_f + len(tokens), device=device)
     target_row[n_f:] += logit_start - n_f
+    weights = [_Weights(rm, layer) for layer in range(L)]
     reads = torch.zeros(len(target_row), lm.d_model, dtype=dtype, device=device)
     for layer in tc.layers:
         mask = features.layer == layer
         if mask.any():
             rows, _ = tc.encoder(layer, features.index[mask])
-            reads[:n_f][mask] = _Weights(rm, layer).mlp_norm.read(rows, features.position[mask])
+            reads[:n_f][mask] = weights[layer].mlp_norm.read(rows, features.position[mask])
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
     final_norm = _Norm(lm.model.get_submodule(lm.arch.final_norm), rm.freezer.scales["final"])
     last = torch.full((len(tokens),), P - 1, device=device)
@@ -211,7 +212,6 @@ def attribute(
 
     inject(L)
     for layer in tqdm(range(L - 1, -1, -1), desc="attribution", unit="layer", disable=not progress, leave=False):
-        weights = _Weights(rm, layer)
         sources = writes_at[layer]
         for position, members, layers, grad in groups:
             live = grad[: active(layers, layer + 1)]
@@ -224,12 +224,12 @@ def attribute(
                         continue
                     pick = positions == source_position
                     adjacency[rows[:, None], columns[pick][None, :]] += live[:, source_position] @ vectors[pick].T
-            weights.skip_backward(live, position + 1)
+            weights[layer].skip_backward(live, position + 1)
         inject(layer)
         for position, _, layers, grad in groups:
             live = grad[: active(layers, layer)]
             if len(live):
-                weights.attention_backward(live, position + 1)
+                weights[layer].attention_backward(live, position + 1)
 
     embeddings = lm.model.get_submodule(lm.arch.embedding).weight[rm.ids.to(device)]
     for position, members, _, grad in groups:

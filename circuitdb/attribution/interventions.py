@@ -104,7 +104,6 @@ def intervene(
         if item.positions is not None and not all(0 <= p < rm.n_positions for p in item.positions):
             raise CircuitDBError(f"positions {item.positions} outside the prompt (0-{rm.n_positions - 1})")
     frozen = set(frozen_layers or ())
-    rm.freezer.record = False
     freezer = rm.freezer if freeze_attention else None
     logits = forward(rm.lm, rm.ids, _mlp_with(rm, interventions, frozen, rm.n_positions), freezer)
     ids = rm.ids.tolist()

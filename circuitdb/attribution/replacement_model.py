@@ -211,7 +211,6 @@ class ReplacementModel:
             out = self.reconstruction(layer, mlp_in, latents)
             return out + self.errors[layer] if errors else out
 
-        self.freezer.record = False
         return forward(self.lm, self.ids, mlp, self.freezer, inputs_embeds)
 
 
@@ -231,19 +230,16 @@ def trace(lm: LoadedModel, ids: list[int] | torch.Tensor, transcoders: Transcode
 
     freezer = _Freezer(record=True)
     logits = forward(lm, ids, record, freezer)
-    parts = []
+    freezer.record = False  # from here on every forward replays the prompt's patterns and norms
+    latents, parts = {}, []
     for layer in transcoders.layers:
-        latents = transcoders.encode(layer, mlp_in[layer])
-        latents[0] = 0  # position 0 (BOS) is left to the error node
-        position, index = latents.nonzero(as_tuple=True)
-        parts.append((torch.full_like(position, layer), position, index, latents[position, index]))
-    columns = [torch.cat(column) for column in zip(*parts, strict=True)] if parts else [torch.zeros(0)] * 4
-    features = Features(*columns)
-    n_latents = transcoders.encode(transcoders.layers[0], mlp_in[0, :1]).shape[-1] if transcoders.layers else 0
-    model = ReplacementModel(
-        lm, transcoders, ids, freezer, mlp_in, mlp_out, logits, features, mlp_out.clone(), n_latents
-    )
-    latents = model.latents()
+        latents[layer] = transcoders.encode(layer, mlp_in[layer])
+        latents[layer][0] = 0  # position 0 (BOS) is left to the error node
+        position, index = latents[layer].nonzero(as_tuple=True)
+        parts.append((torch.full_like(position, layer), position, index, latents[layer][position, index]))
+    features = Features(*(torch.cat(column) for column in zip(*parts, strict=True)))
+    errors = mlp_out.clone()
     for layer in transcoders.layers:
-        model.errors[layer] = mlp_out[layer] - transcoders.reconstruct(layer, mlp_in[layer], latents)
-    return model
+        errors[layer] = mlp_out[layer] - transcoders.reconstruct(layer, mlp_in[layer], latents)
+    n_latents = latents[transcoders.layers[0]].shape[-1]
+    return ReplacementModel(lm, transcoders, ids, freezer, mlp_in, mlp_out, logits, features, errors, n_latents)

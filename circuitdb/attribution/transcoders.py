@@ -33,6 +33,8 @@ class Transcoders:
                 if coder.cfg.kind == "sae":
                     raise CircuitDBError(f"layer {layer}: attribution needs transcoders (mlp_in → mlp_out), not SAEs")
             self.layers = sorted(per_layer)
+            if not self.layers:
+                raise CircuitDBError("no transcoders given: a transcoder set needs at least one layer")
         else:
             self.layers = list(range(clt.n_layers))
 
