@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 
 from circuitdb.config import CorpusConfig, HarvestConfig
 from circuitdb.corpus import tokenize_corpus
-from circuitdb.dictionaries import ActivationSource, DictionaryConfig, SparseCoder, TrainConfig, train_dictionary
+from circuitdb.dictionaries import (
+    ActivationSource,
+    DictionaryConfig,
+    SparseCoder,
+    TrainConfig,
+    sparse_coder,
+    train_dictionary,
+)
 from circuitdb.dictionaries.activations import JumpReLU
 from circuitdb.dictionaries.data import LiveActivationSource
 from circuitdb.errors import CircuitDBError
@@ -18,9 +25,16 @@ from circuitdb.harvest import harvest
 from circuitdb.models import LoadedModel, resolve_hooks
 
 
-def test_sparse_topk_matches_dense_forward_and_gradients() -> None:
+@pytest.fixture(params=[False, True], ids=["fp32", "bf16-shortlist"])
+def shortlist(request, monkeypatch) -> bool:
+    """Run a test with and without the bf16 shortlist of `top_pre_activations` (emulated where not native)."""
+    monkeypatch.setattr(sparse_coder, "native_bf16", lambda device: request.param)
+    return request.param
+
+
+def test_sparse_topk_matches_dense_forward_and_gradients(shortlist: bool) -> None:
     torch.manual_seed(0)
-    coder = SparseCoder(DictionaryConfig(kind="sae", n_latents=64, k=5), 16, 16)
+    coder = SparseCoder(DictionaryConfig(kind="sae", n_latents=1024, k=5), 16, 16)
     with torch.no_grad():
         coder.b_enc.normal_()
         coder.b_dec.normal_()
@@ -39,9 +53,9 @@ def test_sparse_topk_matches_dense_forward_and_gradients() -> None:
 
 
 @pytest.mark.parametrize(("kind", "activation"), [("sae", "topk"), ("plt", "topk"), ("plt", "relu")])
-def test_active_latents_are_the_nonzeros_of_encode(kind: str, activation: str) -> None:
+def test_active_latents_are_the_nonzeros_of_encode(kind: str, activation: str, shortlist: bool) -> None:
     torch.manual_seed(0)
-    coder = SparseCoder(DictionaryConfig(kind=kind, activation=activation, n_latents=512, k=16), 64, 64)
+    coder = SparseCoder(DictionaryConfig(kind=kind, activation=activation, n_latents=512, k=8), 64, 64)
     with torch.no_grad():
         coder.b_enc.normal_(std=0.5)
         coder.b_dec.normal_()
