@@ -5,6 +5,14 @@ Prints one JSON line:
   with its exemplars via a join; a count by layer), each run 20 times;
 - search_p50_ms, recall_at_10: `nearest` for 200 random features against exact brute force;
 - stats_tok_s: feature statistics + exemplars for one layer (tokens per second);
+- with --stats-all: stats_all_layers_s for every dictionary of the store, against harvest_s, a fresh
+  harvest of the activations those statistics read (the train split at the dictionaries' input
+  hooks) into a scratch folder; the two run interleaved in rounds (a fifth of the harvest, then a
+  fifth of the layers) so that the noisy machine slows both alike;
+- with --check-shortlist: over every token and layer, how many tokens' TopK winners from the bf16
+  shortlist differ from a full fp32 top-k (shortlist_tokens_differing), and the largest difference
+  between the two sets' sorted values (shortlist_max_value_diff: fp32 rounding where sets only swap
+  near-ties);
 - search_1m_p50_ms, recall_at_10_1m: the same search on a synthetic table of N unit vectors of width
   576, queried with 200 of its own rows (an ANN index is built first; its build time is reported).
 
@@ -35,9 +43,11 @@ import torch  # noqa: E402
 
 from circuitdb.config import load_config  # noqa: E402
 from circuitdb.corpus import load_stored_corpus  # noqa: E402
-from circuitdb.features import build_layer_features  # noqa: E402
-from circuitdb.models import load_model  # noqa: E402
-from circuitdb.store import Store  # noqa: E402
+from circuitdb.dictionaries.data import ActivationSource  # noqa: E402
+from circuitdb.features import build_layer_features, load_stored_dictionary  # noqa: E402
+from circuitdb.harvest import harvest  # noqa: E402
+from circuitdb.models import load_model, resolve_hooks  # noqa: E402
+from circuitdb.store import Store, read_table  # noqa: E402
 from circuitdb.store.vectors import ensure_index, nearest, read_vectors, write_vectors  # noqa: E402
 from query.engine import run_sql  # noqa: E402
 
@@ -78,6 +88,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--synthetic", choices=["families", "iid"], default="families")
     parser.add_argument("--skip-store", action="store_true", help="only the synthetic table")
+    parser.add_argument("--stats-all", action="store_true", help="statistics for every layer vs their harvest")
+    parser.add_argument("--check-shortlist", action="store_true", help="bf16 TopK shortlist vs full fp32")
     args = parser.parse_args()
     result: dict = {}
     if not args.skip_store:
@@ -105,7 +117,58 @@ def _store_figures(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     result["stats_tok_s"] = round(corpus.split("train").shape[0] * (corpus.context - 1) / seconds, 1)
     result["stats_seconds_per_layer"] = round(seconds, 2)
+    if args.stats_all:
+        result |= _stats_vs_harvest(store, lm, corpus, config)
+    if args.check_shortlist:
+        result |= _check_shortlist(store, corpus, config.dictionaries.name)
     return result
+
+
+def _stats_vs_harvest(store: Store, lm, corpus, config, rounds: int = 5) -> dict:
+    layers = sorted(read_table(store, "dictionaries").filter(pl.col("name") == config.dictionaries.name)["layer"])
+    hooks = resolve_hooks(
+        lm, [load_stored_dictionary(store, config.dictionaries.name, layer)[1]["input_hook"] for layer in layers]
+    )
+    blocks = corpus.split("train")
+    seconds = {"stats": 0.0, "harvest": 0.0}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_index, (chunk, layer_group) in enumerate(
+            zip(torch.tensor_split(blocks, rounds), np.array_split(layers, rounds), strict=True)
+        ):
+            start = time.perf_counter()
+            harvest(lm, chunk, hooks, Path(scratch) / str(round_index), config.harvest, progress=False)
+            seconds["harvest"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for layer in layer_group:
+                build_layer_features(store, lm, corpus, config.dictionaries.name, int(layer))
+            seconds["stats"] += time.perf_counter() - start
+    return {
+        "stats_all_layers_s": round(seconds["stats"], 1),
+        "harvest_s": round(seconds["harvest"], 1),
+        "stats_over_harvest": round(seconds["stats"] / seconds["harvest"], 3),
+        "n_layers": len(layers),
+    }
+
+
+@torch.no_grad()
+def _check_shortlist(store: Store, corpus, name: str) -> dict:
+    differing, tokens, worst = 0, 0, 0.0
+    for layer in sorted(read_table(store, "dictionaries").filter(pl.col("name") == name)["layer"]):
+        coder, meta = load_stored_dictionary(store, name, layer)
+        source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
+        for picked in torch.arange(source.n_sequences).split(16):
+            x = source.read(picked)[0][:, 1:, 0].float().flatten(0, 1)
+            k = coder.cfg.k
+            exact = torch.addmm(coder.b_enc, x, coder.W_enc.T).topk(k, dim=-1)
+            values, latents = coder.top_pre_activations(x, k)
+            differing += int((latents.sort(-1).values != exact.indices.sort(-1).values).any(-1).sum())
+            worst = max(worst, float((values.sort(-1, descending=True).values - exact.values).abs().max()))
+            tokens += len(x)
+    return {
+        "shortlist_tokens_checked": tokens,
+        "shortlist_tokens_differing": differing,
+        "shortlist_max_value_diff": worst,
+    }
 
 
 def _synthetic_figures(args: argparse.Namespace) -> dict:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitdb import topk
 from circuitdb.config import CorpusConfig, HarvestConfig
 from circuitdb.corpus import tokenize_corpus
 from circuitdb.dictionaries import (
@@ -15,7 +16,6 @@ from circuitdb.dictionaries import (
     DictionaryConfig,
     SparseCoder,
     TrainConfig,
-    sparse_coder,
     train_dictionary,
 )
 from circuitdb.dictionaries.activations import JumpReLU
@@ -28,7 +28,7 @@ from circuitdb.models import LoadedModel, resolve_hooks
 @pytest.fixture(params=[False, True], ids=["fp32", "bf16-shortlist"])
 def shortlist(request, monkeypatch) -> bool:
     """Run a test with and without the bf16 shortlist of `top_pre_activations` (emulated where not native)."""
-    monkeypatch.setattr(sparse_coder, "native_bf16", lambda device: request.param)
+    monkeypatch.setattr(topk, "native_bf16", lambda device: request.param)
     return request.param
 
 

@@ -15,9 +15,6 @@ decoded with `embedding_bag`. Backward then costs O(k·d) per token instead of O
 
 from __future__ import annotations
 
-import functools
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,26 +22,7 @@ from torch import nn
 from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries.activations import BatchTopK, JumpReLU, topk
 from circuitdb.errors import CircuitDBError
-
-warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)  # sampled_addmm's pattern
-
-SHORTLIST = 3
-"""`top_pre_activations` recomputes in fp32 at least this many bf16 candidates per TopK winner."""
-GROUPS = 16
-"""Strided groups whose maxima set the bf16 shortlist's threshold (more: a looser threshold)."""
-
-
-@functools.cache
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products run natively (much faster than fp32) on `device`.
-
-    Without AVX512-BF16 or AMX a CPU emulates bf16 at about fp32 speed, so shortlisting would only
-    add work; private torch probes, so a torch without them gets the plain fp32 path.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return device.type == "cpu" and any(probe is not None and probe() for probe in probes)
+from circuitdb.topk import top_products
 
 
 class SparseCoder(nn.Module):
@@ -107,42 +85,10 @@ class SparseCoder(nn.Module):
         values = torch.bmm(rows, centred.unsqueeze(-1)).squeeze(-1) + self.b_enc[indices]
         return indices, values.relu()
 
-    @torch.no_grad()
     def top_pre_activations(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k largest fp32 pre-activations of each row of `x` [B, d_in]: (values, latents), unsorted.
-
-        Where bf16 products are native (AVX512-BF16/AMX CPUs, GPUs) a bf16 product shortlists each
-        row's candidates and only those are recomputed in fp32, as a sampled product (`sampled_addmm`:
-        no gathered copies of encoder rows). A candidate is any latent whose bf16 value reaches the
-        (SHORTLIST·k)-th largest of the row's maxima over `GROUPS` strided groups: a threshold no higher
-        than the row's (SHORTLIST·k)-th largest bf16 value, found without a top-k over the whole row.
-        bf16 moves a pre-activation by ~0.2% of |x|·|w|, much less than the gap between the k-th
-        and the 3k-th largest: `benchmarks/query.py --check-shortlist` compares it with the full fp32
-        top-k on every token of a store. On two Zen cores the selection is 2× faster (bf16 products 5×).
-        """
+        """The k largest fp32 pre-activations of each row of `x` [B, d_in]: (values, latents), unsorted."""
         centred = x - self.b_dec if self.cfg.kind == "sae" else x
-        centred = centred.detach().reshape(-1, centred.shape[-1])
-        W_enc, b_enc = self.W_enc.detach(), self.b_enc.detach()
-        rows, n_latents = len(centred), W_enc.shape[0]
-        if n_latents % GROUPS or n_latents // GROUPS < SHORTLIST * k or not native_bf16(x.device):
-            return torch.addmm(b_enc, centred, W_enc.T).topk(k, dim=-1, sorted=False)
-        coarse = F.linear(centred.bfloat16(), W_enc.bfloat16(), b_enc.bfloat16())
-        group_max = coarse.view(rows, GROUPS, -1).amax(1)  # strided groups: a vectorized reduction
-        threshold = group_max.topk(SHORTLIST * k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-        row, latent = (coarse >= threshold).nonzero(as_tuple=True)  # row-major: already CSR order
-        counts = torch.bincount(row, minlength=rows)
-        row_start = F.pad(counts.cumsum(0), (1, 0))
-        pattern = torch.sparse_csr_tensor(
-            row_start, latent, torch.zeros(len(latent), device=x.device), size=(rows, n_latents), check_invariants=False
-        )
-        exact = torch.sparse.sampled_addmm(pattern, centred, W_enc.T).values() + b_enc[latent]
-        slot = torch.arange(len(latent), device=x.device) - row_start[row]
-        padded = torch.full((rows, int(counts.max())), float("-inf"), device=x.device)
-        padded[row, slot] = exact
-        candidates = torch.zeros(padded.shape, dtype=torch.long, device=x.device)
-        candidates[row, slot] = latent
-        values, picked = padded.topk(k, dim=-1, sorted=False)
-        return values, candidates.gather(1, picked)
+        return top_products(centred.reshape(-1, centred.shape[-1]), self.W_enc, k, self.b_enc)
 
     @torch.no_grad()
     def active_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
