@@ -32,6 +32,7 @@ from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, read_table, write_partition
+from circuitdb.topk import coarse_top_columns
 
 
 @dataclass
@@ -232,7 +233,7 @@ def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
         coarse = directions.bfloat16() @ coarse_unembedding
         ranked = []
         for largest in (True, False):
-            candidates = coarse.topk(2 * k, dim=1, largest=largest).indices
+            candidates = coarse_top_columns(coarse, 2 * k, largest)
             exact = torch.einsum("nkd,nd->nk", unembedding[candidates], directions)
             best = exact.topk(k, dim=1, largest=largest)
             ranked += [candidates.gather(1, best.indices), best.values]

@@ -27,3 +27,13 @@ def test_top_products_match_a_full_fp32_top_k(monkeypatch, native: bool, n: int,
 def test_top_products_of_no_rows() -> None:
     values, columns = topk.top_products(torch.zeros(0, 8), torch.randn(2048, 8), 4)
     assert values.shape == columns.shape == (0, 4)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("n", [4096, 1000, 20])
+def test_coarse_top_columns_are_the_row_extremes(n: int, largest: bool) -> None:
+    """n=1000 leaves a tail of columns outside the strided groups; n=20 has fewer groups than wanted."""
+    coarse = torch.randn(64, n, generator=torch.Generator().manual_seed(n))
+    columns = topk.coarse_top_columns(coarse, 12, largest)
+    expected = coarse.topk(12, dim=1, largest=largest).indices
+    assert torch.equal(columns.sort(dim=1).values, expected.sort(dim=1).values)
