@@ -3,17 +3,13 @@
 Feature statistics need the k largest of 4096 pre-activations for each of ~60k tokens, and the k
 largest and smallest of 49k logits for each latent. A full fp32 product followed by `topk` costs
 1.4 s per dictionary for the pre-activations alone on two cores. Where bf16 products are native
-(AVX512-BF16/AMX CPUs, GPUs) they are 5× faster, so a bf16 product shortlists each row's candidates
-and only those are recomputed in fp32, as a sampled product (`sampled_addmm`: no gathered copies of
-weight rows).
+(AVX512-BF16/AMX CPUs, GPUs) they are 5× faster, so a bf16 product shortlists each row's SHORTLIST·k
+best columns and only those are recomputed in fp32, as a sampled product (`sampled_addmm`: no
+gathered copies of weight rows).
 
-A candidate is any column whose bf16 value reaches the (SHORTLIST·k)-th largest of the row's maxima
-over GROUPS strided groups of columns. That threshold is no higher than the row's (SHORTLIST·k)-th
-largest bf16 value (there are that many group maxima at or above it), so the shortlist holds at
-least the bf16 top SHORTLIST·k, and finding it needs no top-k over the whole row. bf16 moves a value
-by ~0.2% of |x|·|w|, much less than the gap between the k-th and the 3k-th largest: on the demo's 30
-transcoders (1.7 M tokens) the winners differ from a full fp32 top-k only where two values tie to
-within fp32 rounding (`benchmarks/query.py --check-shortlist`).
+bf16 moves a value by ~0.2% of |x|·|w|, much less than the gap between the k-th and the 3k-th
+largest: on the demo's 30 transcoders (1.7 M tokens) the winners differ from a full fp32 top-k only
+where two values tie to within fp32 rounding (`benchmarks/query.py --check-shortlist`).
 """
 
 from __future__ import annotations
@@ -27,9 +23,9 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)  # sampled_addmm's pattern
 
 SHORTLIST = 3
-"""At least this many bf16 candidates per wanted entry are recomputed in fp32."""
-GROUPS = 16
-"""Strided column groups whose maxima set the shortlist's threshold (more groups: a looser threshold)."""
+"""bf16 candidates per wanted entry that are recomputed in fp32."""
+GROUPS = 8
+"""Strided column groups used to find a row's largest entries without a top-k over the whole row."""
 
 
 @functools.cache
@@ -45,61 +41,12 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and any(probe is not None and probe() for probe in probes)
 
 
-@torch.no_grad()
-def top_products(
-    x: torch.Tensor, weight: torch.Tensor, k: int, bias: torch.Tensor | None = None, block_rows: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, columns) of the k largest entries of each row of x @ weightᵀ + bias, unsorted.
-
-    x: [rows, d]; weight: [n, d]; bias: [n] or None. Rows are processed `block_rows` at a time, so
-    memory stays bounded whatever the number of rows.
-    """
-    x, weight = x.detach().float(), weight.detach().float()
-    bias = None if bias is None else bias.detach().float()
-    shortlist = len(x) > 0 and weight.shape[0] // GROUPS >= SHORTLIST * k and native_bf16(x.device)
-    coarse = (weight.bfloat16(), None if bias is None else bias.bfloat16()) if shortlist else None
-    values, columns = [], []
-    for block in x.split(block_rows):
-        if coarse is None:
-            exact = block @ weight.T if bias is None else torch.addmm(bias, block, weight.T)
-            best = exact.topk(k, dim=-1, sorted=False)
-        else:
-            best = _shortlisted_top(block, weight, bias, *coarse, k)
-        values.append(best[0])
-        columns.append(best[1])
-    return torch.cat(values), torch.cat(columns)
-
-
-def _shortlisted_top(x, weight, bias, coarse_weight, coarse_bias, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, n = len(x), len(weight)
-    coarse = F.linear(x.bfloat16(), coarse_weight, coarse_bias)
-    grouped = n // GROUPS * GROUPS  # a tail of fewer than GROUPS columns is left out of the maxima only
-    group_max = coarse[:, :grouped].view(rows, GROUPS, -1).amax(1)  # strided groups: a vectorized reduction
-    threshold = group_max.topk(SHORTLIST * k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    row, column = (coarse >= threshold).nonzero(as_tuple=True)  # row-major: already in CSR order
-    counts = torch.bincount(row, minlength=rows)
-    row_start = F.pad(counts.cumsum(0), (1, 0))
-    pattern = torch.sparse_csr_tensor(
-        row_start, column, torch.zeros(len(column), device=x.device), size=(rows, n), check_invariants=False
-    )
-    exact = torch.sparse.sampled_addmm(pattern, x, weight.T).values()
-    if bias is not None:
-        exact += bias[column]
-    slot = torch.arange(len(column), device=x.device) - row_start[row]
-    padded = torch.full((rows, int(counts.max())), float("-inf"), device=x.device)
-    padded[row, slot] = exact
-    candidates = torch.zeros(padded.shape, dtype=torch.long, device=x.device)
-    candidates[row, slot] = column
-    values, picked = padded.topk(k, dim=-1, sorted=False)
-    return values, candidates.gather(1, picked)
-
-
 def coarse_top_columns(coarse: torch.Tensor, m: int, largest: bool = True) -> torch.Tensor:
     """Columns of the m largest (or smallest) entries of each row of `coarse` [rows, n], unsorted.
 
-    Only the m groups with the most extreme members can hold them (with GROUPS strided column groups),
-    so one top-k runs over the n/GROUPS group extremes and one over those groups' m·GROUPS members,
-    instead of one over the whole row: 2-3× faster on 49k-wide logit rows.
+    Only the m strided column groups with the most extreme members can hold them, so one top-k runs
+    over the n/GROUPS group extremes and one over those groups' m·GROUPS members, instead of one over
+    the whole row (2-3× faster on 4k- and 49k-wide rows).
     """
     rows, n = coarse.shape
     width = n // GROUPS
@@ -112,3 +59,48 @@ def coarse_top_columns(coarse: torch.Tensor, m: int, largest: bool = True) -> to
     tail = torch.arange(width * GROUPS, n, device=coarse.device).expand(rows, -1)
     members = torch.cat([(groups.unsqueeze(1) + offsets).flatten(1), tail], dim=1)
     return members.gather(1, coarse.gather(1, members).topk(m, dim=1, largest=largest, sorted=False).indices)
+
+
+@torch.no_grad()
+def top_products(
+    x: torch.Tensor, weight: torch.Tensor, k: int, bias: torch.Tensor | None = None, block_rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) of the k largest entries of each row of x @ weightᵀ + bias, unsorted.
+
+    x: [rows, d]; weight: [n, d]; bias: [n] or None. Rows are processed `block_rows` at a time, so
+    memory stays bounded whatever the number of rows.
+    """
+    x, weight = x.detach().float(), weight.detach().float()
+    bias = None if bias is None else bias.detach().float()
+    shortlist = len(x) > 0 and SHORTLIST * k < weight.shape[0] and native_bf16(x.device)
+    coarse_weight = weight.bfloat16() if shortlist else None
+    coarse_bias = None if bias is None or not shortlist else bias.bfloat16()
+    values, columns = [], []
+    for block in x.split(block_rows):
+        if shortlist:
+            candidates = coarse_top_columns(F.linear(block.bfloat16(), coarse_weight, coarse_bias), SHORTLIST * k)
+            best_values, best_columns = exact_top(block, weight, bias, candidates, k)
+        else:
+            exact = block @ weight.T if bias is None else torch.addmm(bias, block, weight.T)
+            best_values, best_columns = exact.topk(k, dim=-1, sorted=False)
+        values.append(best_values)
+        columns.append(best_columns)
+    return torch.cat(values), torch.cat(columns)
+
+
+def exact_top(x, weight, bias, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest fp32 values of x @ weightᵀ + bias among each row's `candidates` [rows, m]."""
+    candidates = candidates.sort(dim=1).values  # CSR wants each row's columns in order
+    rows, m = candidates.shape
+    pattern = torch.sparse_csr_tensor(
+        torch.arange(0, rows * m + 1, m, device=x.device),
+        candidates.flatten(),
+        torch.zeros(rows * m, device=x.device),
+        size=(rows, len(weight)),
+        check_invariants=False,
+    )
+    exact = torch.sparse.sampled_addmm(pattern, x, weight.T).values().view(rows, m)
+    if bias is not None:
+        exact += bias[candidates]
+    values, picked = exact.topk(k, dim=1, sorted=False)
+    return values, candidates.gather(1, picked)
