@@ -32,7 +32,7 @@ from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, read_table, write_partition
-from circuitdb.topk import SHORTLIST, coarse_top_columns, exact_top
+from circuitdb.topk import SHORTLIST, coarse_top_columns, exact_top, top_products
 
 
 @dataclass
@@ -241,12 +241,13 @@ def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
 
 
 def _neighbours(coder: SparseCoder, k: int):
-    """Each latent's k most decoder-cosine-similar latents (itself excluded)."""
+    """Each latent's k most decoder-cosine-similar latents (itself excluded), most similar first."""
     unit = torch.nn.functional.normalize(coder.W_dec.detach().float(), dim=1)
-    similarity = unit @ unit.T
-    similarity.fill_diagonal_(float("-inf"))
-    best = similarity.topk(min(k, unit.shape[0] - 1), dim=1)
-    return best.indices, best.values
+    k = min(k, len(unit) - 1)
+    cosines, latents = top_products(unit, unit, k + 1)  # itself among them, unless k+1 others tie it at 1
+    cosines[latents == torch.arange(len(unit)).unsqueeze(1)] = float("-inf")
+    best = cosines.topk(k, dim=1)
+    return latents.gather(1, best.indices), best.values
 
 
 def parse_feature_id(feature_id: str) -> tuple[str, int, int]:
