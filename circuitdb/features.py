@@ -65,13 +65,15 @@ class _Triples:
     latent: torch.Tensor
     value: torch.Tensor
 
+    span: int
+    """Token ids are below this (sequences · positions), so latent · span + token orders by latent, then token."""
+
     @functools.cached_property
-    def by_token_and_latent(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(sorted keys token · stride + latent, their values, stride): to look up any (token, latent)."""
-        stride = int(self.latent.max()) + 1
-        keys = self.token * stride + self.latent
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted keys latent · span + token, their values): each latent's activations in token order."""
+        keys = self.latent * self.span + self.token
         order = keys.argsort()
-        return keys[order], self.value[order], stride
+        return keys[order], self.value[order]
 
     def first_per_group(self, group: torch.Tensor, score: torch.Tensor, keep: int) -> torch.Tensor:
         """Indices of the `keep` highest-`score` triples within each group id (scores ≥ 0, ties by position).
@@ -88,7 +90,7 @@ class _Triples:
 
 def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int, desc: str) -> _Triples:
     """Encode every sequence of `source` (positions ≥ 1) and keep only the active entries."""
-    tokens, latents, values = [], [], []
+    tokens, latents, values, positions = [], [], [], 0
     for start in tqdm(range(0, source.n_sequences, chunk_sequences), desc=desc, unit="chunk", leave=False):
         picked = torch.arange(start, min(start + chunk_sequences, source.n_sequences))
         inputs, _ = source.read(picked)
@@ -98,7 +100,7 @@ def _triples(source: ActivationSource, coder: SparseCoder, chunk_sequences: int,
         tokens.append(sequence * positions + row % (positions - 1) + 1)
         latents.append(latent)
         values.append(value)
-    return _Triples(torch.cat(tokens), torch.cat(latents), torch.cat(values))
+    return _Triples(torch.cat(tokens), torch.cat(latents), torch.cat(values), source.n_sequences * positions)
 
 
 @torch.no_grad()
@@ -177,7 +179,9 @@ def feature_statistics(
 def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary, layer) -> pl.DataFrame:
     """Exemplar rows for the `chosen` triples: token window, per-token activations of the latent, rank.
 
-    A window token's activation is looked up among all triples by the key token · n + latent.
+    The latent's activations from the window's first token on are found with one binary search per
+    exemplar in the triples sorted by (latent, token); the next `width` of them hold every activation
+    inside the window, placed by their token distance from its start.
     """
     positions = blocks.shape[1]
     width = min(cfg.window, positions - 1)
@@ -185,10 +189,15 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     sequence, position = token // positions, token % positions
     start = (position - width * 3 // 4).clamp(1, positions - width)
     window = sequence[:, None] * positions + start[:, None] + torch.arange(width)  # [exemplars, width]
-    sorted_keys, sorted_values, stride = t.by_token_and_latent
-    wanted = window * stride + latent[:, None]
-    found = torch.searchsorted(sorted_keys, wanted).clamp_max(len(sorted_keys) - 1)
-    activations = torch.where(sorted_keys[found] == wanted, sorted_values[found], torch.zeros(()))
+    keys, values = t.by_latent
+    first = latent * t.span + window[:, 0]
+    following = (torch.searchsorted(keys, first)[:, None] + torch.arange(width)).clamp_max(len(keys) - 1)
+    offset = keys[following] - first[:, None]  # another latent's keys lie ≥ span - window start ≥ width away
+    inside = (offset >= 0) & (offset < width)
+    activations = torch.zeros(len(chosen), width)
+    activations[torch.arange(len(chosen)).unsqueeze(1).expand(-1, width)[inside], offset[inside]] = values[following][
+        inside
+    ]
     # rank within each (latent, group), in the order `chosen` lists them (best first)
     group_key = latent * (cfg.n_groups + 1) + groups
     starts = torch.searchsorted(group_key, group_key, side="left")
