@@ -10,6 +10,9 @@ and everything else is vectorized over those triples:
 - for every exemplar, a fixed-width token window and the latent's activation on each token of it.
 Position 0 (BOS) is excluded throughout, as in training.
 
+Speed: the k winners per token, the logits and the neighbours are exact fp32 values picked from a
+bf16 shortlist (circuitdb/topk.py); what remains is sorting and gathering over the triples.
+
 Output logits: a latent's decoder row is read through the final norm's gain and the unembedding
 (the norm's 1/rms is a positive per-token scale and cannot change which tokens rank first).
 """
