@@ -8,7 +8,9 @@ quantization is built, and searches re-rank candidates exactly so recall stays h
 
 from __future__ import annotations
 
+import functools
 import os
+from datetime import timedelta
 
 os.environ.setdefault("LANCE_LOG", "error")  # lance warns on every new dataset; the CLI owns the terminal
 
@@ -28,7 +30,15 @@ INDEX_MIN_ROWS = 50_000
 
 
 def _connect(store: Store) -> lancedb.DBConnection:
-    return lancedb.connect(str(store.root / "vectors"))
+    return _connection(str(store.root / "vectors"))
+
+
+@functools.lru_cache(maxsize=16)
+def _connection(path: str) -> lancedb.DBConnection:
+    """One connection per vector folder and process: tables opened through it share its index cache,
+    so a search does not reload the ANN index (20 -> 12 ms per `nearest` on the demo store); a zero
+    read-consistency interval makes every read see the latest write."""
+    return lancedb.connect(path, read_consistency_interval=timedelta(0))
 
 
 def _table(store: Store):
