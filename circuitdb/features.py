@@ -197,10 +197,9 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     following = (torch.searchsorted(keys, first)[:, None] + torch.arange(width)).clamp_max(len(keys) - 1)
     offset = keys[following] - first[:, None]  # another latent's keys lie ≥ span - window start ≥ width away
     inside = (offset >= 0) & (offset < width)
+    exemplar = torch.arange(len(chosen)).unsqueeze(1).expand(-1, width)
     activations = torch.zeros(len(chosen), width)
-    activations[torch.arange(len(chosen)).unsqueeze(1).expand(-1, width)[inside], offset[inside]] = values[following][
-        inside
-    ]
+    activations[exemplar[inside], offset[inside]] = values[following][inside]
     # rank within each (latent, group), in the order `chosen` lists them (best first)
     group_key = latent * (cfg.n_groups + 1) + groups
     starts = torch.searchsorted(group_key, group_key, side="left")

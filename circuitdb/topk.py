@@ -88,8 +88,11 @@ def top_products(
     return torch.cat(values), torch.cat(columns)
 
 
-def exact_top(x, weight, bias, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest fp32 values of x @ weightᵀ + bias among each row's `candidates` [rows, m]."""
+def exact_top(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, candidates: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) of the k largest fp32 values of x @ weightᵀ + bias among each row's
+    `candidates` [rows, m] (column ids), unsorted; only those rows·m products are computed."""
     candidates = candidates.sort(dim=1).values  # CSR wants each row's columns in order
     rows, m = candidates.shape
     pattern = torch.sparse_csr_tensor(
