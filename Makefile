@@ -39,7 +39,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/harvest.py
 	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/query.py --store $(STORE)
+	$(BIN)/python benchmarks/query.py --store $(STORE) --stats-all --check-shortlist
 	$(BIN)/python benchmarks/attribution.py --store $(STORE)
 
 ui: install
