@@ -261,16 +261,6 @@ def _neighbours(coder: SparseCoder, k: int):
     return latents.gather(1, best.indices), best.values
 
 
-def parse_feature_id(feature_id: str) -> tuple[str, int, int]:
-    """'<dictionary>/<layer>/<index>' → (dictionary, layer, index), or one clear error."""
-    parts = feature_id.split("/")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        raise CircuitDBError(
-            f"malformed feature id {feature_id!r}; expected <dictionary>/<layer>/<index>, e.g. plt/12/345"
-        )
-    return parts[0], int(parts[1]), int(parts[2])
-
-
 def load_stored_dictionary(store: Store, name: str, layer: int) -> tuple[SparseCoder, dict]:
     """The dictionary of set `name` at `layer` as the `dictionaries` table records it."""
     rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("layer") == layer))

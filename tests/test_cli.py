@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +187,13 @@ def test_errors_are_one_line(
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_queries_start_without_loading_torch() -> None:
+    """`sql`, `feature show` and `search similar` answer in ~0.5-1.5 s because the CLI module and the
+    store don't import torch/transformers (2-3 s); the commands that run a model import them lazily."""
+    probe = (
+        "import sys, query.cli, circuitdb.store.vectors; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -13,7 +13,7 @@ from circuitdb.attribution.pipeline import trace_prompt
 from circuitdb.attribution.transcoders import stored_transcoders
 from circuitdb.config import AttributionConfig
 from circuitdb.errors import CircuitDBError
-from circuitdb.features import parse_feature_id
+from circuitdb.feature_ids import parse_feature_id
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, write_partition
 

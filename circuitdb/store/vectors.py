@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("LANCE_LOG", "error")  # lance warns on every new dataset; the CLI owns the terminal
 
@@ -18,11 +19,13 @@ import lancedb  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
 
 from circuitdb.errors import CircuitDBError  # noqa: E402
 from circuitdb.store.catalog import sql_literal  # noqa: E402
 from circuitdb.store.layout import Store  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 TABLE = "feature_vectors"
 INDEX_MIN_ROWS = 50_000
@@ -50,7 +53,8 @@ def _table(store: Store):
 
 def write_vectors(store: Store, dictionary: str, layer: int, decoder: torch.Tensor, features: pl.DataFrame) -> int:
     """Replace the vectors of (`dictionary`, `layer`) with the unit rows of `decoder` [n, d]."""
-    unit = torch.nn.functional.normalize(decoder.detach().float(), dim=1).numpy()
+    unit = decoder.detach().float().cpu().numpy()
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)  # a copy: never the caller's weights
     features = features.sort("index")
     data = pa.table(
         {
