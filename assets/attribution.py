@@ -9,10 +9,11 @@ and requests a run for each new line; a schedule re-runs graphs older than their
 import dagster as dg
 import polars as pl
 
-from circuitdb.attribution.pipeline import build_graph, graph_slug
+from circuitdb.attribution.pipeline import build_graph
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, read_table
+from circuitdb.store.graphs import graph_slug
 from orchestration.resources import ProjectResource
 
 prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")

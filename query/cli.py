@@ -360,7 +360,7 @@ def graph_show(
     config: ConfigOption = None,
 ) -> None:
     """The strongest paths into the top logit, as a tree: each node's strongest inputs below it."""
-    from circuitdb.attribution.pipeline import graph_row
+    from circuitdb.store.graphs import graph_row
     from query.render import render_graph_tree
 
     opened = _store_with("graphs", store, config)
@@ -381,7 +381,7 @@ def graph_edges(
     config: ConfigOption = None,
 ) -> None:
     """Edges of a graph from or to one node, strongest first, with the other end's label."""
-    from circuitdb.attribution.pipeline import graph_row
+    from circuitdb.store.graphs import graph_row
 
     if (source is None) == (target is None):
         raise CircuitDBError("give exactly one of --from NODE or --to NODE")
@@ -410,7 +410,7 @@ def graph_export(
     config: ConfigOption = None,
 ) -> None:
     """Write the graph as circuit-tracer JSON, which its viewers open."""
-    from circuitdb.attribution.pipeline import graph_json_path, graph_row
+    from circuitdb.store.graphs import graph_json_path, graph_row
 
     opened = _store_with("graphs", store, config)
     graph_row(opened, slug)

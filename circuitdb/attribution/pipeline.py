@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,21 +17,10 @@ from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, trace
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
 from circuitdb.config import AttributionConfig
-from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, read_table, write_partition
+from circuitdb.store.graphs import graph_json_path, graph_slug
 from circuitdb.store.layout import atomic_write_bytes
-
-
-def graph_slug(prompt: str, model: str, dictionaries: str) -> str:
-    """Readable and stable: the prompt's first words + a hash of (prompt, model, transcoders)."""
-    words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6])[:40] or "prompt"
-    digest = hashlib.sha256(f"{prompt}\0{model}\0{dictionaries}".encode()).hexdigest()[:8]
-    return f"{words}-{digest}"
-
-
-def graph_json_path(store: Store, slug: str) -> Path:
-    return store.root / "graphs" / f"{slug}.json"
 
 
 def resolve_transcoders(store: Store, cfg: AttributionConfig, folder: str | None) -> tuple[Transcoders, str]:
@@ -107,10 +94,3 @@ def build_graph(
     write_partition(store, "graph_nodes", slug, nodes)
     write_partition(store, "graphs", slug, pl.DataFrame([row]))
     return row, validation
-
-
-def graph_row(store: Store, slug: str) -> dict:
-    rows = read_table(store, "graphs").filter(pl.col("slug") == slug)
-    if rows.is_empty():
-        raise CircuitDBError(f"unknown graph {slug!r}; `circuitdb graph list` shows the built ones")
-    return rows.row(0, named=True)

@@ -1,0 +1,35 @@
+"""Where an attribution graph lives in the store: its slug, its `graphs` row and its JSON file.
+
+Apart from the attribution code, so that reading a built graph (`circuitdb graph show|edges|export`)
+needs neither torch nor the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import polars as pl
+
+from circuitdb.errors import CircuitDBError
+from circuitdb.store.layout import Store
+from circuitdb.store.parquet import read_table
+
+
+def graph_slug(prompt: str, model: str, dictionaries: str) -> str:
+    """Readable and stable: the prompt's first words + a hash of (prompt, model, transcoders)."""
+    words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6])[:40] or "prompt"
+    digest = hashlib.sha256(f"{prompt}\0{model}\0{dictionaries}".encode()).hexdigest()[:8]
+    return f"{words}-{digest}"
+
+
+def graph_json_path(store: Store, slug: str) -> Path:
+    return store.root / "graphs" / f"{slug}.json"
+
+
+def graph_row(store: Store, slug: str) -> dict:
+    rows = read_table(store, "graphs").filter(pl.col("slug") == slug)
+    if rows.is_empty():
+        raise CircuitDBError(f"unknown graph {slug!r}; `circuitdb graph list` shows the built ones")
+    return rows.row(0, named=True)
