@@ -11,7 +11,7 @@ and everything else is vectorized over those triples:
 Position 0 (BOS) is excluded throughout, as in training.
 
 Speed: the k winners per token, the logits and the neighbours are exact fp32 values picked from a
-bf16 shortlist (circuitdb/topk.py); what remains is sorting and gathering over the triples.
+bf16 shortlist (circuitdb/dictionaries/shortlist.py); what remains is sorting and gathering over the triples.
 
 Output logits: a latent's decoder row is read through the final norm's gain and the unembedding
 (the norm's 1/rms is a positive per-token scale and cannot change which tokens rank first).
@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.formats import load_dictionary
+from circuitdb.dictionaries.shortlist import SHORTLIST, coarse_top_columns, exact_top, top_products
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, read_table, write_partition
-from circuitdb.topk import SHORTLIST, coarse_top_columns, exact_top, top_products
 
 
 @dataclass
@@ -234,7 +234,7 @@ def _token_strings(lm: LoadedModel) -> np.ndarray:
 
 def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
     """Top/bottom-k vocabulary ids and exact values of each decoder row through final-norm gain and
-    unembedding, best first; one bf16 product per 256 rows shortlists both ends (see circuitdb/topk.py)."""
+    unembedding, best first; one bf16 product per 256 rows shortlists both ends (see dictionaries/shortlist.py)."""
     gain = lm.model.get_submodule(lm.arch.final_norm).weight.detach().float()
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight.detach().float()
     coarse_unembedding = unembedding.bfloat16().T

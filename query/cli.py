@@ -17,8 +17,7 @@ import typer
 
 from circuitdb.config import ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
-from circuitdb.feature_ids import parse_feature_id
-from circuitdb.store import TABLES, Store, sql_literal
+from circuitdb.store import TABLES, Store, parse_feature_id, sql_literal
 from query.engine import QueryResult, run_sql
 from query.render import OutputFormat, render, render_feature
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from circuitdb import topk
 from circuitdb.config import CorpusConfig, HarvestConfig
 from circuitdb.corpus import tokenize_corpus
 from circuitdb.dictionaries import (
@@ -18,6 +17,7 @@ from circuitdb.dictionaries import (
     TrainConfig,
     train_dictionary,
 )
+from circuitdb.dictionaries import shortlist as bf16_shortlist
 from circuitdb.dictionaries.activations import JumpReLU
 from circuitdb.dictionaries.data import LiveActivationSource
 from circuitdb.errors import CircuitDBError
@@ -28,7 +28,7 @@ from circuitdb.models import LoadedModel, resolve_hooks
 @pytest.fixture(params=[False, True], ids=["fp32", "bf16-shortlist"])
 def shortlist(request, monkeypatch) -> bool:
     """Run a test with and without the bf16 shortlist of `top_pre_activations` (emulated where not native)."""
-    monkeypatch.setattr(topk, "native_bf16", lambda device: request.param)
+    monkeypatch.setattr(bf16_shortlist, "native_bf16", lambda device: request.param)
     return request.param
 
 

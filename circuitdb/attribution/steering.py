@@ -13,9 +13,8 @@ from circuitdb.attribution.pipeline import trace_prompt
 from circuitdb.attribution.transcoders import stored_transcoders
 from circuitdb.config import AttributionConfig
 from circuitdb.errors import CircuitDBError
-from circuitdb.feature_ids import parse_feature_id
 from circuitdb.models import LoadedModel
-from circuitdb.store import Store, write_partition
+from circuitdb.store import Store, parse_feature_id, write_partition
 
 
 def steer_prompt(

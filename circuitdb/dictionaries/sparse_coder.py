@@ -21,8 +21,8 @@ from torch import nn
 
 from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries.activations import BatchTopK, JumpReLU, topk
+from circuitdb.dictionaries.shortlist import top_products
 from circuitdb.errors import CircuitDBError
-from circuitdb.topk import top_products
 
 
 class SparseCoder(nn.Module):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from circuitdb.errors import CircuitDBError
+
 
 @dataclass(frozen=True)
 class TableSchema:
@@ -199,3 +201,14 @@ TABLES: dict[str, TableSchema] = {
         },
     ),
 }
+
+
+def parse_feature_id(feature_id: str) -> tuple[str, int, int]:
+    """A `feature_id` ('<dictionary>/<layer>/<index>', the key joining features, exemplars, vectors and
+    graph nodes) → (dictionary, layer, index), or one clear error."""
+    parts = feature_id.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise CircuitDBError(
+            f"malformed feature id {feature_id!r}; expected <dictionary>/<layer>/<index>, e.g. plt/12/345"
+        )
+    return parts[0], int(parts[1]), int(parts[2])
