@@ -161,7 +161,7 @@ TABLES: dict[str, TableSchema] = {
             "slug": (pl.String(), "graph id"),
             "node_id": (
                 pl.String(),
-                "circuit-tracer node id: <layer>_<index>_<pos>, 0_<layer>_<pos>, E_<token>_<pos>, <L+1>_<token>_<pos>",
+                "node id: <layer>_<index>_<pos>, err_<layer>_<pos>, E_<token>_<pos>, <L+1>_<token>_<pos>",
             ),
             "kind": (pl.String(), "'feature', 'error', 'token' or 'logit'"),
             "feature_id": (pl.String(), "<dictionary>/<layer>/<index> for features, else null"),
