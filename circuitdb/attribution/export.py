@@ -8,8 +8,8 @@ and in the JSON, so an edge found by SQL is the edge a viewer draws.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
-import torch
 
 from circuitdb.attribution.graph import Graph
 from circuitdb.attribution.pruning import Pruned
@@ -99,12 +99,10 @@ def circuit_tracer_json(graph_row: dict, nodes: pl.DataFrame, edges: pl.DataFram
         "token": "embedding",
         "logit": "logit",
     }
-    influence = nodes["influence"].to_numpy()
+    influence = nodes["influence"].to_numpy().astype(np.float64)
     order = influence.argsort()[::-1]
-    cumulative = torch.from_numpy(influence[order].copy()).cumsum(0) / max(float(influence.sum()), 1e-30)
-    share = [0.0] * len(influence)
-    for rank, row in enumerate(order.tolist()):
-        share[row] = float(cumulative[rank])
+    share = np.empty_like(influence)  # each node's cumulative share of the influence, largest first
+    share[order] = influence[order].cumsum() / max(float(influence.sum()), 1e-30)
     top_logit = nodes.filter(pl.col("kind") == "logit")["node_id"].head(1).to_list()
     json_nodes = []
     for i, row in enumerate(nodes.iter_rows(named=True)):
@@ -123,7 +121,7 @@ def circuit_tracer_json(graph_row: dict, nodes: pl.DataFrame, edges: pl.DataFram
                 "reverse_ctx_idx": 0,
                 "jsNodeId": row["node_id"],
                 "clerp": row["label"],
-                "influence": share[i],
+                "influence": float(share[i]),
                 "activation": row["activation"] if kind == "feature" else None,
             }
         )
