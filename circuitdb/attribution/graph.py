@@ -96,12 +96,15 @@ class _Norm:
         self.centred = is_centred(module)
 
     def backward(self, grad: torch.Tensor, positions: int) -> torch.Tensor:
-        out = grad * self.gain[:positions]
-        return out - out.mean(-1, keepdim=True) if self.centred else out
+        """Gradients [n, positions, d] wrt the norm's output → wrt its input, at the first `positions`."""
+        return self._through(grad, self.gain[:positions])
 
     def read(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Gradients wrt the norm's input of dot products with `vectors` [n, d] of its output at `positions`."""
-        out = vectors * self.gain[positions]
+        return self._through(vectors, self.gain[positions])
+
+    def _through(self, grad: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        out = grad * gain
         return out - out.mean(-1, keepdim=True) if self.centred else out
 
 
