@@ -124,11 +124,15 @@ def _store_figures(args: argparse.Namespace) -> dict:
     return result
 
 
+def _per_layer_dictionaries(store: Store, name: str) -> pl.DataFrame:
+    """The `dictionaries` rows of set `name`'s per-layer dictionaries, by layer."""
+    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("kind") != "clt"))
+    return rows.sort("layer")
+
+
 def _stats_vs_harvest(store: Store, lm, corpus, config, rounds: int = 5) -> dict:
-    layers = sorted(read_table(store, "dictionaries").filter(pl.col("name") == config.dictionaries.name)["layer"])
-    hooks = resolve_hooks(
-        lm, [load_stored_dictionary(store, config.dictionaries.name, layer)[1]["input_hook"] for layer in layers]
-    )
+    rows = _per_layer_dictionaries(store, config.dictionaries.name)
+    layers, hooks = rows["layer"].to_list(), resolve_hooks(lm, rows["input_hook"].to_list())
     blocks = corpus.split("train")
     seconds = {"stats": 0.0, "harvest": 0.0}
     with tempfile.TemporaryDirectory() as scratch:
@@ -153,7 +157,7 @@ def _stats_vs_harvest(store: Store, lm, corpus, config, rounds: int = 5) -> dict
 @torch.no_grad()
 def _check_shortlist(store: Store, corpus, name: str) -> dict:
     differing, tokens, worst = 0, 0, 0.0
-    for layer in sorted(read_table(store, "dictionaries").filter(pl.col("name") == name)["layer"]):
+    for layer in _per_layer_dictionaries(store, name)["layer"]:
         coder, meta = load_stored_dictionary(store, name, layer)
         source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
         for picked in torch.arange(source.n_sequences).split(16):
