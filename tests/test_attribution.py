@@ -191,7 +191,7 @@ def test_zeroing_a_feature_moves_the_logit_by_its_edge(traced) -> None:
 
 def test_pruning_keeps_tokens_and_logits_and_scores_are_shares(traced) -> None:
     _, graph = traced
-    pruned = prune(graph, node_threshold=0.5, edge_threshold=0.9)
+    pruned = prune(graph, node_threshold=0.9, edge_threshold=0.95)
     assert pruned.node_mask[graph.token_start :].all()
     assert 0 < pruned.node_mask[: graph.n_features].sum() < graph.n_features
     assert 0.0 <= pruned.replacement_score <= 1.0 and 0.0 <= pruned.completeness_score <= 1.0

@@ -4,11 +4,17 @@ Influence is measured on the row-normalized absolute adjacency Â (each target's
 sum to 1): the total influence of node s on the logits is wᵀ(Â + Â² + …)[s] = wᵀ((I − Â)⁻¹ − I)[s],
 with w the logits' probabilities. The graph is acyclic, so Â is nilpotent and the series ends after
 at most depth-many terms; it is summed as repeated vector–matrix products, never as an inverse.
-- nodes: keep the features and errors with the most influence, up to `node_threshold` of the total
-  (tokens and logits always stay);
-- edges: score each edge by its normalized weight times its target's influence (logits weigh their
-  probability) and keep up to `edge_threshold` of the total; then drop nodes left without an
-  outgoing edge (or a feature without an incoming one), repeatedly.
+As circuit-tracer's `prune_graph`, so the same graph gives the same node and edge sets:
+- nodes: rank *every* node by influence (tokens included: they compete for the threshold; logits
+  have none) and keep those at or above the score where the ranked cumulative sum reaches
+  `node_threshold` of the total (ties kept); tokens and logits always stay;
+- edges: zero the dropped nodes' rows and columns of |A|, renormalize the rows, recompute influence
+  on that graph, score each edge by its normalized weight times its target's influence plus the
+  target's logit probability, and keep the edges at or above the `edge_threshold` score;
+- clean-up, repeated until nothing changes: features and errors without a kept outgoing edge go, and
+  features without a kept incoming edge go, with their edges.
+One departure: an edge threshold of zero (`edge_threshold` = 1) keeps the edges with a nonzero score,
+where circuit-tracer's `>=` would mark every pair of nodes as an edge.
 - replacement score: the share of the logits' influence that starts at tokens rather than errors;
 - completeness score: the influence-weighted share of each node's input that does not come from errors.
 """
@@ -115,7 +121,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     non_error = 1 - matrix[:, errors].sum(1)
     completeness = float((non_error * output_influence).sum() / output_influence.sum())
 
-    keep = node_scores >= _threshold(node_scores[: graph.token_start], node_threshold)
+    keep = node_scores >= _threshold(node_scores, node_threshold)
     keep[graph.token_start :] = True
     matrix[~keep] = 0
     matrix[:, ~keep] = 0
