@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from circuitdb.config import ProjectConfig, load_config
+from circuitdb.config import HOOK_KINDS, ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import TABLES, Store, parse_feature_id, sql_literal
 from query.engine import QueryResult, run_sql
@@ -120,48 +120,71 @@ dictionary_app = typer.Typer(help="Trained sparse dictionaries.", no_args_is_hel
 app.add_typer(dictionary_app, name="dictionary")
 
 
-class ExportFormat(StrEnum):
+class DictionaryFormat(StrEnum):
     circuit_tracer = "circuit-tracer"
+    gemmascope = "gemmascope"
     saelens = "saelens"
+    sparsify = "sparsify"
+    circuitdb = "circuitdb"
+
+
+class DictionaryKind(StrEnum):
+    sae = "sae"
+    plt = "plt"
 
 
 @dictionary_app.command("export")
 def dictionary_export(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (replaced if it exists).")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="Target format.")] = ExportFormat.circuit_tracer,
+    fmt: Annotated[DictionaryFormat, typer.Option("--format", help="Target format.")] = DictionaryFormat.circuit_tracer,
     name: Annotated[str, typer.Option(help="Dictionary set name.")] = "plt",
-    layer: Annotated[int | None, typer.Option(help="Layer (SAELens exports one SAE).")] = None,
+    layer: Annotated[int | None, typer.Option(help="Export only this layer.")] = None,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Export trained dictionaries as a circuit-tracer transcoder set or a SAELens SAE folder."""
-    from circuitdb.dictionaries.formats import (
-        export_circuit_tracer,
-        export_circuit_tracer_clt,
-        export_saelens,
-        load_dictionary,
-    )
+    """Export a dictionary set of the store in another project's format (circuit-tracer, SAELens, ...)."""
+    from circuitdb.dictionaries.formats import write_dictionaries
+    from circuitdb.dictionaries.pipeline import stored_set
 
-    opened = _store(store, config)
-    query = f"SELECT layer, path, model, kind FROM dictionaries WHERE name = {sql_literal(name)} ORDER BY layer"
-    rows = [r for r in run_sql(opened, query).rows if layer is None or r[0] == layer]
-    if not rows:
-        where = "" if layer is None else f" for layer {layer}"
-        raise CircuitDBError(f"no dictionary {name!r}{where} in the store; build it first")
-    if rows[0][3] == "clt":
-        if fmt is ExportFormat.saelens:
-            raise CircuitDBError("SAELens format holds SAEs; export a cross-layer transcoder to circuit-tracer")
-        export_circuit_tracer_clt(load_dictionary(opened.root / rows[0][1])[0], out, rows[0][2])
-        rows = rows[:1]
-    elif fmt is ExportFormat.saelens:
-        if len(rows) != 1:
-            raise CircuitDBError("SAELens holds one SAE per folder: pass --layer")
-        coder, meta = load_dictionary(opened.root / rows[0][1])
-        export_saelens(coder, out, meta["input_hook"], meta["model"])
-    else:
-        coders = {r[0]: load_dictionary(opened.root / r[1])[0] for r in rows}
-        export_circuit_tracer(coders, out, rows[0][2])
-    typer.echo(f"wrote {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} to {out}")
+    dictionaries = stored_set(_store(store, config), name)
+    if layer is not None:
+        if layer not in dictionaries.coders:
+            raise CircuitDBError(
+                f"dictionary set {name!r} has no layer {layer} of its own (layers {dictionaries.layers})"
+            )
+        dictionaries.coders = {layer: dictionaries.coders[layer]}
+    write_dictionaries(dictionaries, fmt.value, out)
+    count = 1 if dictionaries.clt is not None else len(dictionaries.coders)
+    typer.echo(f"wrote {count} dictionar{'y' if count == 1 else 'ies'} to {out}")
+
+
+@dictionary_app.command("import")
+def dictionary_import(
+    folder: Annotated[Path, typer.Argument(help="Folder with the published files (nothing is downloaded).")],
+    fmt: Annotated[DictionaryFormat | None, typer.Option("--format", help="Format (default: recognized).")] = None,
+    name: Annotated[str | None, typer.Option(help="Name in the store (default: the folder's name).")] = None,
+    kind: Annotated[DictionaryKind | None, typer.Option(help="sae or plt, where the files don't say.")] = None,
+    hook: Annotated[str | None, typer.Option(help="Hook kind an SAE reads, where the files don't say.")] = None,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Store a published dictionary set (circuit-tracer, GemmaScope, sparsify, SAELens) for the configured model."""
+    from circuitdb.dictionaries.formats import ReadHint, read_dictionaries
+    from circuitdb.dictionaries.pipeline import import_dictionary_set
+    from circuitdb.models import load_model
+
+    if hook is not None and hook not in HOOK_KINDS:
+        raise CircuitDBError(f"--hook must be one of {', '.join(HOOK_KINDS)}, got {hook!r}")
+    hint = ReadHint(kind=kind.value if kind else None, hook=hook, name=name)
+    dictionaries = read_dictionaries(folder, fmt.value if fmt else None, hint)
+    project = _config(config, store=store)
+    lm = load_model(project.model.spec, project.model.device)
+    rows = import_dictionary_set(Store(project.store), lm, dictionaries)
+    typer.echo(
+        f"imported {dictionaries.name!r} ({dictionaries.format}, {dictionaries.kind}, "
+        f"{rows[0]['input_hook'].split('.')[0]} → {rows[0]['target_hook'].split('.')[0]}): "
+        f"{len(rows)} layers × {rows[0]['n_latents']} latents into {project.store}"
+    )
 
 
 feature_app = typer.Typer(help="Features of the trained dictionaries.", no_args_is_help=True)
@@ -315,7 +338,10 @@ def graph_build(
     prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
     max_feature_nodes: Annotated[int | None, typer.Option(help="Features kept, by influence on the logits.")] = None,
     transcoders: Annotated[
-        str | None, typer.Option(help="Folder of transcoders (circuit-tracer format or ours) instead of the store's.")
+        str | None,
+        typer.Option(
+            help="Folder of transcoders in any known format (circuit-tracer, GemmaScope, ...): no store needed."
+        ),
     ] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one line)")] = OutputFormat.table,
     store: StoreOption = None,
@@ -326,7 +352,7 @@ def graph_build(
     from circuitdb.models import load_model
 
     project = _config(config, store=store, **{"attribution.max_feature_nodes": max_feature_nodes})
-    opened = Store.open_existing(project.store)
+    opened = Store(project.store) if transcoders else Store.open_existing(project.store)  # a folder is enough
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)

@@ -12,7 +12,8 @@ import pytest
 
 from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries import SparseCoder
-from circuitdb.dictionaries.formats import export_circuit_tracer, import_circuit_tracer
+from circuitdb.dictionaries.formats import read_dictionaries
+from circuitdb.dictionaries.formats.circuit_tracer import export_transcoders
 from tests.test_definitions import TINY_DICTIONARIES
 
 
@@ -77,7 +78,7 @@ def test_build_then_query(project: Path, cli) -> None:
     out_dir = project.parent / "exported"
     code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
     assert code == 0, err
-    assert sorted(import_circuit_tracer(out_dir)) == [0, 1, 2]
+    assert read_dictionaries(out_dir).layers == [0, 1, 2]
     code, _, err = cli(
         "dictionary", "export", "--format", "saelens", "--layer", "1", "--out", str(out_dir), "--config", str(project)
     )
@@ -132,7 +133,7 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
     code, out, _ = cli("sql", "SELECT count(*) AS n FROM interventions", "-f", "json", *config)
     assert json.loads(out)[0]["n"] == 1
     narrow = project.parent / "narrow"
-    export_circuit_tracer({0: SparseCoder(DictionaryConfig(kind="plt", n_latents=8, k=2), 32, 32)}, narrow, "tiny")
+    export_transcoders({0: SparseCoder(DictionaryConfig(kind="plt", n_latents=8, k=2), 32, 32)}, narrow, "tiny")
     for args, message in (
         (["graph", "build", "  "], "the prompt is empty"),
         (["graph", "build", "fox " * 80], "the limit is 64"),

@@ -12,12 +12,8 @@ from circuitdb.config import CorpusConfig, HarvestConfig
 from circuitdb.corpus import tokenize_corpus
 from circuitdb.dictionaries import ActivationSource, DictionaryConfig, TrainConfig, train_dictionary
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
-from circuitdb.dictionaries.formats import (
-    export_circuit_tracer_clt,
-    import_circuit_tracer_clt,
-    load_dictionary,
-    save_dictionary,
-)
+from circuitdb.dictionaries.formats import load_dictionary, save_dictionary
+from circuitdb.dictionaries.formats.circuit_tracer import export_clt, read_clt
 from circuitdb.harvest import harvest
 from circuitdb.models import LoadedModel, resolve_hooks
 
@@ -83,8 +79,8 @@ def test_training_on_a_tiny_model(llama: LoadedModel, text_file: Path, tmp_path:
 @pytest.mark.parametrize("activation", ["relu", "jumprelu"])
 def test_circuit_tracer_round_trip(tmp_path: Path, activation: str) -> None:
     clt = _clt(activation)
-    export_circuit_tracer_clt(clt, tmp_path / "ct", "tiny")
-    loaded = import_circuit_tracer_clt(tmp_path / "ct")
+    export_clt(clt, tmp_path / "ct", "tiny")
+    loaded = read_clt(tmp_path / "ct")
     x = torch.randn(6, 3, 5)
     with torch.no_grad():
         assert torch.allclose(loaded(x)[0], clt(x)[0], atol=1e-5)
@@ -113,7 +109,7 @@ def test_import_circuit_tracer_clt_written_independently(tmp_path: Path) -> None
             tmp_path / f"W_enc_{i}.safetensors",
         )
         save_file({f"W_dec_{i}": p["W_dec"]}, tmp_path / f"W_dec_{i}.safetensors")
-    clt = import_circuit_tracer_clt(tmp_path)
+    clt = read_clt(tmp_path)
     x = torch.randn(3, layers, d, generator=gen)
     acts = []
     for i in range(layers):

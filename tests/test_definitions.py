@@ -11,7 +11,8 @@ import torch
 
 from assets.attribution import prompt_partitions
 from circuitdb.config import load_config
-from circuitdb.dictionaries.formats import import_circuit_tracer_clt, load_dictionary
+from circuitdb.dictionaries.formats import load_dictionary
+from circuitdb.dictionaries.formats.circuit_tracer import read_clt
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import feature_vector, nearest
 from orchestration.build import RANGE_END, RANGE_START, build_all
@@ -104,7 +105,7 @@ def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file
     assert meta["layers"] == [0, 1, 2] and clt.n_layers == 3
     code, _, err = cli("dictionary", "export", "--name", "clt", "--out", str(tmp_path / "ct"), "--config", str(file))
     assert code == 0, err
-    exported = import_circuit_tracer_clt(tmp_path / "ct")
+    exported = read_clt(tmp_path / "ct")
     x = torch.randn(5, 3, 64)
     with torch.no_grad():
         assert torch.allclose(exported(x)[0], clt(x)[0], atol=1e-5)

@@ -10,48 +10,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 import torch
 
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
-from circuitdb.dictionaries.formats import import_circuit_tracer, import_circuit_tracer_clt, load_dictionary
+from circuitdb.dictionaries.formats import DictionarySet, read_dictionaries
+from circuitdb.dictionaries.pipeline import stored_set
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
-from circuitdb.store import Store, read_table
+from circuitdb.store import Store
 
 
 class Transcoders:
     def __init__(
-        self, per_layer: dict[int, SparseCoder] | None = None, clt: CrossLayerTranscoder | None = None, name: str = ""
+        self,
+        per_layer: dict[int, SparseCoder] | None = None,
+        clt: CrossLayerTranscoder | None = None,
+        name: str = "transcoders",
+        sources: dict[int, str] | None = None,
     ) -> None:
-        if (per_layer is None) == (clt is None):
-            raise CircuitDBError("give either per-layer transcoders or one cross-layer transcoder")
+        if per_layer is not None and not per_layer:
+            raise CircuitDBError("no transcoders given: a transcoder set needs at least one layer")
+        self.set = DictionarySet(name, "circuitdb", per_layer or {}, clt, sources=sources or {})
+        if self.set.kind == "sae":
+            layer = self.set.layers[0]
+            raise CircuitDBError(
+                f"{self.set.source(layer)}: attribution needs transcoders (mlp_in → mlp_out), not SAEs"
+            )
         self.per_layer, self.clt, self.name = per_layer, clt, name
-        if per_layer is not None:
-            for layer, coder in per_layer.items():
-                if coder.cfg.kind == "sae":
-                    raise CircuitDBError(f"layer {layer}: attribution needs transcoders (mlp_in → mlp_out), not SAEs")
-            self.layers = sorted(per_layer)
-            if not self.layers:
-                raise CircuitDBError("no transcoders given: a transcoder set needs at least one layer")
-        else:
-            self.layers = list(range(clt.n_layers))
+        self.layers = self.set.layers
+
+    @classmethod
+    def from_set(cls, dictionaries: DictionarySet) -> Transcoders:
+        """The transcoders of a set read from files; SAEs or other hook points are one clear error."""
+        hooks = (dictionaries.input_kind, dictionaries.output_kind)
+        if dictionaries.kind != "sae" and hooks != ("mlp_in", "mlp_out"):
+            raise CircuitDBError(
+                f"{dictionaries.name}: maps {hooks[0]} → {hooks[1]}; attribution needs mlp_in → mlp_out"
+            )
+        per_layer = dictionaries.coders or None
+        return cls(per_layer, dictionaries.clt, dictionaries.name, dictionaries.sources)
 
     @property
     def d_model(self) -> int:
-        return self.clt.d_in if self.clt is not None else next(iter(self.per_layer.values())).d_in
+        return self.set.d_model
 
     def check_model(self, lm: LoadedModel) -> None:
-        """One clear line when these transcoders cannot belong to `lm`."""
-        if self.d_model != lm.d_model:
-            raise CircuitDBError(f"transcoders have width {self.d_model}; {lm.name} has d_model {lm.d_model}")
-        if self.layers and self.layers[-1] >= lm.n_layers:
-            raise CircuitDBError(f"transcoders cover layer {self.layers[-1]}; {lm.name} has {lm.n_layers} layers")
-        if self.clt is not None and self.clt.n_layers != lm.n_layers:
-            raise CircuitDBError(
-                f"cross-layer transcoder spans {self.clt.n_layers} layers; the model has {lm.n_layers}"
-            )
+        """One clear line, naming the file, when these transcoders cannot belong to `lm`."""
+        self.set.check_model(lm.name, lm.n_layers, lm.d_model)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Transcoders:
         for module in [self.clt] if self.clt is not None else self.per_layer.values():
@@ -90,34 +96,10 @@ class Transcoders:
 
 
 def load_transcoders(directory: Path) -> Transcoders:
-    """Transcoders from a folder in circuit-tracer's on-disk format (per-layer set or CLT) or ours."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CircuitDBError(f"transcoder folder {directory} does not exist")
-    if (directory / "config.json").exists():
-        coder, meta = load_dictionary(directory)
-        if isinstance(coder, CrossLayerTranscoder):
-            return Transcoders(clt=coder, name=directory.name)
-        return Transcoders({int(meta["layer"]): coder}, name=directory.name)
-    if any(directory.glob("W_enc_*.safetensors")):
-        return Transcoders(clt=import_circuit_tracer_clt(directory), name=directory.name)
-    return Transcoders(import_circuit_tracer(directory), name=directory.name)
+    """Transcoders from a folder in any format the registry reads (circuit-tracer, GemmaScope, ours...)."""
+    return Transcoders.from_set(read_dictionaries(Path(directory)))
 
 
 def stored_transcoders(store: Store, name: str) -> Transcoders:
     """The dictionary set `name` of the store as transcoders: its CLT, or its per-layer transcoders."""
-    rows = read_table(store, "dictionaries").filter(pl.col("name") == name)
-    if rows.is_empty():
-        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build them first (`circuitdb build`)")
-    clt_rows = rows.filter(pl.col("kind") == "clt")
-    if not clt_rows.is_empty():
-        coder, _ = load_dictionary(store.root / clt_rows["path"][0])
-        return Transcoders(clt=coder, name=name)
-    per_layer = {}
-    for layer, path, input_hook, target_hook in rows.select("layer", "path", "input_hook", "target_hook").iter_rows():
-        if (input_hook, target_hook) != (f"mlp_in.{layer}", f"mlp_out.{layer}"):
-            raise CircuitDBError(
-                f"dictionary {name}/{layer} maps {input_hook} → {target_hook}; attribution needs transcoders"
-            )
-        per_layer[layer], _ = load_dictionary(store.root / path)
-    return Transcoders(per_layer, name=name)
+    return Transcoders.from_set(stored_set(store, name))

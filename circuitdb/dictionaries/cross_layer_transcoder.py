@@ -1,7 +1,7 @@
 """Cross-layer transcoder (CLT): latents read at mlp_in.l and write to mlp_out of every layer ≥ l.
 
     pre_l  = W_enc[l] · x_l + b_enc[l]                 W_enc: [L, n_latents, d]
-    f_l    = activation(pre_l)                         TopK / JumpReLU / ReLU, per source layer
+    f_l    = activation_l(pre_l)                       one injected activation module per source layer
     ŷ_t    = Σ_{l ≤ t} f_l · W_dec[l][:, t − l] + b_dec[t]    W_dec[l]: [n_latents, L − l, d]
 
 The decoder layout is circuit-tracer's (one tensor per source layer, its target layers in order),
@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.activations import JumpReLU, topk
+from circuitdb.dictionaries.activations import make_activation
 from circuitdb.errors import CircuitDBError
 
 
 class CrossLayerTranscoder(nn.Module):
     def __init__(self, cfg: DictionaryConfig, n_layers: int, d: int) -> None:
         super().__init__()
-        if cfg.activation == "batchtopk" or cfg.skip:
-            raise CircuitDBError("cross-layer transcoders support topk, jumprelu and relu, without skip")
+        if cfg.skip:
+            raise CircuitDBError("cross-layer transcoders have no skip connection")
         self.cfg, self.n_layers, self.d_in, self.d_out = cfg, n_layers, d, d
         n = cfg.n_latents
         encoder = torch.randn(n_layers, n, d)
@@ -35,17 +35,14 @@ class CrossLayerTranscoder(nn.Module):
             decoders.append(nn.Parameter(decoder / decoder.norm(dim=-1, keepdim=True) / (n_layers - layer) ** 0.5))
         self.W_dec = nn.ParameterList(decoders)
         self.b_dec = nn.Parameter(torch.zeros(n_layers, d))
-        if cfg.activation == "jumprelu":
-            self.jumprelus = nn.ModuleList(JumpReLU(n, cfg.jumprelu_threshold) for _ in range(n_layers))
+        self.activations = nn.ModuleList(make_activation(cfg) for _ in range(n_layers))
+
+    def pre_activations_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W_enc[layer].T + self.b_enc[layer]
 
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Latents [..., n_latents] of source `layer` from its mlp_in [..., d]."""
-        pre = x @ self.W_enc[layer].T + self.b_enc[layer]
-        if self.cfg.activation == "topk":
-            return topk(pre, self.cfg.k)
-        if self.cfg.activation == "jumprelu":
-            return self.jumprelus[layer](pre)
-        return pre.relu()
+        return self.activations[layer](self.pre_activations_layer(layer, x))
 
     def decode_layer(self, target: int, latents: list[torch.Tensor]) -> torch.Tensor:
         """mlp_out of `target` [..., d] from the latents of sources 0..target (each [..., n_latents])."""
@@ -70,10 +67,14 @@ class CrossLayerTranscoder(nn.Module):
         latents = self.encode(x)
         return self.decode(latents), latents
 
-    def l0_penalty(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable L0 of the JumpReLU latents, summed over layers."""
-        pre = torch.einsum("bld,lnd->bln", x, self.W_enc) + self.b_enc
-        return sum(jump.l0(pre[:, layer]) for layer, jump in enumerate(self.jumprelus))
+    def penalty(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Each source layer's sparsity penalty, summed; a latent's weight is the norm of all its writes."""
+        total = torch.zeros((), device=x.device)
+        for layer, activation in enumerate(self.activations):
+            norms = self.W_dec[layer].norm(dim=-1).sum(-1)  # [n_latents]
+            pre = self.pre_activations_layer(layer, x[:, layer])
+            total = total + activation.penalty(pre, latents[:, layer], norms)
+        return total
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

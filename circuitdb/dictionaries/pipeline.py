@@ -1,4 +1,5 @@
-"""The dictionary stage for one layer: train on the stored activations, evaluate, save, record.
+"""The dictionary stage: train a layer's dictionary on the stored activations (or import a published
+set), evaluate, save, record.
 
 Kept out of `assets/` so the CLI, the benchmark and notebooks run exactly what the pipeline runs.
 """
@@ -15,7 +16,7 @@ import torch
 from circuitdb.config import CrossLayerConfig, DictionariesConfig
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
-from circuitdb.dictionaries.formats import save_dictionary
+from circuitdb.dictionaries.formats import DictionarySet, load_dictionary, save_dictionary
 from circuitdb.dictionaries.metrics import (
     clt_splice,
     dictionary_splice,
@@ -24,8 +25,9 @@ from circuitdb.dictionaries.metrics import (
     summarize,
 )
 from circuitdb.dictionaries.train import train_dictionary
-from circuitdb.models import LoadedModel
-from circuitdb.store import Store, write_partition
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import HookPoint, LoadedModel
+from circuitdb.store import TABLES, Store, read_table, write_partition
 
 
 def _row(cfg, layer: int, lm: LoadedModel, corpus: TokenizedCorpus, result, seconds: float, path: str) -> dict:
@@ -112,3 +114,74 @@ def build_cross_layer_transcoder(
     write_partition(store, "dictionaries", f"{cfg.name}-clt", pl.DataFrame(rows))
     checkpoint.unlink(missing_ok=True)
     return rows
+
+
+def import_dictionary_set(store: Store, lm: LoadedModel, dictionaries: DictionarySet) -> list[dict]:
+    """Save a set read from outside in our format under `dictionaries/<name>/` and record one row per layer,
+    replacing an older set of that name. Training and held-out columns stay empty (nothing was trained
+    here, and metrics need the store's activations). Statistics, vectors and graphs then use the set
+    like one trained here."""
+    dictionaries.check_model(lm.name, lm.n_layers, lm.d_model)
+    name = dictionaries.name
+    members = {"clt": dictionaries.clt} if dictionaries.clt is not None else dictionaries.coders
+    empty = {column: None for column in TABLES["dictionaries"].columns}
+    written, rows = set(), []
+    for member, coder in members.items():
+        layers = dictionaries.layers if member == "clt" else [member]
+        folder = Path("dictionaries") / name / ("clt" if member == "clt" else f"layer_{member}")
+        partition_rows = [
+            empty
+            | {
+                "name": name,
+                "layer": layer,
+                "kind": dictionaries.kind,
+                "activation": coder.cfg.activation,
+                "input_hook": f"{dictionaries.input_kind}.{layer}",
+                "target_hook": f"{dictionaries.output_kind}.{layer}",
+                "model": lm.name,
+                "n_latents": coder.cfg.n_latents,
+                "k": coder.cfg.k,
+                "fvu_curve": [],
+                "path": str(folder),
+                "created_at": datetime.now(UTC),
+            }
+            for layer in layers
+        ]
+        meta = {"model": lm.name, "imported_from": dictionaries.source(layers[0]), "format": dictionaries.format}
+        if member == "clt":
+            meta["layers"] = layers
+        else:
+            meta |= {k: partition_rows[0][k] for k in ("name", "layer", "kind", "input_hook", "target_hook")}
+        save_dictionary(coder, store.root / folder, meta)
+        partition = f"{name}-clt" if member == "clt" else f"{name}-layer-{member:03d}"
+        write_partition(store, "dictionaries", partition, pl.DataFrame(partition_rows))
+        written.add(partition)
+        rows += partition_rows
+    for old in (store.tables_dir / "dictionaries").glob(f"{name}-*.parquet"):
+        suffix = old.stem.removeprefix(f"{name}-")
+        if old.stem not in written and (suffix == "clt" or suffix.startswith("layer-")):
+            old.unlink()
+    return rows
+
+
+def stored_set(store: Store, name: str) -> DictionarySet:
+    """The store's dictionary set `name` (trained here or imported), as the `dictionaries` table lists it."""
+    rows = read_table(store, "dictionaries").filter(pl.col("name") == name).sort("layer")
+    if rows.is_empty():
+        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build or import them first")
+    first = rows.row(0, named=True)
+    input_kind, output_kind = HookPoint.parse(first["input_hook"]).kind, HookPoint.parse(first["target_hook"]).kind
+    if first["kind"] == "clt":
+        clt, _ = load_dictionary(store.root / first["path"])
+        source = {0: str(store.root / first["path"])}
+        return DictionarySet(name, "circuitdb", clt=clt, sources=source, model=first["model"])
+    coders, sources = {}, {}
+    for row in rows.iter_rows(named=True):
+        if (row["input_hook"], row["target_hook"]) != (f"{input_kind}.{row['layer']}", f"{output_kind}.{row['layer']}"):
+            raise CircuitDBError(
+                f"dictionary {name}/{row['layer']} maps {row['input_hook']} → {row['target_hook']}, "
+                f"unlike the set's {first['input_hook']} → {first['target_hook']}"
+            )
+        coders[row["layer"]], _ = load_dictionary(store.root / row["path"])
+        sources[row["layer"]] = str(store.root / row["path"])
+    return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])

@@ -1,7 +1,7 @@
 """Sparse dictionaries over one hook point: SAEs and per-layer transcoders.
 
     pre = W_enc · (x − b_dec·[sae]) + b_enc          W_enc: [n_latents, d_in]   (one row per latent)
-    f   = activation(pre)                             TopK | BatchTopK | JumpReLU | ReLU
+    f   = activation(pre)                             an injected module: TopK | BatchTopK | JumpReLU | ReLU
     ŷ   = f · W_dec + b_dec (+ x · W_skipᵀ)           W_dec: [n_latents, d_out]  (one row per latent)
 
 An SAE reconstructs its input (d_in = d_out, b_dec also centres the input); a per-layer transcoder
@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.activations import BatchTopK, JumpReLU, topk
+from circuitdb.dictionaries.activations import Activation, make_activation
 from circuitdb.dictionaries.shortlist import top_products
 from circuitdb.errors import CircuitDBError
 
 
 class SparseCoder(nn.Module):
-    def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int) -> None:
+    def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int, activation: Activation | None = None) -> None:
         super().__init__()
         if cfg.kind == "sae" and d_in != d_out:
             raise CircuitDBError(f"an SAE reconstructs its input: d_in {d_in} must equal d_out {d_out}")
@@ -41,10 +41,7 @@ class SparseCoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip else None
-        if cfg.activation == "batchtopk":
-            self.batch_topk = BatchTopK(cfg.k)
-        if cfg.activation == "jumprelu":
-            self.jumprelu = JumpReLU(n, cfg.jumprelu_threshold)
+        self.activation = activation if activation is not None else make_activation(cfg)
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.kind == "sae":
@@ -52,19 +49,8 @@ class SparseCoder(nn.Module):
         flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc.T)  # bias fused into the product
         return flat.view(*x.shape[:-1], -1)
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """Dense latent activations [tokens, n_latents] from pre-activations."""
-        act = self.cfg.activation
-        if act == "topk":
-            return topk(pre, self.cfg.k)
-        if act == "batchtopk":
-            return self.batch_topk(pre)
-        if act == "jumprelu":
-            return self.jumprelu(pre)
-        return pre.relu()
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.pre_activations(x))
+        return self.activation(self.pre_activations(x))
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         out = latents @ self.W_dec + self.b_dec
@@ -97,11 +83,11 @@ class SparseCoder(nn.Module):
         TopK winners are taken straight from `top_pre_activations`, without the dense scatter and
         nonzero scan of `encode`.
         """
-        if self.cfg.activation != "topk":
+        if self.activation.k is None:
             dense = self.encode(x)
             rows, latents = dense.nonzero(as_tuple=True)
             return rows, latents, dense[rows, latents]
-        values, latents = self.top_pre_activations(x, self.cfg.k)
+        values, latents = self.top_pre_activations(x, self.activation.k)
         rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(latents)
         active = values > 0
         return rows[active], latents[active], values[active]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from circuitdb.config import DictionaryConfig, TrainConfig
+from circuitdb.dictionaries.activations import Activation
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.data import ActivationSource, LiveActivationSource
 from circuitdb.dictionaries.sparse_coder import SparseCoder
@@ -143,7 +144,7 @@ def train_dictionary(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if cfg.activation in ("topk", "batchtopk"):
+            if _activation(coder).unit_decoder:
                 coder.normalize_decoder()
             idle_tokens += x.shape[0]
             idle_tokens[fired] = 0
@@ -164,6 +165,11 @@ def train_dictionary(
         coder.fold_scales(float(scale_in[0]), float(scale_out[0]))
     coder.eval()
     return TrainResult(coder, history, step * tcfg.batch_size)
+
+
+def _activation(coder: SparseCoder | CrossLayerTranscoder) -> Activation:
+    """The coder's activation module (a CLT's are all of one kind: its first stands for them)."""
+    return coder.activations[0] if isinstance(coder, CrossLayerTranscoder) else coder.activation
 
 
 @torch.no_grad()
@@ -195,10 +201,10 @@ def _initialize(coder, source: ActivationSource, tcfg: TrainConfig, device):
 
 def _loss(coder: SparseCoder, x, y, idle_tokens, tcfg: TrainConfig, aux_k: int):
     """Normalized MSE (+ AuxK or the sparsity penalty); returns (loss, stats, fired latent mask)."""
-    cfg = coder.cfg
+    activation = coder.activation
     variance = (y - y.mean(0)).pow(2).sum()
-    if cfg.activation == "topk":
-        indices, values = coder.sparse_topk(x, cfg.k)
+    if activation.k is not None:
+        indices, values = coder.sparse_topk(x, activation.k)
         recon = coder.decode_sparse(indices, values) + coder.b_dec
         if coder.W_skip is not None:
             recon = recon + x @ coder.W_skip.T
@@ -208,21 +214,16 @@ def _loss(coder: SparseCoder, x, y, idle_tokens, tcfg: TrainConfig, aux_k: int):
         penalty = torch.zeros((), device=x.device)
     else:
         pre = coder.pre_activations(x)
-        latents = coder.activate(pre)
+        latents = activation(pre)
         recon = coder.decode(latents, x)
         fired = (latents > 0).any(0)
         l0 = (latents > 0).sum(-1).float().mean()
-        if cfg.activation == "relu":
-            penalty = cfg.sparsity_coefficient * (latents * coder.W_dec.norm(dim=1)).sum(-1).mean()
-        elif cfg.activation == "jumprelu":
-            penalty = cfg.sparsity_coefficient * coder.jumprelu.l0(pre)
-        else:
-            penalty = torch.zeros((), device=x.device)
+        penalty = activation.penalty(pre, latents, coder.W_dec.norm(dim=1))
     error = y - recon
     fvu = error.pow(2).sum() / variance
     loss = fvu + penalty
     dead = idle_tokens > tcfg.dead_after_tokens
-    if cfg.activation in ("topk", "batchtopk") and dead.any():
+    if activation.revives_dead and dead.any():
         loss = loss + tcfg.aux_coefficient * _aux_loss(coder, x, error.detach(), dead.nonzero().squeeze(1), aux_k)
     stats = {"loss": loss.item(), "fvu": fvu.item(), "l0": float(l0), "dead": float(dead.float().mean())}
     return loss, stats, fired
@@ -244,15 +245,7 @@ def _clt_loss(coder: CrossLayerTranscoder, x, y, idle_tokens, tcfg: TrainConfig)
     """MSE summed over target layers, normalized by their summed variance, + the sparsity penalty."""
     recon, latents = coder(x)
     fvu = (y - recon).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
-    cfg = coder.cfg
-    if cfg.activation == "relu":
-        decoder_norms = torch.stack([d.norm(dim=-1).sum(-1) for d in coder.W_dec])  # [L, n]
-        penalty = cfg.sparsity_coefficient * (latents * decoder_norms).sum((-1, -2)).mean()
-    elif cfg.activation == "jumprelu":
-        penalty = cfg.sparsity_coefficient * coder.l0_penalty(x)
-    else:
-        penalty = torch.zeros((), device=x.device)
-    loss = fvu + penalty
+    loss = fvu + coder.penalty(x, latents)
     fired = (latents > 0).any(0)
     l0 = (latents > 0).sum(-1).float().mean()
     dead = idle_tokens > tcfg.dead_after_tokens

@@ -1,0 +1,90 @@
+"""Dictionary file formats, one module each, found by this registry.
+
+A format module defines `NAME`, `recognizes(folder) -> bool`, `read(folder, hint) -> DictionarySet`
+and `write(dictionaries, folder)`. `read_dictionaries` asks every module whether it recognizes the
+folder, so a `--transcoders` folder or `dictionary import` needs no format named, and adding a
+format is one new file in this package.
+
+- circuitdb: ours (config.json + weights.safetensors per dictionary, the store's layout);
+- circuit-tracer: transcoder sets (config.yaml + per-layer files) and cross-layer transcoders;
+- gemmascope: `params.npz` per layer (W_enc [d, n], W_dec [n, d], b_enc, b_dec, threshold);
+- sparsify: `cfg.json` + `sae.safetensors` per hook folder such as `layers.12.mlp`;
+- saelens: `cfg.json` + `sae_weights.safetensors` (standard/ReLU, TopK, JumpReLU).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+from circuitdb.dictionaries.formats.ours import FORMAT, load_dictionary, save_dictionary
+from circuitdb.dictionaries.sets import DictionarySet
+from circuitdb.errors import CircuitDBError
+
+
+@dataclass(frozen=True)
+class ReadHint:
+    """What a folder's files may not say by themselves; a format uses what applies to it."""
+
+    kind: str | None = None
+    """'sae' or 'plt' where the files do not tell (GemmaScope's params.npz)."""
+    hook: str | None = None
+    """Hook kind an SAE reads, where the files do not tell (e.g. resid_post)."""
+    name: str | None = None
+    """Name for the set (default: the folder's name)."""
+
+
+@cache
+def formats() -> dict[str, ModuleType]:
+    """Every format module of this package, by NAME."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found[module.NAME] = module
+    return found
+
+
+def detect(folder: Path) -> ModuleType:
+    """The one format that recognizes `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CircuitDBError(f"dictionary folder {folder} does not exist")
+    matches = [module for module in formats().values() if module.recognizes(folder)]
+    if not matches:
+        raise CircuitDBError(
+            f"{folder}: no known dictionary format ({', '.join(formats())}); see `circuitdb dictionary import --help`"
+        )
+    if len(matches) > 1:
+        names = ", ".join(m.NAME for m in matches)
+        raise CircuitDBError(f"{folder}: looks like several formats ({names}); pass --format")
+    return matches[0]
+
+
+def read_dictionaries(folder: Path, fmt: str | None = None, hint: ReadHint | None = None) -> DictionarySet:
+    """The dictionary set in `folder`, in format `fmt` or the one that recognizes it."""
+    folder = Path(folder)
+    if fmt is None:
+        module = detect(folder)
+    elif fmt not in formats():
+        raise CircuitDBError(f"unknown dictionary format {fmt!r}; expected one of {', '.join(formats())}")
+    else:
+        module = formats()[fmt]
+        if not folder.is_dir():
+            raise CircuitDBError(f"dictionary folder {folder} does not exist")
+    return module.read(folder, hint or ReadHint())
+
+
+def write_dictionaries(dictionaries: DictionarySet, fmt: str, folder: Path) -> None:
+    """Write the set in format `fmt` (the folder is replaced whole, or left as it was on an error)."""
+    if fmt not in formats():
+        raise CircuitDBError(f"unknown dictionary format {fmt!r}; expected one of {', '.join(formats())}")
+    formats()[fmt].write(dictionaries, Path(folder))
+
+
+__all__ = ["FORMAT", "DictionarySet", "ReadHint", "detect", "formats", "load_dictionary", "read_dictionaries"]
+__all__ += ["save_dictionary", "write_dictionaries"]
