@@ -34,14 +34,14 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")
 
 
-def _build(kind: str, directory: Path) -> Path:
+def _build(kind: str, directory: Path, n_layers: int = 3) -> Path:
     torch.manual_seed(0)
     if kind == "llama":
         config = LlamaConfig(
             vocab_size=VOCAB,
             hidden_size=64,
             intermediate_size=128,
-            num_hidden_layers=3,
+            num_hidden_layers=n_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=128,
@@ -59,6 +59,12 @@ def _build(kind: str, directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def llama12_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 layers: enough that layer numbers read from file names cannot line up with their order by luck."""
+    return _build("llama", tmp_path_factory.mktemp("tiny-llama-12"), n_layers=12)
 
 
 @pytest.fixture(scope="session")
