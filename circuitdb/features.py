@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
-from circuitdb.dictionaries.formats import load_dictionary
+from circuitdb.dictionaries.formats import DictionarySet, load_dictionary
 from circuitdb.dictionaries.shortlist import SHORTLIST, coarse_top_columns, exact_top, top_products
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -283,34 +283,22 @@ def build_layer_features(
     return features.height, exemplars.height
 
 
-def load_dictionary_set(store: Store, name: str) -> dict[int, tuple[SparseCoder, str]]:
-    """Every stored per-layer dictionary of set `name`: layer → (coder, input hook)."""
-    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("kind") != "clt"))
-    if rows.is_empty():
-        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build them first")
-    loaded = {}
-    for layer, path in rows.select("layer", "path").iter_rows():
-        coder, meta = load_dictionary(store.root / path)
-        loaded[layer] = (coder.eval(), meta["input_hook"])
-    return loaded
-
-
 @torch.no_grad()
-def active_features(
-    lm: LoadedModel, dictionaries: dict[int, tuple[SparseCoder, str]], name: str, text: str
-) -> pl.DataFrame:
+def active_features(lm: LoadedModel, dictionaries: DictionarySet, text: str) -> pl.DataFrame:
     """Every (feature, position) active when the model reads `text` (BOS added, position 0 left out)."""
     if not text.strip():
         raise CircuitDBError("empty text: give some words to search with")
     ids = lm.encode(text)
     if len(ids) > lm.max_context:
         raise CircuitDBError(f"text is {len(ids)} tokens, longer than the model's context of {lm.max_context}")
-    hooks = resolve_hooks(lm, [hook for _, hook in dictionaries.values()])
-    acts = capture(lm, torch.tensor([ids]), hooks)
+    if dictionaries.clt is not None:
+        raise CircuitDBError(f"{dictionaries.name} is a cross-layer transcoder; text search reads per-layer sets")
+    hooks = {layer: f"{dictionaries.input_kind}.{layer}" for layer in dictionaries.layers}
+    acts = capture(lm, torch.tensor([ids]), resolve_hooks(lm, hooks.values()))
     tokens = [lm.tokenizer.decode([i]) for i in ids]
-    frames = []
-    for layer, (coder, hook) in sorted(dictionaries.items()):
-        latents = coder.to(lm.device).encode(acts[hook][0])[1:].cpu()
+    frames, name = [], dictionaries.name
+    for layer, coder in sorted(dictionaries.coders.items()):
+        latents = coder.to(lm.device).encode(acts[hooks[layer]][0])[1:].cpu()
         position, index = latents.nonzero(as_tuple=True)
         frames.append(
             pl.DataFrame(

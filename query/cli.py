@@ -276,7 +276,8 @@ def search_text(
     """Features most active on a text: pooled (max over tokens) or per token, ranked by activation / max."""
     import polars as pl
 
-    from circuitdb.features import active_features, load_dictionary_set
+    from circuitdb.dictionaries.pipeline import stored_set
+    from circuitdb.features import active_features
     from circuitdb.models import load_model
 
     project = _config(config, store=store)
@@ -284,7 +285,7 @@ def search_text(
     if not text.strip():
         raise CircuitDBError("empty text: give some words to search with")
     lm = load_model(project.model.spec, project.model.device)
-    found = active_features(lm, load_dictionary_set(opened, name), name, text)
+    found = active_features(lm, stored_set(opened, name), text)
     if "features" in opened.table_names():
         stats = run_sql(
             opened, f"SELECT feature_id, max_act, label FROM features WHERE dictionary = {sql_literal(name)}"

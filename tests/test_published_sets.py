@@ -90,3 +90,52 @@ def test_graph_from_a_folder_without_a_store(tmp_path: Path, llama12_dir: Path, 
         "sql", "SELECT count(*) AS n FROM graph_nodes WHERE kind = 'feature'", "-f", "json", "--config", str(project)
     )
     assert code == 0 and json.loads(out)[0]["n"] > 0, err
+
+
+def test_dictionary_import_then_graph_from_the_store(tmp_path: Path, llama12_dir: Path, cli) -> None:
+    """A sparsify run folder (12 `layers.N.mlp` transcoders) imported into a new store, then used by name."""
+    run = tmp_path / "sparsify-run"
+    for layer in range(12):
+        gen = torch.Generator().manual_seed(layer)
+        hook = run / f"layers.{layer}.mlp"
+        hook.mkdir(parents=True)
+        tensors = {
+            "encoder.weight": torch.randn(N_LATENTS, D, generator=gen),
+            "encoder.bias": torch.randn(N_LATENTS, generator=gen),
+            "W_dec": torch.randn(N_LATENTS, D, generator=gen) * 0.1,
+            "b_dec": torch.randn(D, generator=gen) * 0.1,
+        }
+        save_file(tensors, hook / "sae.safetensors")
+        config = {"activation": "topk", "num_latents": N_LATENTS, "k": 5, "transcode": True, "d_in": D}
+        (hook / "cfg.json").write_text(json.dumps(config))
+    store = tmp_path / "store"
+    project = tmp_path / "circuitdb.yaml"
+    yaml_text = f"model:\n  spec: {llama12_dir}\n  device: cpu\nstore: {store}\nattribution:\n  dictionaries: sp\n"
+    project.write_text(yaml_text)
+    config = ("--config", str(project))
+    code, out, err = cli("dictionary", "import", str(run), "--name", "sp", *config)
+    assert code == 0 and "12 layers × 96 latents" in out and "sparsify" in out, err
+    code, out, _ = cli(
+        "sql", "SELECT layer, kind, activation, input_hook, k FROM dictionaries ORDER BY layer", "-f", "json", *config
+    )
+    rows = json.loads(out)
+    assert [r["layer"] for r in rows] == list(range(12)) and rows[11]["input_hook"] == "mlp_in.11"
+    assert {(r["kind"], r["activation"], r["k"]) for r in rows} == {("plt", "topk", 5)}
+    code, out, err = cli("graph", "build", "The quick brown fox", "-f", "json", *config)
+    assert code == 0, err
+    built = json.loads(out.strip().splitlines()[-1])
+    assert built["n_active_features"] == 5 * 12 * 4, err  # k per token, layer, non-BOS position
+    code, _, err = cli(
+        "dictionary", "export", "--name", "sp", "--format", "circuit-tracer", "--out", str(tmp_path / "ct"), *config
+    )
+    assert code == 0 and (tmp_path / "ct" / "layer_11.safetensors").is_file(), err
+    narrow = tmp_path / "narrow"
+    _write_set(narrow, range(12), d=32)
+    for args, message in (
+        (["dictionary", "import", str(narrow)], "layer_0.safetensors: width 32 → 32 does not fit"),
+        (["dictionary", "import", str(tmp_path / "nowhere")], "does not exist"),
+        (["dictionary", "import", str(tmp_path)], "no known dictionary format"),
+        (["dictionary", "import", str(run), "--hook", "mlp_nope"], "--hook must be one of"),
+    ):
+        code, _, err = cli(*args, *config)
+        assert code == 1 and err.strip().splitlines()[-1].startswith("error: ") and message in err, (args, err)

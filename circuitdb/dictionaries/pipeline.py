@@ -147,7 +147,11 @@ def import_dictionary_set(store: Store, lm: LoadedModel, dictionaries: Dictionar
             }
             for layer in layers
         ]
-        meta = {"model": lm.name, "imported_from": dictionaries.source(layers[0]), "format": dictionaries.format}
+        meta = {
+            "model": lm.name,
+            "imported_from": dictionaries.source(layers[0]),
+            "imported_format": dictionaries.format,
+        }
         if member == "clt":
             meta["layers"] = layers
         else:

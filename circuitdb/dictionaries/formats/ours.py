@@ -26,8 +26,8 @@ _RENAMED = {"jumprelu.": "activation.", "batch_topk.": "activation.", "jumprelus
 
 def save_dictionary(coder: SparseCoder | CrossLayerTranscoder, directory: Path, meta: dict) -> None:
     """Save to our format; `meta` (model, hooks, layer, metrics...) goes into config.json."""
-    config = {"format": FORMAT, "version": 1, "dictionary": dataclasses.asdict(coder.cfg), "d_in": coder.d_in}
-    config |= {"d_out": coder.d_out, "n_layers": getattr(coder, "n_layers", 1), **meta}
+    shapes = {"d_in": coder.d_in, "d_out": coder.d_out, "n_layers": getattr(coder, "n_layers", 1)}
+    config = meta | {"format": FORMAT, "version": 1, "dictionary": dataclasses.asdict(coder.cfg), **shapes}
 
     def write(folder: Path) -> None:
         tensors = {k: v.detach().contiguous().cpu() for k, v in coder.state_dict().items()}
