@@ -235,7 +235,7 @@ def _token_strings(lm: LoadedModel) -> np.ndarray:
 def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
     """Top/bottom-k vocabulary ids and exact values of each decoder row through final-norm gain and
     unembedding, best first; one bf16 product per 256 rows shortlists both ends (see dictionaries/shortlist.py)."""
-    gain = lm.model.get_submodule(lm.arch.final_norm).weight.detach().float()
+    gain = lm.norm_gain(lm.model.get_submodule(lm.arch.final_norm)).detach().float()
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight.detach().float()
     coarse_unembedding = unembedding.bfloat16().T
     shortlist = min(SHORTLIST * k, len(unembedding))

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+)
 
 from circuitdb.models import LoadedModel, load_model
 
@@ -34,31 +44,88 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")
 
 
+_SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+)
+_CONFIGS = {
+    "llama": lambda n: LlamaConfig(**_SHAPE, num_hidden_layers=n),
+    "llama3": lambda n: LlamaConfig(  # Llama-3.x rope scaling
+        **_SHAPE,
+        num_hidden_layers=n,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ),
+    "qwen3": lambda n: Qwen3Config(**_SHAPE, num_hidden_layers=n, head_dim=16),  # q/k norms
+    "mistral": lambda n: MistralConfig(**_SHAPE, num_hidden_layers=n, sliding_window=4),
+    "gemma2": lambda n: Gemma2Config(
+        **_SHAPE,
+        num_hidden_layers=n,
+        head_dim=16,
+        sliding_window=4,  # shorter than the test prompts, so the sliding layers differ from the global ones
+        attn_logit_softcapping=5.0,  # small caps so that soft-capping changes values
+        final_logit_softcapping=3.0,
+        query_pre_attn_scalar=16,
+    ),
+    "gemma3": lambda n: Gemma3TextConfig(
+        **_SHAPE,
+        num_hidden_layers=n,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * (n // 2) + ["sliding_attention"] * (n % 2),
+        query_pre_attn_scalar=16,
+    ),
+}
+ARCHITECTURES = tuple(_CONFIGS) + ("gpt2",)
+
+
 def _build(kind: str, directory: Path, n_layers: int = 3) -> Path:
     torch.manual_seed(0)
-    if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            tie_word_embeddings=True,
-        )
-        model = LlamaForCausalLM(config)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=n_layers, n_head=4, n_positions=128))
     else:
-        config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128)
-        model = GPT2LMHeadModel(config)
+        model = AutoModelForCausalLM.from_config(_CONFIGS[kind](n_layers))
+        with torch.no_grad():  # norm gains away from their init, so that (1 + w) vs w would show
+            for name, parameter in model.named_parameters():
+                if "norm" in name:
+                    parameter.add_(torch.randn_like(parameter) * 0.2)
     model.save_pretrained(directory)
     _tokenizer().save_pretrained(directory)
     return directory
 
 
 @pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build("llama", tmp_path_factory.mktemp("tiny-llama"))
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random model folders by architecture, built on first use."""
+    built: dict[str, Path] = {}
+
+    class Dirs(dict):
+        def __missing__(self, kind: str) -> Path:
+            built[kind] = _build(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
+            self[kind] = built[kind]
+            return built[kind]
+
+    return Dirs()
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def any_architecture(request: pytest.FixtureRequest, model_dirs) -> LoadedModel:
+    return load_model(str(model_dirs[request.param]), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(model_dirs) -> Path:
+    return model_dirs["llama"]
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +135,8 @@ def llama12_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
+def gpt2_dir(model_dirs) -> Path:
+    return model_dirs["gpt2"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,10 @@ def _ids(lm: LoadedModel) -> torch.Tensor:
     return torch.tensor([lm.encode(t)[:10] for t in texts])
 
 
-def test_hooks_match_hidden_states_and_modules(tiny: LoadedModel) -> None:
+def test_hooks_match_hidden_states_and_modules(any_architecture: LoadedModel) -> None:
+    """On every architecture: mlp_in is the MLP's input, mlp_out and attn_out what the sublayers add to the
+    residual (after Gemma's post-norms), and the parts sum to resid_post."""
+    tiny = any_architecture
     ids = _ids(tiny)
     hooks = resolve_hooks(tiny, [f"{k}.{layer}" for k in ALL_KINDS for layer in range(tiny.n_layers)])
     acts = capture(tiny, ids, hooks)
@@ -33,9 +36,11 @@ def test_hooks_match_hidden_states_and_modules(tiny: LoadedModel) -> None:
             assert torch.allclose(final_norm(post), hidden[layer + 1], atol=1e-5)
         parts = acts[f"resid_pre.{layer}"] + acts[f"attn_out.{layer}"] + acts[f"mlp_out.{layer}"]
         assert torch.allclose(post, parts, atol=1e-5)
-        mlp = tiny.block(layer).get_submodule(tiny.arch.mlp)
+        block = tiny.block(layer)
+        mlp = block.get_submodule(tiny.arch.mlp)
+        post_norm = block.get_submodule(tiny.arch.mlp_out_norm) if tiny.arch.mlp_out_norm else torch.nn.Identity()
         with torch.no_grad():
-            assert torch.allclose(mlp(acts[f"mlp_in.{layer}"]), acts[f"mlp_out.{layer}"], atol=1e-6)
+            assert torch.allclose(post_norm(mlp(acts[f"mlp_in.{layer}"])), acts[f"mlp_out.{layer}"], atol=1e-6)
         assert not torch.allclose(acts[f"mlp_in.{layer}"], acts[f"resid_pre.{layer}"] + acts[f"attn_out.{layer}"])
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from circuitdb.attribution.pruning import node_influence
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, is_centred
 from circuitdb.errors import CircuitDBError
+from circuitdb.models import LoadedModel
 
 
 @dataclass
@@ -91,8 +92,8 @@ def _value_output(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
 class _Norm:
     """A frozen norm's backward: scale by gain/rms per position, then (LayerNorm) remove the mean."""
 
-    def __init__(self, module: torch.nn.Module, scale: torch.Tensor) -> None:
-        self.gain = module.weight * scale  # [P, d]
+    def __init__(self, lm: LoadedModel, module: torch.nn.Module, scale: torch.Tensor) -> None:
+        self.gain = lm.norm_gain(module) * scale  # [P, d]
         self.centred = is_centred(module)
 
     def backward(self, grad: torch.Tensor, positions: int) -> torch.Tensor:
@@ -121,8 +122,12 @@ class _Weights:
         self.head_dim = self.W_O.shape[1] // self.heads
         self.groups = self.heads * self.head_dim // self.W_V.shape[0]
         self.pattern = rm.freezer.patterns[layer]  # [heads, P, P]
-        self.attention_norm = _Norm(block.get_submodule(lm.arch.attention_norm), scales[f"{layer}.attention"])
-        self.mlp_norm = _Norm(block.get_submodule(lm.arch.mlp_norm), scales[f"{layer}.mlp"])
+        self.attention_norm = _Norm(lm, block.get_submodule(lm.arch.attention_norm), scales[f"{layer}.attention"])
+        self.mlp_norm = _Norm(lm, block.get_submodule(lm.arch.mlp_norm), scales[f"{layer}.mlp"])
+        post_norm = lm.arch.attention_out_norm
+        self.attention_out_norm = None  # Gemma normalizes the attention output before adding it
+        if post_norm is not None:
+            self.attention_out_norm = _Norm(lm, block.get_submodule(post_norm), scales[f"{layer}.attention_out"])
         self.skip = rm.transcoders.skip(layer)
 
     def skip_backward(self, grad: torch.Tensor, positions: int) -> None:
@@ -133,7 +138,8 @@ class _Weights:
     def attention_backward(self, grad: torch.Tensor, positions: int) -> None:
         """grad at resid_mid → grad at resid_pre, in place: the residual plus value/output paths."""
         n = grad.shape[0]
-        per_head = (grad @ self.W_O).view(n, positions, self.heads, self.head_dim)
+        to_output = grad if self.attention_out_norm is None else self.attention_out_norm.backward(grad, positions)
+        per_head = (to_output @ self.W_O).view(n, positions, self.heads, self.head_dim)
         pattern = self.pattern[:, :positions, :positions]
         to_values = torch.einsum("hqk,nqhe->nkhe", pattern, per_head)
         to_values = to_values.reshape(n, positions, -1, self.groups, self.head_dim).sum(3)
@@ -179,7 +185,7 @@ def attribute(
             rows, _ = tc.encoder(layer, features.index[mask])
             reads[:n_f][mask] = weights[layer].mlp_norm.read(rows, features.position[mask])
     unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
-    final_norm = _Norm(lm.model.get_submodule(lm.arch.final_norm), rm.freezer.scales["final"])
+    final_norm = _Norm(lm, lm.model.get_submodule(lm.arch.final_norm), rm.freezer.scales["final"])
     last = torch.full((len(tokens),), P - 1, device=device)
     reads[n_f:] = final_norm.read(unembedding[tokens] - unembedding.mean(0), last)  # demeaned: softmax ignores shifts
 
@@ -234,7 +240,7 @@ def attribute(
             if len(live):
                 weights[layer].attention_backward(live, position + 1)
 
-    embeddings = lm.model.get_submodule(lm.arch.embedding).weight[rm.ids.to(device)]
+    embeddings = lm.model.get_submodule(lm.arch.embedding)(rm.ids.to(device))  # with Gemma's √d scale
     for position, members, _, grad in groups:
         if len(members):
             adjacency[target_row[members][:, None], token_start + torch.arange(position + 1, device=device)] = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
@@ -27,6 +28,7 @@ from transformers.masking_utils import eager_mask
 
 from circuitdb.attribution.transcoders import Transcoders
 from circuitdb.models import LoadedModel
+from circuitdb.models.hooks import replace_mlp_out
 
 ATTENTION = "circuitdb_frozen"
 
@@ -43,13 +45,16 @@ class _Freezer:
 _ACTIVE: list[_Freezer] = []
 
 
-def _frozen_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention that records its softmax pattern, or replays a recorded one (detached)."""
+def _frozen_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
+    """Eager attention that records its softmax pattern, or replays a recorded one (detached).
+    Gemma's attention-logit soft-cap and sliding windows (in the mask) shape the recorded pattern only."""
     state = _ACTIVE[-1]
     groups = query.shape[1] // value.shape[1]
     value = value.repeat_interleave(groups, dim=1)
     if state.record:
         scores = query @ key.repeat_interleave(groups, dim=1).transpose(2, 3) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         if attention_mask is not None:
             scores = scores + attention_mask[..., : key.shape[-2]]
         pattern = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
@@ -68,7 +73,7 @@ def is_centred(norm: torch.nn.Module) -> bool:
     return isinstance(norm, torch.nn.LayerNorm)
 
 
-def _norm_hook(path: str):
+def _norm_hook(path: str, gain: torch.Tensor):
     """RMSNorm / LayerNorm with its 1/rms (1/std) recorded on the prompt and replayed as a constant."""
 
     def hook(module, args, output):
@@ -77,10 +82,10 @@ def _norm_hook(path: str):
         if is_centred(module):
             x = x - x.mean(-1, keepdim=True)
         if state.record:
-            eps = module.eps if is_centred(module) else module.variance_epsilon
+            eps = getattr(module, "variance_epsilon", None) or module.eps
             scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
             state.scales[path] = scale[0].detach()
-        out = module.weight * (x * state.scales[path].to(x.dtype))
+        out = gain * (x * state.scales[path].to(x.dtype))
         return out + module.bias if getattr(module, "bias", None) is not None else out
 
     return hook
@@ -93,6 +98,9 @@ def norm_paths(lm: LoadedModel) -> dict[str, torch.nn.Module]:
         block = lm.block(layer)
         norms[f"{layer}.attention"] = block.get_submodule(lm.arch.attention_norm)
         norms[f"{layer}.mlp"] = block.get_submodule(lm.arch.mlp_norm)
+        for key, path in (("attention_out", lm.arch.attention_out_norm), ("mlp_out", lm.arch.mlp_out_norm)):
+            if path is not None:
+                norms[f"{layer}.{key}"] = block.get_submodule(path)
     return norms
 
 
@@ -100,7 +108,9 @@ def norm_paths(lm: LoadedModel) -> dict[str, torch.nn.Module]:
 def _frozen(lm: LoadedModel, state: _Freezer) -> Iterator[None]:
     """Within: attention and norms of `lm` record into / replay from `state`."""
     previous = lm.model.config._attn_implementation
-    handles = [module.register_forward_hook(_norm_hook(path)) for path, module in norm_paths(lm).items()]
+    handles = [
+        module.register_forward_hook(_norm_hook(path, lm.norm_gain(module))) for path, module in norm_paths(lm).items()
+    ]
     lm.model.set_attn_implementation(ATTENTION)
     _ACTIVE.append(state)
     try:
@@ -114,6 +124,11 @@ def _frozen(lm: LoadedModel, state: _Freezer) -> Iterator[None]:
 
 MlpFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer, mlp_in [positions, d], mlp_out [positions, d]) → the MLP output to use instead."""
+
+
+def _one_sequence(mlp: MlpFn, layer: int, mlp_in: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+    """`mlp` on the one sequence of a batch of one: [1, P, d] in and out."""
+    return mlp(layer, mlp_in[0], mlp_out[0]).unsqueeze(0)
 
 
 def forward(
@@ -130,9 +145,8 @@ def forward(
             stack.enter_context(_frozen(lm, freezer))
         if mlp is not None:
             for layer in range(lm.n_layers):
-                module = lm.block(layer).get_submodule(lm.arch.mlp)
-                hook = lambda m, args, out, layer=layer: mlp(layer, args[0][0], out[0]).unsqueeze(0)  # noqa: E731
-                stack.callback(module.register_forward_hook(hook).remove)
+                for handle in replace_mlp_out(lm, layer, partial(_one_sequence, mlp, layer)):
+                    stack.callback(handle.remove)
         if inputs_embeds is not None:
             out = lm.model(inputs_embeds=inputs_embeds.unsqueeze(0), use_cache=False)
         else:

@@ -105,14 +105,14 @@ def capture(
             fn = lambda m, args, kwargs, h=hook: store(h, args[0] if args else kwargs["hidden_states"])  # noqa: E731
             handles.append(block.register_forward_pre_hook(fn, with_kwargs=True))
         elif hook.kind == "attn_out":
-            attn = block.get_submodule(lm.arch.attention)
-            handles.append(attn.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+            attn_out = block.get_submodule(lm.arch.attn_out_module)
+            handles.append(attn_out.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
         elif hook.kind == "mlp_in":
             mlp = block.get_submodule(lm.arch.mlp)
             handles.append(mlp.register_forward_pre_hook(lambda m, args, h=hook: store(h, args[0])))
         elif hook.kind == "mlp_out":
-            mlp = block.get_submodule(lm.arch.mlp)
-            handles.append(mlp.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+            mlp_out = block.get_submodule(lm.arch.mlp_out_module)
+            handles.append(mlp_out.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
         else:
             handles.append(block.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
     try:
@@ -141,7 +141,7 @@ def replaced(lm: LoadedModel, hook: HookPoint, fn: Callable[[torch.Tensor], torc
         mlp = block.get_submodule(lm.arch.mlp)
         handle = mlp.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
     else:
-        module = {"attn_out": lm.arch.attention, "mlp_out": lm.arch.mlp, "resid_post": ""}[hook.kind]
+        module = {"attn_out": lm.arch.attn_out_module, "mlp_out": lm.arch.mlp_out_module, "resid_post": ""}[hook.kind]
         target = block.get_submodule(module) if module else block
 
         def post(m, args, out):
@@ -154,14 +154,27 @@ def replaced(lm: LoadedModel, hook: HookPoint, fn: Callable[[torch.Tensor], torc
         handle.remove()
 
 
+def replace_mlp_out(
+    lm: LoadedModel, layer: int, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that make the MLP block of `layer` add fn(mlp_in, mlp_out) to the residual instead of mlp_out
+    (after the post-norm, where the architecture has one). Returns the handles to remove."""
+    block = lm.block(layer)
+    seen: list[torch.Tensor] = []
+    mlp, mlp_out = block.get_submodule(lm.arch.mlp), block.get_submodule(lm.arch.mlp_out_module)
+    keep_input = mlp.register_forward_pre_hook(lambda m, args: seen.__setitem__(slice(None), [args[0]]))
+    replace = mlp_out.register_forward_hook(lambda m, args, out: fn(seen[0], _first(out)))
+    return [keep_input, replace]
+
+
 @contextmanager
 def mlp_replaced(
     lm: LoadedModel, layer: int, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> Iterator[None]:
-    """Within the block, the MLP of `layer` outputs fn(mlp_in, mlp_out) instead of mlp_out (transcoders)."""
-    mlp = lm.block(layer).get_submodule(lm.arch.mlp)
-    handle = mlp.register_forward_hook(lambda m, args, out: fn(args[0], out))
+    """Within: the MLP block of `layer` adds fn(mlp_in, mlp_out) instead of mlp_out (transcoders)."""
+    handles = replace_mlp_out(lm, layer, fn)
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

@@ -76,6 +76,10 @@ class LoadedModel:
     def eos_token_id(self) -> int:
         return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.bos_token_id
 
+    def norm_gain(self, norm: torch.nn.Module) -> torch.Tensor:
+        """What a norm multiplies the normalized vector by: its weight, plus 1 for Gemma's RMSNorms."""
+        return norm.weight + self.arch.norm_offset if self.arch.norm_offset else norm.weight
+
     def block(self, layer: int) -> torch.nn.Module:
         return self.model.get_submodule(self.arch.layers)[layer]
 
