@@ -247,3 +247,17 @@ def test_a_graph_too_large_for_the_memory_limit_is_refused_before_allocating(tra
     with pytest.raises(CircuitDBError, match="attribution.max_adjacency_gb"):
         attribute(rm, progress=False, max_adjacency_gb=limit)
     assert attribute(rm, progress=False, max_adjacency_gb=limit / 0.98).n_nodes == graph.n_nodes
+
+
+def test_edge_validation_holds_with_gemmas_final_softcap(model_dirs) -> None:
+    """validate_edges measures logits before the final soft-cap, where edges end: with the cap on (3.0, far
+    from linear) predicted and measured changes still agree."""
+    from circuitdb.attribution.interventions import validate_edges
+
+    lm = load_model(str(model_dirs["gemma2"]), device="cpu")
+    lm.model.double()
+    assert lm.model.config.final_logit_softcapping == 3.0
+    rm = trace(lm, lm.encode(PROMPT), _per_layer([0, 1, 2]))
+    checks = validate_edges(rm, attribute(rm, progress=False), 5)
+    assert len(checks) == 5 and max(c["relative_error"] for c in checks) < 1e-6
+    assert lm.model.config.final_logit_softcapping == 3.0  # restored

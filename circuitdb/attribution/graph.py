@@ -6,7 +6,9 @@ source s on target t: s's write into the residual stream (activation × decoder 
 or the token embedding) dotted with the gradient of t's pre-activation (or demeaned logit) with
 respect to that residual, along frozen paths only — attention through its frozen pattern and value/
 output projections, norms through their frozen 1/rms, transcoders through their linear skip, never
-through another feature's nonlinearity.
+through another feature's nonlinearity. Logit targets are demeaned logits before any final soft-cap
+(Gemma's tanh), as circuit-tracer's: the cap is left out rather than linearized, and the target
+probabilities are the model's own (capped) ones.
 
 How it is computed (exact, no sampling): one backward sweep from the last layer down carries the
 residual-stream gradient of every target at once. Targets are grouped by their position p and only

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitdb.attribution.graph import Graph
-from circuitdb.attribution.replacement_model import ReplacementModel, forward
+from circuitdb.attribution.replacement_model import ReplacementModel, forward, logits_before_softcap
 from circuitdb.errors import CircuitDBError
 
 
@@ -121,13 +121,24 @@ def validate_edges(rm: ReplacementModel, graph: Graph, n_features: int) -> list[
     frozen replacement model, and compare the logit's change with minus that edge."""
     row = graph.adjacency[graph.logit_start, : graph.n_features]
     token = graph.logit_tokens[0]
-    clean = rm.logits[-1] - rm.logits[-1].mean()
     f = graph.features
     checks = []
-    for source in row.abs().topk(min(n_features, graph.n_features)).indices.tolist():
+    sources = row.abs().topk(min(n_features, graph.n_features)).indices.tolist()
+    with logits_before_softcap(rm.lm):  # edges end at logits before Gemma's final soft-cap
+        clean = rm.run()[-1]
+        zeroed = [
+            intervene(
+                rm,
+                [Intervention(int(f.layer[s]), int(f.index[s]), "zero", positions=[int(f.position[s])])],
+                True,
+                range(graph.n_layers),
+            ).logits[-1]
+            for s in sources
+        ]
+    clean = clean - clean.mean()
+    for source, logits in zip(sources, zeroed, strict=True):
         layer, position, index = int(f.layer[source]), int(f.position[source]), int(f.index[source])
-        zeroed = intervene(rm, [Intervention(layer, index, "zero", positions=[position])], True, range(graph.n_layers))
-        measured = float((zeroed.logits[-1] - zeroed.logits[-1].mean())[token] - clean[token])
+        measured = float((logits - logits.mean())[token] - clean[token])
         predicted = -float(row[source])
         error = abs(measured - predicted) / max(abs(predicted), 1e-6)
         checks.append(

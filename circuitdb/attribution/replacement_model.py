@@ -122,6 +122,22 @@ def _frozen(lm: LoadedModel, state: _Freezer) -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def logits_before_softcap(lm: LoadedModel) -> Iterator[None]:
+    """Within: the model returns its logits before Gemma's final soft-cap (tanh), the quantity graph edges
+    end at (as circuit-tracer's do); a no-op for models without one."""
+    config = lm.model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is None:
+        yield
+        return
+    config.final_logit_softcapping = None
+    try:
+        yield
+    finally:
+        config.final_logit_softcapping = cap
+
+
 MlpFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer, mlp_in [positions, d], mlp_out [positions, d]) → the MLP output to use instead."""
 
