@@ -94,25 +94,29 @@ def as_rows(matrix: torch.Tensor, n_latents: int, name: str, source: Path | str)
     raise CircuitDBError(f"{source}: {name} has shape {tuple(matrix.shape)}; expected one side of {n_latents} latents")
 
 
+def member_folders(folder: Path, is_member: Callable[[Path], bool]) -> list[Path]:
+    """`folder` itself when it is one dictionary's folder, else its subfolders that are (sorted)."""
+    return [folder] if is_member(folder) else sorted(p for p in folder.iterdir() if p.is_dir() and is_member(p))
+
+
 def make_coder(
     cfg: DictionaryConfig,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    b_dec: torch.Tensor,
+    tensors: dict[str, torch.Tensor],
     source: Path | str,
     *,
     threshold: torch.Tensor | None = None,
-    W_skip: torch.Tensor | None = None,
     centres_input: bool | None = None,
 ) -> SparseCoder:
-    """A coder from a file's tensors. W_enc/W_dec may be [n, d] or [d, n]; `threshold` for JumpReLU.
+    """A coder from a file's tensors under our names (W_enc, b_enc, W_dec, b_dec, optional W_skip); the
+    matrices may be [n, d] or [d, n]; `threshold` for JumpReLU.
 
     `centres_input` says whether the file's encoder subtracts b_dec from its input. Our SAEs always
     do and our transcoders never do; where the file differs, b_enc absorbs W_enc·b_dec (same latents).
     """
+    require(tensors, ("W_enc", "b_enc", "W_dec", "b_dec"), source)
+    b_enc, b_dec, W_skip = tensors["b_enc"], tensors["b_dec"], tensors.get("W_skip")
     n = b_enc.shape[0]
-    W_enc, W_dec = as_rows(W_enc, n, "W_enc", source), as_rows(W_dec, n, "W_dec", source)
+    W_enc, W_dec = as_rows(tensors["W_enc"], n, "W_enc", source), as_rows(tensors["W_dec"], n, "W_dec", source)
     d_in, d_out = W_enc.shape[1], W_dec.shape[1]
     if b_dec.shape != (d_out,):
         raise CircuitDBError(f"{source}: b_dec has shape {tuple(b_dec.shape)}; W_dec writes width {d_out}")

@@ -150,7 +150,7 @@ def _layer_files(folder: Path, config: dict) -> dict[int, Path]:
 
 def _read_layer(path: Path, config: dict) -> SparseCoder:
     tensors = load_tensors(path)
-    require(tensors, ("W_enc", "W_dec", "b_enc", "b_dec"), path)
+    require(tensors, ("W_enc", "W_dec", "b_enc", "b_dec"), path)  # before the activation is worked out
     threshold = next((tensors[k] for k in THRESHOLD_KEYS if k in tensors), None)
     if threshold is None and "log_threshold" in tensors:
         threshold = tensors["log_threshold"].exp()
@@ -166,17 +166,7 @@ def _read_layer(path: Path, config: dict) -> SparseCoder:
     n = tensors["b_enc"].shape[0]
     k = int(config.get("k") or 1)
     cfg = DictionaryConfig(kind="plt", activation=activation, n_latents=n, k=min(k, n), skip="W_skip" in tensors)
-    return make_coder(
-        cfg,
-        tensors["W_enc"],
-        tensors["b_enc"],
-        tensors["W_dec"],
-        tensors["b_dec"],
-        path,
-        threshold=threshold,
-        W_skip=tensors.get("W_skip"),
-        centres_input=False,
-    )
+    return make_coder(cfg, tensors, path, threshold=threshold, centres_input=False)
 
 
 def read_clt(folder: Path) -> CrossLayerTranscoder:

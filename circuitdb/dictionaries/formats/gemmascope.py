@@ -57,16 +57,7 @@ def read(folder: Path, hint) -> DictionarySet:
         require(tensors, ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"), path)
         n = tensors["b_enc"].shape[0]
         cfg = DictionaryConfig(kind=kind, activation="jumprelu", n_latents=n, k=1)
-        coders[layer] = make_coder(
-            cfg,
-            tensors["W_enc"],
-            tensors["b_enc"],
-            tensors["W_dec"],
-            tensors["b_dec"],
-            path,
-            threshold=tensors["threshold"],
-            centres_input=False,
-        )
+        coders[layer] = make_coder(cfg, tensors, path, threshold=tensors["threshold"], centres_input=False)
         sources[layer] = str(path)
     return DictionarySet(hint.name or folder.name, NAME, coders, None, input_kind, output_kind, sources)
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
-from circuitdb.dictionaries.formats._files import load_tensors, read_json, write_folder
+from circuitdb.dictionaries.formats._files import load_tensors, member_folders, read_json, write_folder
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -71,18 +71,14 @@ def _is_ours(folder: Path) -> bool:
         return False
 
 
-def _members(folder: Path) -> list[Path]:
-    return [folder] if _is_ours(folder) else sorted(p for p in folder.iterdir() if p.is_dir() and _is_ours(p))
-
-
 def recognizes(folder: Path) -> bool:
-    return bool(_members(folder))
+    return bool(member_folders(folder, _is_ours))
 
 
 def read(folder: Path, hint) -> DictionarySet:
     """One dictionary folder, or a folder of them (one per layer, or a CLT)."""
     coders, sources, clt, config = {}, {}, None, {}
-    for member in _members(folder):
+    for member in member_folders(folder, _is_ours):
         coder, config = load_dictionary(member)
         if isinstance(coder, CrossLayerTranscoder):
             clt = coder

@@ -15,7 +15,14 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.formats._files import load_tensors, make_coder, read_json, require, write_folder
+from circuitdb.dictionaries.formats._files import (
+    load_tensors,
+    make_coder,
+    member_folders,
+    read_json,
+    require,
+    write_folder,
+)
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -39,12 +46,8 @@ def _is_sae(folder: Path) -> bool:
     return (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
 
 
-def _members(folder: Path) -> list[Path]:
-    return [folder] if _is_sae(folder) else sorted(p for p in folder.iterdir() if _is_sae(p))
-
-
 def recognizes(folder: Path) -> bool:
-    return bool(_members(folder))
+    return bool(member_folders(folder, _is_sae))
 
 
 def _hook(config: dict, folder: Path) -> HookPoint:
@@ -75,22 +78,15 @@ def _read_one(folder: Path) -> tuple[HookPoint, SparseCoder]:
         require(tensors, ("threshold",), path)
     k = config.get("k") or (config.get("activation_fn_kwargs") or {}).get("k") or 1
     cfg = DictionaryConfig(kind="sae", activation=activation, n_latents=config["d_sae"], k=int(k))
-    coder = make_coder(
-        cfg,
-        tensors["W_enc"],
-        tensors["b_enc"],
-        tensors["W_dec"],
-        tensors["b_dec"],
-        path,
-        threshold=tensors.get("threshold") if activation == "jumprelu" else None,
-        centres_input=bool(config.get("apply_b_dec_to_input", True)),
-    )
+    threshold = tensors.get("threshold") if activation == "jumprelu" else None
+    centres = bool(config.get("apply_b_dec_to_input", True))
+    coder = make_coder(cfg, tensors, path, threshold=threshold, centres_input=centres)
     return _hook(config, folder), coder
 
 
 def read(folder: Path, hint) -> DictionarySet:
     coders, sources, kinds = {}, {}, set()
-    for member in _members(folder):
+    for member in member_folders(folder, _is_sae):
         hook, coder = _read_one(member)
         if hook.layer in coders:
             raise CircuitDBError(f"{member}: a second SAE for layer {hook.layer} (the first is {sources[hook.layer]})")

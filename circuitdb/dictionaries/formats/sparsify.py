@@ -17,7 +17,14 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries.formats._files import load_tensors, make_coder, read_json, require, write_folder
+from circuitdb.dictionaries.formats._files import (
+    load_tensors,
+    make_coder,
+    member_folders,
+    read_json,
+    require,
+    write_folder,
+)
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.errors import CircuitDBError
 
@@ -30,17 +37,13 @@ def _is_hook_folder(folder: Path) -> bool:
     return (folder / "cfg.json").is_file() and (folder / "sae.safetensors").is_file()
 
 
-def _hook_folders(folder: Path) -> list[Path]:
-    return [folder] if _is_hook_folder(folder) else sorted(p for p in folder.iterdir() if _is_hook_folder(p))
-
-
 def recognizes(folder: Path) -> bool:
-    return bool(_hook_folders(folder))
+    return bool(member_folders(folder, _is_hook_folder))
 
 
 def read(folder: Path, hint) -> DictionarySet:
     coders, sources, kinds = {}, {}, set()
-    for hook_folder in _hook_folders(folder):
+    for hook_folder in member_folders(folder, _is_hook_folder):
         match = _HOOK_FOLDER.match(hook_folder.name)
         if match is None:
             raise CircuitDBError(f"{hook_folder}: sparsify folders are named by hook point, e.g. layers.12.mlp")
@@ -63,16 +66,9 @@ def read(folder: Path, hint) -> DictionarySet:
             raise CircuitDBError(
                 f"{hook_folder}: a second dictionary for layer {layer} (the first is {sources[layer]})"
             )
-        coders[layer] = make_coder(
-            cfg,
-            tensors["encoder.weight"],
-            tensors["encoder.bias"],
-            tensors["W_dec"],
-            tensors["b_dec"],
-            path,
-            W_skip=tensors.get("W_skip"),
-            centres_input=not transcoder,
-        )
+        ours = {"W_enc": tensors["encoder.weight"], "b_enc": tensors["encoder.bias"]}
+        ours |= {k: v for k, v in tensors.items() if k in ("W_dec", "b_dec", "W_skip")}
+        coders[layer] = make_coder(cfg, ours, path, centres_input=not transcoder)
         sources[layer] = str(hook_folder)
     if len(kinds) > 1:
         raise CircuitDBError(f"{folder}: dictionaries of different hook points ({sorted(kinds)}); import one kind")
