@@ -250,6 +250,8 @@ def test_saelens_as_published(tmp_path: Path, architecture: str) -> None:
         tensors["threshold"] = threshold
     save_file(tensors, tmp_path / "sae_weights.safetensors")
     cfg = {"architecture": architecture, "d_in": 8, "d_sae": 24, "hook_name": "blocks.5.hook_resid_post"}
+    if architecture == "topk":  # SAELens 6 keeps the hook in the metadata
+        cfg["metadata"] = {"hook_name": cfg.pop("hook_name")}
     cfg |= {"apply_b_dec_to_input": architecture != "standard", "activation_fn_kwargs": {"k": 3}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     x = torch.randn(6, 8, generator=gen)

@@ -1,5 +1,6 @@
 """SAELens: `cfg.json` + `sae_weights.safetensors` per SAE (a folder holds one, or one subfolder each),
-W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, and `threshold` [d_sae] for JumpReLU.
+W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, and `threshold` [d_sae] for JumpReLU
+(SAELens 5 and 6: the hook name sits at the top of cfg.json or in its `metadata`).
 
 Architectures: standard (ReLU), topk (k in `k` or `activation_fn_kwargs`), jumprelu. The input is
 centred by b_dec when `apply_b_dec_to_input` (our SAEs always are; otherwise b_enc absorbs it). The
@@ -51,12 +52,13 @@ def recognizes(folder: Path) -> bool:
 
 
 def _hook(config: dict, folder: Path) -> HookPoint:
-    match = _HOOK_NAME.match(str(config.get("hook_name", "")))
+    """From `hook_name` (SAELens 5) or `metadata.hook_name` (SAELens 6)."""
+    hook_name = config.get("hook_name") or (config.get("metadata") or {}).get("hook_name")
+    match = _HOOK_NAME.match(str(hook_name or ""))
     kinds = {name: kind for kind, name in TRANSFORMERLENS_HOOKS.items()}
     if match is None or match.group(2) not in kinds:
         raise CircuitDBError(
-            f"{folder}/cfg.json: hook_name {config.get('hook_name')!r} is not one of blocks.<layer>."
-            f"{{{','.join(kinds)}}}"
+            f"{folder}/cfg.json: hook_name {hook_name!r} is not one of blocks.<layer>.{{{','.join(kinds)}}}"
         )
     return HookPoint.make(kinds[match.group(2)], int(match.group(1)))
 
@@ -74,6 +76,8 @@ def _read_one(folder: Path) -> tuple[HookPoint, SparseCoder]:
         raise CircuitDBError(f"{folder}: unsupported SAELens architecture {architecture!r}")
     if config.get("normalize_activations", "none") not in ("none", None):
         raise CircuitDBError(f"{folder}: SAELens activation normalization is not supported; fold it first")
+    if config.get("rescale_acts_by_decoder_norm"):
+        raise CircuitDBError(f"{folder}: TopK over decoder-norm-scaled activations is not supported; fold it first")
     if activation == "jumprelu":
         require(tensors, ("threshold",), path)
     k = config.get("k") or (config.get("activation_fn_kwargs") or {}).get("k") or 1
