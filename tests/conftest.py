@@ -107,13 +107,11 @@ def _build(kind: str, directory: Path, n_layers: int = 3) -> Path:
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random model folders by architecture, built on first use."""
-    built: dict[str, Path] = {}
 
     class Dirs(dict):
         def __missing__(self, kind: str) -> Path:
-            built[kind] = _build(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
-            self[kind] = built[kind]
-            return built[kind]
+            self[kind] = _build(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
+            return self[kind]
 
     return Dirs()
 
@@ -129,9 +127,21 @@ def llama_dir(model_dirs) -> Path:
 
 
 @pytest.fixture(scope="session")
-def llama12_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 layers: enough that layer numbers read from file names cannot line up with their order by luck."""
-    return _build("llama", tmp_path_factory.mktemp("tiny-llama-12"), n_layers=12)
+def deep_llama_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny Llama folders by layer count (12, 30): enough layers that layer numbers read from file names
+    cannot line up with their order by luck."""
+
+    class Dirs(dict):
+        def __missing__(self, n_layers: int) -> Path:
+            self[n_layers] = _build("llama", tmp_path_factory.mktemp(f"tiny-llama-{n_layers}"), n_layers=n_layers)
+            return self[n_layers]
+
+    return Dirs()
+
+
+@pytest.fixture(scope="session")
+def llama12_dir(deep_llama_dirs) -> Path:
+    return deep_llama_dirs[12]
 
 
 @pytest.fixture(scope="session")

@@ -45,16 +45,20 @@ def _write_set(folder: Path, layers: range, d: int = D, listed: bool = True) -> 
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-@pytest.mark.parametrize("listed", [True, False])
-def test_active_features_per_layer_equal_a_direct_count(tmp_path: Path, llama12: LoadedModel, listed: bool) -> None:
+@pytest.mark.parametrize(("n_layers", "listed"), [(12, True), (12, False), (30, True)])
+def test_active_features_per_layer_equal_a_direct_count(
+    tmp_path: Path, deep_llama_dirs, llama12: LoadedModel, n_layers: int, listed: bool
+) -> None:
+    """12 layers, and 30 as the published SmolLM2 sets have."""
+    lm = llama12 if n_layers == 12 else load_model(str(deep_llama_dirs[n_layers]), device="cpu")
     folder = tmp_path / "set"
-    _write_set(folder, range(12), listed=listed)
-    ids = llama12.encode("The quick brown fox jumps over the lazy dog")
-    rm = trace(llama12, ids, load_transcoders(folder))
-    hooks = [HookPoint.make("mlp_in", layer) for layer in range(12)]
-    mlp_in = capture(llama12, torch.tensor([ids]), hooks)
+    _write_set(folder, range(n_layers), listed=listed)
+    ids = lm.encode("The quick brown fox jumps over the lazy dog")
+    rm = trace(lm, ids, load_transcoders(folder))
+    hooks = [HookPoint.make("mlp_in", layer) for layer in range(n_layers)]
+    mlp_in = capture(lm, torch.tensor([ids]), hooks)
     counts = []
-    for layer in range(12):
+    for layer in range(n_layers):
         file = load_file(folder / f"layer_{layer}.safetensors")
         pre = mlp_in[f"mlp_in.{layer}"][0, 1:] @ file["W_enc"].T + file["b_enc"]  # position 0 is left to errors
         direct = int((pre > file["activation_function.threshold"]).sum())
