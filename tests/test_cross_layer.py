@@ -54,7 +54,7 @@ def test_folding_keeps_the_function() -> None:
         assert torch.allclose(clt(x)[0], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
+@pytest.mark.parametrize("activation", ["topk", "batchtopk", "relu", "jumprelu"])
 def test_training_on_a_tiny_model(llama: LoadedModel, text_file: Path, tmp_path: Path, activation: str) -> None:
     blocks = tokenize_corpus(llama, CorpusConfig(source=str(text_file), context=32, max_tokens=32 * 48)).blocks
     names = [f"{kind}.{layer}" for kind in ("mlp_in", "mlp_out") for layer in range(3)]
@@ -76,7 +76,7 @@ def test_training_on_a_tiny_model(llama: LoadedModel, text_file: Path, tmp_path:
         assert torch.allclose(loaded(x)[0], recon, atol=1e-5)
 
 
-@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "batchtopk"])
 def test_circuit_tracer_round_trip(tmp_path: Path, activation: str) -> None:
     clt = _clt(activation)
     export_clt(clt, tmp_path / "ct", "tiny")

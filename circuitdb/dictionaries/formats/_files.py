@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries.activations import make_activation
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 
@@ -125,7 +126,12 @@ def make_coder(
     ours = cfg.kind == "sae"
     if centres_input is not None and centres_input != ours:
         b_enc = b_enc - W_enc @ b_dec if centres_input else b_enc + W_enc @ b_dec
-    coder = SparseCoder(cfg, d_in, d_out)
+    activation = make_activation(cfg)
+    if threshold is not None:
+        if threshold.numel() not in (1, n):
+            raise CircuitDBError(f"{source}: threshold has {threshold.numel()} values for {n} latents")
+        activation.set_threshold(threshold.float().reshape(-1).expand(n))
+    coder = SparseCoder(cfg, d_in, d_out, activation)
     state = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
     if cfg.skip:
         if W_skip is None or W_skip.shape != (d_out, d_in):
@@ -134,8 +140,4 @@ def make_coder(
     with torch.no_grad():
         for name, value in state.items():
             getattr(coder, name).copy_(value.float())
-        if threshold is not None:
-            if threshold.numel() not in (1, n):
-                raise CircuitDBError(f"{source}: threshold has {threshold.numel()} values for {n} latents")
-            coder.activation.set_threshold(threshold.float().reshape(-1).expand(n))
     return coder.eval()
