@@ -37,8 +37,22 @@ class Transcoders:
             raise CircuitDBError(
                 f"{self.set.source(layer)}: attribution needs transcoders (mlp_in → mlp_out), not SAEs"
             )
-        self.per_layer, self.clt, self.name = per_layer, clt, name
-        self.layers = self.set.layers
+
+    @property
+    def per_layer(self) -> dict[int, SparseCoder] | None:
+        return self.set.coders or None
+
+    @property
+    def clt(self) -> CrossLayerTranscoder | None:
+        return self.set.clt
+
+    @property
+    def name(self) -> str:
+        return self.set.name
+
+    @property
+    def layers(self) -> list[int]:
+        return self.set.layers
 
     @classmethod
     def from_set(cls, dictionaries: DictionarySet) -> Transcoders:
