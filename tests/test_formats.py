@@ -298,3 +298,10 @@ def test_wrong_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CircuitDBError, match="circuit-tracer holds transcoders"):
         write_dictionaries(saes, "circuit-tracer", tmp_path / "ct")
     assert not (tmp_path / "ct").exists()
+
+
+def test_the_cli_offers_every_registered_format() -> None:
+    from circuitdb.dictionaries.formats import formats
+    from query.cli import DictionaryFormat
+
+    assert {f.value for f in DictionaryFormat} == set(formats())
