@@ -49,7 +49,7 @@ def _random_transcoders(n_layers: int, d: int, n_latents: int, k: int) -> Transc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transcoders", default=None, help="folder of transcoders (circuit-tracer format or ours)")
+    parser.add_argument("--transcoders", default=None, help="folder of transcoders in any known format (circuit-tracer, GemmaScope, sparsify, ours)")
     parser.add_argument("--store", default=None, help="store built by `make demo` (default: the configured one)")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--max-feature-nodes", type=int, default=None)
