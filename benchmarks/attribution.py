@@ -4,7 +4,7 @@ Prints one JSON line: seconds (trace + full attribution + pruning, model and tra
 loaded), load_seconds, peak_rss_gb, n_prompt_tokens, n_active_features, n_nodes, n_nodes_pruned,
 n_edges_pruned, replacement_score, completeness_score, transcoders ('trained: <where>' or 'random').
 
-Transcoders come from --transcoders DIR (circuit-tracer format or ours), else from the store that
+Transcoders come from --transcoders DIR (any format the registry reads), else from the store that
 `make demo` builds, else random ones of the demo's shape (4096 latents, k=32, skip), which time the
 same arithmetic but explain nothing.
 """
@@ -49,7 +49,7 @@ def _random_transcoders(n_layers: int, d: int, n_latents: int, k: int) -> Transc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transcoders", default=None, help="folder of transcoders in any known format (circuit-tracer, GemmaScope, sparsify, ours)")
+    parser.add_argument("--transcoders", default=None, help="folder of transcoders in any format the registry reads")
     parser.add_argument("--store", default=None, help="store built by `make demo` (default: the configured one)")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--max-feature-nodes", type=int, default=None)
