@@ -35,7 +35,10 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         features = read_table(store, "features", summary).filter(
             (pl.col("dictionary") == name) & pl.col("layer").is_in(list(counts))
         )
-        expected = config.dictionaries.dictionary.n_latents * len(counts)
+        widths = read_table(store, "dictionaries", ["name", "layer", "n_latents"]).filter(
+            (pl.col("name") == name) & pl.col("layer").is_in(list(counts))
+        )
+        expected = int(widths["n_latents"].sum())  # trained here or imported: the stored widths
         live = features.filter(~features["dead"])
         sample = live.sample(min(10, live.height), seed=0)
         edges = np.linspace(-6, 0, 25)

@@ -163,3 +163,37 @@ def test_prompts_file_sensor_adds_new_prompts(tmp_path: Path, llama_dir: Path, m
     prompts.write_text(prompts.read_text() + "A third prompt\n")
     (new,) = prompts_file_sensor(dg.build_sensor_context(instance=instance)).run_requests
     assert new.partition_key not in slugs
+
+
+def test_build_evaluates_an_imported_set_instead_of_training_over_it(
+    tmp_path: Path, llama_dir: Path, text_file: Path
+) -> None:
+    """A sparsify transcoder imported as `plt` at layer 1: build keeps its weights, adds held-out metrics,
+    and computes its features like a trained set's (every latent of its own width gets a row)."""
+    from safetensors.torch import save_file
+
+    from circuitdb.dictionaries.formats import ReadHint, read_dictionaries
+    from circuitdb.dictionaries.pipeline import import_dictionary_set
+    from circuitdb.models import load_model
+
+    config = load_config(_project(tmp_path, llama_dir, text_file), {"harvest.layers": "1", "attribution.prompts": []})
+    hook = tmp_path / "run" / "layers.1.mlp"
+    hook.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    weights = {
+        "encoder.weight": torch.randn(80, 64, generator=gen),
+        "encoder.bias": torch.zeros(80),
+        "W_dec": torch.randn(80, 64, generator=gen) * 0.1,
+        "b_dec": torch.zeros(64),
+    }
+    save_file(weights, hook / "sae.safetensors")
+    (hook / "cfg.json").write_text(json.dumps({"num_latents": 80, "k": 6, "transcode": True, "d_in": 64}))
+    lm = load_model(str(llama_dir), device="cpu")
+    store = Store(config.store)
+    import_dictionary_set(store, lm, read_dictionaries(tmp_path / "run", hint=ReadHint(name="plt")))
+    assert all(check.passed for check in build_all(config) if check.check_name == "every_latent_has_a_row")
+    row = read_table(store, "dictionaries").row(0, named=True)
+    assert (row["n_latents"], row["k"], row["train_tokens"]) == (80, 6, 0) and row["fvu"] is not None
+    coder, meta = load_dictionary(store.root / row["path"])
+    assert torch.equal(coder.W_enc, weights["encoder.weight"]) and meta["imported_format"] == "sparsify"
+    assert read_table(store, "features").height == 80

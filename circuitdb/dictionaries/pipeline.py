@@ -24,22 +24,23 @@ from circuitdb.dictionaries.metrics import (
     spliced_metrics,
     summarize,
 )
-from circuitdb.dictionaries.train import train_dictionary
+from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint, LoadedModel
 from circuitdb.store import TABLES, Store, read_table, write_partition
 
 
 def _row(cfg, layer: int, lm: LoadedModel, corpus: TokenizedCorpus, result, seconds: float, path: str) -> dict:
+    trained = result.coder.cfg
     return {
         "name": cfg.name,
         "layer": layer,
-        "kind": cfg.dictionary.kind,
-        "activation": cfg.dictionary.activation,
+        "kind": trained.kind,
+        "activation": trained.activation,
         "model": lm.name,
         "corpus": corpus.name,
-        "n_latents": cfg.dictionary.n_latents,
-        "k": cfg.dictionary.k,
+        "n_latents": trained.n_latents,
+        "k": trained.k,
         "train_tokens": result.tokens,
         "train_seconds": seconds,
         "fvu_curve": [h["fvu"] for h in result.history],
@@ -59,7 +60,11 @@ def build_layer_dictionary(
     eval_source = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
     checkpoint = store.root / "checkpoints" / cfg.name / f"layer_{layer}.pt"
     started = time.perf_counter()
-    result = train_dictionary(cfg.dictionary, train_source, cfg.train, checkpoint=checkpoint, progress=progress)
+    imported = _imported(store, cfg.name, layer, input_hook, target_hook)
+    if imported is not None:  # a published dictionary imported under this name: evaluated, never trained over
+        result, provenance = TrainResult(imported[0]), imported[1]
+    else:
+        result, provenance = train_dictionary(cfg.dictionary, train_source, cfg.train, checkpoint, progress), {}
     seconds = time.perf_counter() - started
     inputs, targets = eval_source.sequences()
     metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
@@ -68,11 +73,27 @@ def build_layer_dictionary(
     path = str(Path("dictionaries") / cfg.name / f"layer_{layer}")
     row = _row(cfg, layer, lm, corpus, result, seconds, path)
     row |= {"input_hook": input_hook, "target_hook": target_hook, **metrics, "delta_ce": delta_ce, "kl": kl}
-    meta = {k: v for k, v in row.items() if k not in ("fvu_curve", "created_at", "path")}
+    meta = {k: v for k, v in row.items() if k not in ("fvu_curve", "created_at", "path")} | provenance
     save_dictionary(result.coder, store.dictionary_dir(cfg.name, layer), meta)
     write_partition(store, "dictionaries", f"{cfg.name}-layer-{layer:03d}", pl.DataFrame([row]))
     checkpoint.unlink(missing_ok=True)  # the saved dictionary supersedes it
     return row
+
+
+def _imported(store: Store, name: str, layer: int, input_hook: str, target_hook: str):
+    """(coder, provenance) of a dictionary `dictionary import` put at (name, layer), or None."""
+    folder = store.dictionary_dir(name, layer)
+    if not (folder / "config.json").is_file():
+        return None
+    coder, meta = load_dictionary(folder)
+    if "imported_from" not in meta:
+        return None
+    if (meta["input_hook"], meta["target_hook"]) != (input_hook, target_hook):
+        raise CircuitDBError(
+            f"{folder} was imported as {meta['input_hook']} → {meta['target_hook']}; the configured dictionaries "
+            f"map {input_hook} → {target_hook} (set dictionaries.hook_in/hook_out, or import under another name)"
+        )
+    return coder, {k: meta[k] for k in ("imported_from", "imported_format")}
 
 
 def build_cross_layer_transcoder(
