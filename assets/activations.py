@@ -6,9 +6,9 @@ forward pass per batch that captures every requested layer at once, instead of o
 
 import dagster as dg
 
+from assets.partitions import per_layer_options
+from assets.resources import ProjectResource
 from circuitdb.harvest import harvest_layers
-from orchestration.partitions import per_layer_options
-from orchestration.resources import ProjectResource
 
 
 def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

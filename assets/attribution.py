@@ -1,22 +1,20 @@
 """Circuit stage: one attribution graph per prompt (a dynamic partition each), validated by intervention.
 
-Partition keys are graph slugs (prompt words + a hash of prompt, model and transcoders), so a key
-names one graph and the prompt text never has to fit Dagster's key rules. Prompts come from
-`attribution.prompts` and, one per line, from `attribution.prompts_file`: a sensor adds a partition
-and requests a run for each new line; a schedule re-runs graphs older than their transcoders.
+A partition key is a graph's slug (prompt words + a hash of prompt, model and transcoders) for the
+configured prompts and the graphs already built, so a key names one graph; a key a user adds in the UI
+is the prompt text itself (Dagster allows any text without a newline or "..."). The sensor and the
+schedule that add and refresh partitions live in `orchestration/`.
 """
 
 import dagster as dg
-import polars as pl
 
+from assets.partitions import prompt_partitions
+from assets.resources import ProjectResource
 from circuitdb.attribution.pipeline import build_graph
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, read_table
 from circuitdb.store.graphs import graph_slug
-from orchestration.resources import ProjectResource
-
-prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")
 
 
 def configured_prompts(config: ProjectConfig) -> dict[str, str]:
@@ -31,38 +29,66 @@ def configured_prompts(config: ProjectConfig) -> dict[str, str]:
     return {graph_slug(p, config.model.spec, config.attribution.dictionaries): p for p in prompts}
 
 
+def stored_prompts(store: Store) -> dict[str, str]:
+    """slug → prompt of every graph in the store."""
+    if "graphs" not in store.table_names():
+        return {}
+    graphs = read_table(store, "graphs", ["slug", "prompt"])
+    return dict(zip(graphs["slug"], graphs["prompt"], strict=True))
+
+
+def partition_prompt(config: ProjectConfig, key: str) -> str:
+    """The prompt of a partition: a configured prompt's or a built graph's slug, else the key is the prompt."""
+    known = configured_prompts(config) | stored_prompts(Store(config.store))
+    prompt = known.get(key, key)
+    if not prompt.strip():
+        raise CircuitDBError("the prompt is empty")
+    return prompt
+
+
+def graph_metadata(row: dict) -> dict:
+    """What the UI shows of a built graph (also for graphs built by the CLI, reported without a run)."""
+    return {
+        "slug": row["slug"],
+        "prompt": row["prompt"],
+        "top_logits": ", ".join(repr(t) for t in row["top_logits"]),
+        "n_active_features": row["n_active_features"],
+        "n_nodes_pruned": row["n_nodes_pruned"],
+        "n_edges_pruned": row["n_edges_pruned"],
+        "replacement_score": row["replacement_score"],
+        "completeness_score": row["completeness_score"],
+        "seconds": row["seconds"],
+        "dagster/row_count": row["n_edges_pruned"],
+    }
+
+
 @dg.asset(
     partitions_def=prompt_partitions,
     deps=[dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping()) for name in ("dictionaries", "feature_stats")],
     group_name="circuits",
-    kinds={"pytorch", "parquet"},
+    kinds={"pytorch", "parquet", "json"},
     pool="gpu",
-    check_specs=[dg.AssetCheckSpec("graph_validation", asset="attribution_graphs")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "graph_validation",
+            asset="attribution_graphs",
+            description="Zeroing each of the top features (frozen attention and MLPs) moves the top logit by "
+            "minus its edge: passes below 1e-3 relative error",
+        )
+    ],
 )
 def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-    """The pruned attribution graph of one prompt: `graphs`, `graph_nodes`, `graph_edges` and its JSON."""
+    """The pruned attribution graph of one prompt: rows of the `graphs`, `graph_nodes` and `graph_edges`
+    tables (partition = slug) and `<store>/graphs/<slug>.json` in circuit-tracer's schema."""
     from circuitdb.models import load_model
 
     config = project.load()
-    prompts = configured_prompts(config)
-    slug = context.partition_key
-    if slug not in prompts:
-        raise CircuitDBError(f"partition {slug} matches no configured prompt (attribution.prompts / prompts_file)")
+    prompt = partition_prompt(config, context.partition_key)
     lm = load_model(config.model.spec, config.model.device)
-    row, validation = build_graph(Store(config.store), lm, prompts[slug], config.attribution, validate=True)
+    row, validation = build_graph(Store(config.store), lm, prompt, config.attribution, validate=True)
     worst = max((v["relative_error"] for v in validation), default=0.0)
     return dg.MaterializeResult(
-        metadata={
-            "prompt": row["prompt"],
-            "top_logits": ", ".join(repr(t) for t in row["top_logits"]),
-            "n_active_features": row["n_active_features"],
-            "n_nodes_pruned": row["n_nodes_pruned"],
-            "n_edges_pruned": row["n_edges_pruned"],
-            "replacement_score": row["replacement_score"],
-            "completeness_score": row["completeness_score"],
-            "seconds": row["seconds"],
-            "dagster/row_count": row["n_edges_pruned"],
-        },
+        metadata=graph_metadata(row),
         check_results=[
             dg.AssetCheckResult(
                 check_name="graph_validation",
@@ -71,37 +97,3 @@ def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectResour
             )
         ],
     )
-
-
-@dg.sensor(target=[attribution_graphs], minimum_interval_seconds=30)
-def prompts_file_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    """New prompts (lines of `attribution.prompts_file`, or of `attribution.prompts`) become partitions + runs."""
-    config = ProjectResource().load()
-    prompts = configured_prompts(config)
-    known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))
-    new = [slug for slug in prompts if slug not in known]
-    if not new:
-        return dg.SkipReason("no new prompts")
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=slug, run_key=slug) for slug in new],
-        dynamic_partitions_requests=[prompt_partitions.build_add_request(new)],
-    )
-
-
-def stale_graphs(store: Store) -> list[str]:
-    """Slugs of graphs built before the latest training of the transcoders they use."""
-    graphs = read_table(store, "graphs")
-    trained = read_table(store, "dictionaries").group_by("name").agg(pl.col("created_at").max().alias("trained"))
-    joined = graphs.join(trained, left_on="dictionaries", right_on="name", how="inner")
-    return joined.filter(pl.col("created_at") < pl.col("trained"))["slug"].to_list()
-
-
-@dg.schedule(cron_schedule="0 * * * *", target=[attribution_graphs])
-def refresh_stale_graphs(context: dg.ScheduleEvaluationContext):
-    """Hourly: re-attribute every graph whose transcoders were retrained since it was built."""
-    config = ProjectResource().load()
-    known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))
-    stale = [slug for slug in stale_graphs(Store(config.store)) if slug in known]
-    if not stale:
-        return dg.SkipReason("every graph is newer than its transcoders")
-    return [dg.RunRequest(partition_key=slug) for slug in stale]

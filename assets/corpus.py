@@ -2,10 +2,10 @@
 
 import dagster as dg
 
+from assets.resources import ProjectResource
 from circuitdb.corpus import store_corpus, tokenize_corpus
 from circuitdb.models import load_model
 from circuitdb.store import Store
-from orchestration.resources import ProjectResource
 
 
 @dg.asset(group_name="corpus", kinds={"parquet"})

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
-from orchestration.resources import ProjectResource
 
 
 def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:

@@ -6,10 +6,10 @@ layers in turn; the quality check covers every layer the run trained.
 
 import dagster as dg
 
+from assets.partitions import per_layer_options
 from assets.plots import svg_lines
+from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
-from orchestration.partitions import per_layer_options
-from orchestration.resources import ProjectResource
 
 METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 

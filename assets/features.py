@@ -4,12 +4,12 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from assets.partitions import per_layer_options
 from assets.plots import svg_bars
+from assets.resources import ProjectResource
 from circuitdb.features import build_layer_features, load_stored_dictionary
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import ensure_index, write_vectors
-from orchestration.partitions import per_layer_options
-from orchestration.resources import ProjectResource
 
 
 def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

@@ -269,16 +269,19 @@ class ProjectConfig:
 
 
 CONFIG_FILE = "circuitdb.yaml"
+CONFIG_ENV = "CIRCUITDB_CONFIG"
+"""Environment variable naming the project file (the UI's code server is pointed at a store's this way)."""
 ENV_OVERRIDES = {"CIRCUITDB_STORE": "store", "CIRCUITDB_DEVICE": "model.device"}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ProjectConfig:
     """Build the validated project configuration.
 
-    `path` defaults to ./circuitdb.yaml when it exists. `overrides` maps dotted field names to
-    values; None values are ignored so callers can pass optional CLI flags straight through.
+    `path` defaults to $CIRCUITDB_CONFIG, else ./circuitdb.yaml when it exists. `overrides` maps dotted
+    field names to values; None values are ignored so callers can pass optional CLI flags straight through.
     """
     values: dict[str, Any] = {}
+    path = path if path is not None else os.environ.get(CONFIG_ENV) or None
     file = Path(path) if path is not None else Path(CONFIG_FILE)
     if path is not None and not file.is_file():
         raise CircuitDBError(f"config file not found: {file}")

@@ -1,4 +1,5 @@
-"""Materialize the whole default pipeline in-process (what `circuitdb build` and `make demo` run)."""
+"""Materialize the whole default pipeline in-process (what `circuitdb build` and `make demo` run), into the
+store's persistent Dagster instance, so that the UI shows these runs."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import dataclasses
 import dagster as dg
 import yaml
 
-from assets.attribution import configured_prompts, prompt_partitions
+from assets.attribution import configured_prompts, stored_prompts
+from assets.partitions import project_layers, prompt_partitions
+from assets.resources import ProjectResource
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import atomic_write_bytes
+from circuitdb.store import Store, atomic_write_bytes
 from orchestration.definitions import build_definitions
-from orchestration.partitions import project_layers
-from orchestration.resources import ProjectResource
+from orchestration.instance import add_graph_partitions, project_instance
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -39,9 +41,9 @@ def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
     per_layer = [a for a in defs.assets or [] if a not in per_prompt]
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}
-    instance = dg.DagsterInstance.ephemeral()
+    instance = project_instance(config.store_path)
     slugs = list(configured_prompts(config))
-    instance.add_dynamic_partitions(prompt_partitions.name, slugs)
+    add_graph_partitions(instance, slugs + list(stored_prompts(Store(config.store))))
     resources = {"project": project}
     try:
         results = [dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)]

@@ -1,7 +1,9 @@
-"""The Definitions: every asset, resource and job of circuitdb, assembled in one place.
+"""The Definitions: every asset, resource, sensor and schedule of circuitdb, assembled in one place.
 
-`dagster dev -w workspace.yaml` loads `defs` from here; `circuitdb build` materializes the same
-assets in-process through `build.py`.
+`defs` is loaded lazily (nothing reads the configuration or the model at import time): the UI's code
+server calls it with `CIRCUITDB_CONFIG` pointing at the store's effective configuration, so its layer
+partitions and prompts are the build's. `circuitdb build` materializes the same assets in-process
+through `build.py`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.activations import build_activations_asset
-from assets.attribution import attribution_graphs, prompts_file_sensor, refresh_stale_graphs
+from assets.attribution import attribution_graphs
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset
 from assets.features import build_feature_stats_asset, build_feature_vectors_asset
+from assets.partitions import layer_partitions, project_layers
+from assets.resources import ProjectResource
 from circuitdb.config import ProjectConfig, load_config
-from orchestration.partitions import layer_partitions, project_layers
-from orchestration.resources import ProjectResource
+from orchestration.schedules import refresh_stale_graphs
+from orchestration.sensors import prompts_file_sensor
 
 
 def build_definitions(config: ProjectConfig, project: ProjectResource | None = None) -> dg.Definitions:
@@ -40,4 +44,6 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
     )
 
 
-defs = build_definitions(load_config())
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_config())

@@ -9,7 +9,8 @@ import dagster as dg
 import polars as pl
 import torch
 
-from assets.attribution import prompt_partitions
+from assets.partitions import prompt_partitions
+from assets.resources import ProjectResource
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.dictionaries.formats.circuit_tracer import read_clt
@@ -17,14 +18,14 @@ from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import feature_vector, nearest
 from orchestration.build import RANGE_END, RANGE_START, build_all
 from orchestration.definitions import build_definitions
-from orchestration.resources import ProjectResource
 
 
 def test_default_definitions_load() -> None:
     from orchestration.definitions import defs
 
-    dg.Definitions.validate_loadable(defs)
-    graph = defs.resolve_asset_graph()
+    loaded = defs()  # lazy: nothing is read at import time
+    dg.Definitions.validate_loadable(loaded)
+    graph = loaded.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "corpus_tokens",
         "activations",
@@ -35,8 +36,8 @@ def test_default_definitions_load() -> None:
         "attribution_graphs",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
-    assert [s.name for s in defs.sensors] == ["prompts_file_sensor"]
-    assert [s.name for s in defs.schedules] == ["refresh_stale_graphs"]
+    assert [s.name for s in loaded.sensors] == ["prompts_file_sensor"]
+    assert [s.name for s in loaded.schedules] == ["refresh_stale_graphs"]
 
 
 TINY_DICTIONARIES = (
@@ -145,7 +146,8 @@ def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file:
 
 
 def test_prompts_file_sensor_adds_new_prompts(tmp_path: Path, llama_dir: Path, monkeypatch) -> None:
-    from assets.attribution import configured_prompts, prompts_file_sensor
+    from assets.attribution import configured_prompts
+    from orchestration.sensors import prompts_file_sensor
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The quick brown fox\n\nA second prompt\n")

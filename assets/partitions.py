@@ -1,4 +1,5 @@
-"""Partitions: one per model layer, so dictionaries and their stats can be rebuilt layer by layer."""
+"""Partitions: one per model layer (dictionaries and their statistics rebuild layer by layer), and one per
+attribution graph (its prompt)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,8 @@ def per_layer_options(partitions: dg.PartitionsDefinition) -> dict:
         "kinds": {"pytorch", "safetensors"},
         "pool": "gpu",
     }
+
+
+prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")
+"""One key per graph: the slug of a configured prompt or of a graph already built, or, for a partition a
+user adds in the UI, the prompt text itself."""

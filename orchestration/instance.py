@@ -1,0 +1,48 @@
+"""One persistent Dagster instance per store, so what `circuitdb build` runs is what the UI shows.
+
+Its home is `$DAGSTER_HOME` when set (a shared deployment: a `dagster.yaml` there points at Postgres,
+see deploy/dagster.yaml), else `<store>/.dagster` with Dagster's default SQLite storage: runs, events,
+materializations with their metadata, check results and the graph partitions live beside the data
+they describe, and `circuitdb ui --store DIR` serves exactly them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from assets.attribution import graph_metadata
+from assets.partitions import prompt_partitions
+
+
+def dagster_home(store: Path) -> Path:
+    return Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else Path(store) / ".dagster"
+
+
+def project_instance(store: Path) -> dg.DagsterInstance:
+    """The store's persistent instance (made on first use)."""
+    home = dagster_home(store)
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def add_graph_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(prompt_partitions.name))
+    new = [key for key in dict.fromkeys(keys) if key not in known]
+    if new:
+        instance.add_dynamic_partitions(prompt_partitions.name, new)
+
+
+def record_graph(store: Path, row: dict) -> None:
+    """A graph built outside a run (`circuitdb graph build`): its partition, materialized with its metadata."""
+    instance = project_instance(store)
+    add_graph_partitions(instance, [row["slug"]])
+    event = dg.AssetMaterialization(
+        asset_key="attribution_graphs",
+        partition=row["slug"],
+        description="built by `circuitdb graph build`",
+        metadata=graph_metadata(row),
+    )
+    instance.report_runless_asset_event(event)
