@@ -43,7 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/attribution.py --store $(STORE)
 
 ui: install
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/circuitdb ui --store $(STORE)
 
 clean:
 	rm -rf $(STORE) .pytest_cache

@@ -9,6 +9,7 @@ import dagster as dg
 from assets.partitions import per_layer_options
 from assets.resources import ProjectResource
 from circuitdb.harvest import harvest_layers
+from circuitdb.store import count_rows
 
 
 def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -17,9 +18,11 @@ def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDef
         deps=["corpus_tokens"],
         **per_layer_options(partitions),
         group_name="activations",
+        kinds={"pytorch", "safetensors"},
     )
     def activations(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        """Activations at the configured hook kinds of each layer, as fp16 shards with a manifest."""
+        """Activations at the configured hook kinds of each layer: fp16 safetensors shards under
+        `<store>/activations/`, listed with their checksums in the `activation_shards` table."""
         config, store, lm, corpus = project.open_stage()
         layers = [int(key) for key in context.partition_keys]
         shards = harvest_layers(store, lm, corpus, layers, config.harvest)
@@ -29,7 +32,7 @@ def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDef
                 "hooks": dg.MetadataValue.text(", ".join(sorted(set(shards["hook"])))),
                 "shards": shards.height,
                 "tokens_per_hook": int(shards.filter(shards["hook"] == shards["hook"][0])["n_tokens"].sum()),
-                "dagster/row_count": shards.height,
+                "dagster/row_count": count_rows(store, "activation_shards"),
             }
         )
 

@@ -10,7 +10,8 @@ from circuitdb.store import Store
 
 @dg.asset(group_name="corpus", kinds={"parquet"})
 def corpus_tokens(project: ProjectResource) -> dg.MaterializeResult:
-    """The configured corpus cut into fixed-length blocks (BOS first), with a deterministic eval split."""
+    """The configured corpus cut into fixed-length blocks (BOS first) with a deterministic eval split:
+    the `corpora` table (one row) and `corpus_blocks` (one row per block, its token ids)."""
     config = project.load()
     lm = load_model(config.model.spec, config.model.device)
     corpus = tokenize_corpus(lm, config.corpus)

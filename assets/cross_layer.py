@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
+from circuitdb.store import count_rows
 
 
 def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
@@ -11,7 +12,7 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
         name="cross_layer_transcoder",
         deps=["activations"],
         group_name="dictionaries",
-        kinds={"pytorch", "safetensors"},
+        kinds={"pytorch", "safetensors", "parquet"},
         pool="gpu",
     )
     def cross_layer_transcoder(project: ProjectResource) -> dg.MaterializeResult:
@@ -26,7 +27,7 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
                 "per_layer": dg.MetadataValue.md(table),
                 "delta_ce": rows[0]["delta_ce"],
                 "kl": rows[0]["kl"],
-                "dagster/row_count": len(rows),
+                "dagster/row_count": count_rows(store, "dictionaries"),
             }
         )
 

@@ -10,6 +10,7 @@ from assets.partitions import per_layer_options
 from assets.plots import svg_lines
 from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
+from circuitdb.store import count_rows
 
 METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 
@@ -20,12 +21,19 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
         deps=["activations"],
         **per_layer_options(partitions),
         group_name="dictionaries",
+        kinds={"pytorch", "safetensors", "parquet"},
         check_specs=[
-            dg.AssetCheckSpec("quality", asset="dictionaries", description="FVU, dead fraction and L0 in bounds")
+            dg.AssetCheckSpec(
+                "quality",
+                asset="dictionaries",
+                description="Held-out FVU (excl. position 0), dead fraction and L0 within "
+                "dictionaries.max_fvu_excl_pos0, max_dead_frac and l0_range (a warning, not a failed run)",
+            )
         ],
     )
     def dictionaries(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        """Per-layer sparse dictionaries (per-layer transcoders by default) with held-out metrics."""
+        """Per-layer sparse dictionaries (per-layer transcoders by default): weights under
+        `<store>/dictionaries/<name>/`, one row each in the `dictionaries` table with held-out metrics."""
         config, store, lm, corpus = project.open_stage()
         cfg = config.dictionaries
         rows = []
@@ -56,7 +64,8 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
                 "metrics": dg.MetadataValue.md(table),
                 "loss_curves": dg.MetadataValue.md(curves),
                 "mean_fvu_excl_pos0": sum(r["fvu_excl_pos0"] for r in rows) / len(rows),
-                "dagster/row_count": len(rows),
+                "layers_in_run": len(rows),
+                "dagster/row_count": count_rows(store, "dictionaries"),
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -8,26 +8,45 @@ from assets.partitions import per_layer_options
 from assets.plots import svg_bars
 from assets.resources import ProjectResource
 from circuitdb.features import build_layer_features, load_stored_dictionary
-from circuitdb.store import Store, read_table
-from circuitdb.store.vectors import ensure_index, write_vectors
+from circuitdb.store import Store, count_rows, read_table
+from circuitdb.store.vectors import count_vectors, ensure_index, write_vectors
 
 
 def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """One encoding pass per layer yields two tables, so they are two assets of one computation."""
-    options = per_layer_options(partitions)
-    kinds = options.pop("kinds")
+    kinds = {"pytorch", "parquet"}
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("feature_stats", deps=["dictionaries"], group_name="features", kinds=kinds),
-            dg.AssetSpec("exemplars", deps=["dictionaries"], group_name="features", kinds=kinds),
+            dg.AssetSpec(
+                "feature_stats",
+                deps=["dictionaries"],
+                group_name="features",
+                kinds=kinds,
+                description="Statistics of every latent of the per-layer dictionaries: density, activation "
+                "histogram, top/bottom logits, decoder neighbours, a label; dead latents flagged, not dropped. "
+                "Writes the `features` table (the asset is named for the computation, the table for its rows).",
+            ),
+            dg.AssetSpec(
+                "exemplars",
+                deps=["dictionaries"],
+                group_name="features",
+                kinds=kinds,
+                description="Top and quantile exemplar windows of every latent with per-token activations: the "
+                "`exemplars` table, from the same encoding pass as feature_stats.",
+            ),
         ],
-        check_specs=[dg.AssetCheckSpec("every_latent_has_a_row", asset="feature_stats")],
-        **options,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "every_latent_has_a_row",
+                asset="feature_stats",
+                description="The `features` table has one row per latent of every dictionary in the run.",
+            )
+        ],
+        **per_layer_options(partitions),
     )
     def feature_stats(context: dg.AssetExecutionContext, project: ProjectResource):
-        """`features` (statistics, logits, neighbours, labels; dead latents flagged, not dropped) and
-        `exemplars` (top and quantile contexts) for the per-layer dictionaries."""
+        """One encoding pass per layer for both tables."""
         config, store, lm, corpus = project.open_stage()
         name = config.dictionaries.name
         counts = {int(key): build_layer_features(store, lm, corpus, name, int(key)) for key in context.partition_keys}
@@ -54,11 +73,15 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
                 "label_sample": dg.MetadataValue.md(
                     "\n".join(f"- `{fid}`: {label}" for fid, label in sample.select("feature_id", "label").iter_rows())
                 ),
-                "dagster/row_count": features.height,
+                "dagster/row_count": count_rows(store, "features"),
             },
         )
         yield dg.MaterializeResult(
-            asset_key="exemplars", metadata={"dagster/row_count": sum(c[1] for c in counts.values())}
+            asset_key="exemplars",
+            metadata={
+                "exemplars_in_run": sum(c[1] for c in counts.values()),
+                "dagster/row_count": count_rows(store, "exemplars"),
+            },
         )
         yield dg.AssetCheckResult(
             asset_key="feature_stats",
@@ -76,9 +99,11 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         deps=["feature_stats"],
         **per_layer_options(partitions),
         group_name="features",
+        kinds={"lancedb"},
     )
     def feature_vectors(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        """Unit decoder directions in LanceDB for nearest-feature search (ANN index once the table is large)."""
+        """Unit decoder directions, one row per feature, in the LanceDB table `feature_vectors` for
+        nearest-feature search (an ANN index once the table is large)."""
         config = project.load()
         store = Store(config.store)
         name = config.dictionaries.name
@@ -90,6 +115,7 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
             coder, _ = load_stored_dictionary(store, name, layer)
             written += write_vectors(store, name, layer, coder.W_dec, features.filter(pl.col("layer") == layer))
         indexed = ensure_index(store)
-        return dg.MaterializeResult(metadata={"vectors": written, "ann_index": indexed, "dagster/row_count": written})
+        metadata = {"vectors_in_run": written, "ann_index": indexed, "dagster/row_count": count_vectors(store)}
+        return dg.MaterializeResult(metadata=metadata)
 
     return feature_vectors

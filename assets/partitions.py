@@ -36,12 +36,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 def per_layer_options(partitions: dg.PartitionsDefinition) -> dict:
     """Options of every per-layer model asset: a multi-layer backfill is one run (the model loads once
     and the harvest captures all layers in one forward pass per batch), in the `gpu` pool."""
-    return {
-        "partitions_def": partitions,
-        "backfill_policy": dg.BackfillPolicy.single_run(),
-        "kinds": {"pytorch", "safetensors"},
-        "pool": "gpu",
-    }
+    return {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run(), "pool": "gpu"}
 
 
 prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")

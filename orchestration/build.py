@@ -15,11 +15,10 @@ from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, atomic_write_bytes
 from orchestration.definitions import build_definitions
-from orchestration.instance import add_graph_partitions, project_instance
+from orchestration.instance import EFFECTIVE_CONFIG, add_graph_partitions, project_instance
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-EFFECTIVE_CONFIG = "circuitdb.effective.yaml"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """The CLI reports progress bars and a summary itself; a failure surfaces as one CircuitDBError line."""
 

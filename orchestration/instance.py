@@ -16,6 +16,9 @@ import dagster as dg
 from assets.attribution import graph_metadata
 from assets.partitions import prompt_partitions
 
+EFFECTIVE_CONFIG = "circuitdb.effective.yaml"
+"""What `circuitdb build` writes into the store: the merged configuration it ran with, which the UI loads."""
+
 
 def dagster_home(store: Path) -> Path:
     return Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else Path(store) / ".dagster"

@@ -6,7 +6,6 @@ Every mistake a user can make ends in one line on stderr and a non-zero exit, ne
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from enum import StrEnum
@@ -351,6 +350,7 @@ def graph_build(
     """Trace the prompt through the replacement model, attribute, prune, and store the graph."""
     from circuitdb.attribution.pipeline import build_graph
     from circuitdb.models import load_model
+    from orchestration.instance import record_graph
 
     project = _config(config, store=store, **{"attribution.max_feature_nodes": max_feature_nodes})
     opened = Store(project.store) if transcoders else Store.open_existing(project.store)  # a folder is enough
@@ -358,6 +358,7 @@ def graph_build(
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
     row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders)
+    record_graph(opened.root, row)  # its partition in the UI, materialized
     keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]
     if fmt is OutputFormat.table:
@@ -494,14 +495,19 @@ def steer(
 
 
 @app.command()
-def ui(workspace: Annotated[str, typer.Option(help="Dagster workspace file.")] = "workspace.yaml") -> None:
-    """Open the Dagster UI (`dagster dev -w workspace.yaml`)."""
-    if not Path(workspace).is_file():
-        raise CircuitDBError(f"workspace file not found: {workspace} (run from the project folder)")
-    dagster = shutil.which("dagster")
-    if dagster is None:
-        raise CircuitDBError("the `dagster` command is not on PATH; activate the project's virtualenv")
-    os.execv(dagster, [dagster, "dev", "-w", workspace])
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the webserver.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the Dagster UI (webserver + daemon) over the store's persistent instance; Ctrl-C stops both."""
+    from orchestration.ui import serve
+
+    if not 0 < port < 65536:
+        raise CircuitDBError(f"--port must be between 1 and 65535, got {port}")
+    project = _config(config, store=store)
+    raise typer.Exit(serve(project.store_path, config, host, port))
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from circuitdb.store.catalog import connect, sql_literal
 from circuitdb.store.layout import Store, atomic_write_bytes
-from circuitdb.store.parquet import read_table, write_partition
+from circuitdb.store.parquet import count_rows, read_table, write_partition
 from circuitdb.store.schemas import TABLES, TableSchema, parse_feature_id
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "TableSchema",
     "atomic_write_bytes",
     "connect",
+    "count_rows",
     "parse_feature_id",
     "read_table",
     "sql_literal",

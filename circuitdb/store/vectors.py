@@ -77,6 +77,10 @@ def write_vectors(store: Store, dictionary: str, layer: int, decoder: torch.Tens
     return data.num_rows
 
 
+def count_vectors(store: Store) -> int:
+    return _table(store).count_rows()
+
+
 def ensure_index(store: Store) -> bool:
     """Build the ANN index when the table is large enough to need one; True if it has one now."""
     table = _table(store)
