@@ -24,11 +24,19 @@ def dagster_home(store: Path) -> Path:
     return Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else Path(store) / ".dagster"
 
 
-def project_instance(store: Path) -> dg.DagsterInstance:
-    """The store's persistent instance (made on first use)."""
+def ensure_home(store: Path) -> Path:
+    """The instance's home, made on first use with telemetry off (nothing here reaches the network)."""
     home = dagster_home(store)
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.from_config(str(home))
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        settings.write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def project_instance(store: Path) -> dg.DagsterInstance:
+    """The store's persistent instance."""
+    return dg.DagsterInstance.from_config(str(ensure_home(store)))
 
 
 def add_graph_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from circuitdb.errors import CircuitDBError
-from orchestration.instance import EFFECTIVE_CONFIG, dagster_home
+from orchestration.instance import EFFECTIVE_CONFIG, ensure_home
 
 
 def _default_signals() -> None:
@@ -33,8 +33,17 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
-    """SIGTERM to each process group, then SIGKILL to whatever still runs after `grace` seconds."""
+    """SIGTERM to each process group (webserver, daemon and the code servers they started), then SIGKILL to
+    whatever of them still runs after `grace` seconds: nothing is left behind."""
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -43,14 +52,17 @@ def _stop(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            pass
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
 
 
 def serve(store: Path, config_file: str | None, host: str, port: int) -> int:
     """Run the UI until interrupted or until one of its processes exits; returns that exit code (0 on a signal)."""
-    home = dagster_home(store)
-    home.mkdir(parents=True, exist_ok=True)
+    home = ensure_home(store)
     workspace = home / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": "orchestration.definitions"}]}))
     env = dict(os.environ, DAGSTER_HOME=str(home.resolve()), CIRCUITDB_STORE=str(Path(store).resolve()))
