@@ -38,6 +38,12 @@ def test_default_definitions_load() -> None:
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
     assert [s.name for s in loaded.sensors] == ["prompts_file_sensor"]
     assert [s.name for s in loaded.schedules] == ["refresh_stale_graphs"]
+    described = [*loaded.sensors, *loaded.schedules]
+    assert all(item.description for item in described)
+    for node in graph.asset_nodes:
+        assert node.description and node.group_name, node.key
+    checks = [spec for asset in loaded.assets for spec in asset.check_specs]
+    assert checks and all(spec.description for spec in checks)
 
 
 TINY_DICTIONARIES = (

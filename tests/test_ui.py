@@ -172,3 +172,15 @@ def test_a_prompt_typed_as_a_partition_key_gets_its_graph(served) -> None:
     assert result.success
     graphs = read_table(Store(config.store), "graphs")
     assert prompt in graphs["prompt"].to_list()
+
+
+def test_the_sensor_runs_only_prompts_without_a_graph(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an instance that knows no partitions, the built prompts come back as partitions, not as runs."""
+    from orchestration.sensors import prompts_file_sensor
+
+    _, config, _ = served
+    monkeypatch.setenv("CIRCUITDB_CONFIG", str(config.store_path / EFFECTIVE_CONFIG))
+    result = prompts_file_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
+    assert result.run_requests == []
+    (request,) = result.dynamic_partitions_requests
+    assert sorted(request.partition_keys) == sorted(configured_prompts(config))
