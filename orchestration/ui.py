@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,8 +61,17 @@ def _stop(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
         process.wait()
 
 
-def serve(store: Path, config_file: str | None, host: str, port: int) -> int:
-    """Run the UI until interrupted or until one of its processes exits; returns that exit code (0 on a signal)."""
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CircuitDBError(f"cannot serve on {host}:{port} ({exc.strerror}); choose --port/--host") from None
+
+
+def serve(store: Path, config_file: str | None, host: str, port: int) -> None:
+    """Run the UI until interrupted (Ctrl-C, SIGTERM); one of its processes dying is an error."""
+    _check_port(host, port)
     home = ensure_home(store)
     workspace = home / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": "orchestration.definitions"}]}))
@@ -86,4 +96,5 @@ def serve(store: Path, config_file: str | None, host: str, port: int) -> int:
             time.sleep(0.2)
     finally:
         _stop(processes)
-    return 0 if stopping else next(p.returncode for p in processes if p.returncode is not None)
+    if not stopping:
+        raise CircuitDBError("the Dagster webserver or daemon stopped on its own; its messages are above")

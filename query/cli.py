@@ -507,7 +507,7 @@ def ui(
     if not 0 < port < 65536:
         raise CircuitDBError(f"--port must be between 1 and 65535, got {port}")
     project = _config(config, store=store)
-    raise typer.Exit(serve(project.store_path, config, host, port))
+    serve(project.store_path, config, host, port)
 
 
 def main() -> None:

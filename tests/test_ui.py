@@ -184,3 +184,12 @@ def test_the_sensor_runs_only_prompts_without_a_graph(served, monkeypatch: pytes
     assert result.run_requests == []
     (request,) = result.dynamic_partitions_requests
     assert sorted(request.partition_keys) == sorted(configured_prompts(config))
+
+
+def test_a_busy_port_is_one_error_line(served, cli) -> None:
+    url, config, _ = served
+    port = url.rsplit(":", 1)[1]
+    code, _, err = cli("ui", "--port", port, "--store", str(config.store_path))
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: cannot serve on 127.0.0.1:" + port)
+    code, _, err = cli("ui", "--port", "0")
+    assert code == 1 and "--port must be between 1 and 65535" in err
