@@ -220,13 +220,14 @@ class AttributionConfig:
     """Prompts the pipeline attributes (one `attribution_graphs` partition each)."""
     prompts_file: str = ""
     """Optional text file, one prompt per line, watched by a sensor that adds partitions."""
-    max_prompt_tokens: int = 64
-    """Longest prompt accepted (BOS included); memory grows with the square of the active features."""
+    max_prompt_tokens: int = 1024
+    """Longest prompt accepted (BOS included, and never past the model's context); memory_gb bounds the rest."""
     max_feature_nodes: int = 8192
     """Features kept as nodes, ranked by influence on the logits (circuit-tracer's default)."""
-    max_adjacency_gb: float = 4.0
-    """Refuse prompts whose dense adjacency (all active features, before the cap) would need more memory;
-    peak memory is about twice this plus the model (capping and pruning hold a normalized copy)."""
+    memory_gb: float = 4.0
+    """Memory the graph's buffers may take (the model's not counted). Within it, every active feature gets
+    its exact row and the cap keeps the most influential; past it, rows are computed influence-first up
+    to max_feature_nodes; a prompt whose graph would need more even so is refused before any allocation."""
     logit_cumulative: float = 0.95
     """Target logits: the most probable next tokens until their probabilities reach this sum."""
     max_logits: int = 10
@@ -244,6 +245,8 @@ class AttributionConfig:
                 raise CircuitDBError(f"attribution.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_prompt_tokens < 2 or self.max_feature_nodes < 1 or self.max_logits < 1:
             raise CircuitDBError("attribution.max_prompt_tokens ≥ 2, max_feature_nodes ≥ 1 and max_logits ≥ 1")
+        if not self.memory_gb > 0:
+            raise CircuitDBError(f"attribution.memory_gb must be positive, got {self.memory_gb}")
 
 
 @dataclass

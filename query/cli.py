@@ -38,6 +38,10 @@ def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
     return load_config(config_file, overrides)
 
 
+def _to_stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
 def _store(store: str | None, config_file: str | None) -> Store:
     return Store.open_existing(_config(config_file, store=store).store)
 
@@ -337,6 +341,7 @@ app.add_typer(graph_app, name="graph")
 def graph_build(
     prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
     max_feature_nodes: Annotated[int | None, typer.Option(help="Features kept, by influence on the logits.")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Memory the graph may take (attribution.memory_gb).")] = None,
     transcoders: Annotated[
         str | None,
         typer.Option(
@@ -352,12 +357,13 @@ def graph_build(
     from circuitdb.models import load_model
     from orchestration.instance import record_graph
 
-    project = _config(config, store=store, **{"attribution.max_feature_nodes": max_feature_nodes})
+    overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
+    project = _config(config, store=store, **overrides)
     opened = Store(project.store) if transcoders else Store.open_existing(project.store)  # a folder is enough
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
-    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders)
+    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr)
     record_graph(opened.root, row)  # its partition in the UI, materialized
     keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]

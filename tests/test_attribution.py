@@ -240,13 +240,14 @@ def test_keep_top_features_is_the_submatrix_of_the_most_influential(traced) -> N
 
 
 def test_a_graph_too_large_for_the_memory_limit_is_refused_before_allocating(traced) -> None:
+    from circuitdb.attribution.graph import memory_estimate
     from circuitdb.errors import CircuitDBError
 
     rm, graph = traced
-    limit = graph.n_nodes**2 * 8 / 1e9 * 0.99  # float64 adjacency, just over the limit
-    with pytest.raises(CircuitDBError, match="attribution.max_adjacency_gb"):
-        attribute(rm, progress=False, max_adjacency_gb=limit)
-    assert attribute(rm, progress=False, max_adjacency_gb=limit / 0.98).n_nodes == graph.n_nodes
+    need = memory_estimate(graph.n_features, graph.n_layers, graph.n_positions, None, None).gb
+    with pytest.raises(CircuitDBError, match="attribution.memory_gb"):
+        attribute(rm, progress=False, memory_gb=need * 0.99)
+    assert attribute(rm, progress=False, memory_gb=need * 1.01).n_nodes == graph.n_nodes
 
 
 def test_edge_validation_holds_with_gemmas_final_softcap(model_dirs) -> None:
@@ -261,3 +262,41 @@ def test_edge_validation_holds_with_gemmas_final_softcap(model_dirs) -> None:
     checks = validate_edges(rm, attribute(rm, progress=False), 5)
     assert len(checks) == 5 and max(c["relative_error"] for c in checks) < 1e-6
     assert lm.model.config.final_logit_softcapping == 3.0  # restored
+
+
+def _positions_in(graph, other) -> torch.Tensor:
+    """Where each feature node of `other` sits among the feature nodes of `graph`."""
+    key = lambda f: list(zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True))  # noqa: E731
+    where = {feature: i for i, feature in enumerate(key(graph.features))}
+    return torch.tensor([where[feature] for feature in key(other.features)], dtype=torch.long)
+
+
+def test_influence_first_rows_are_the_dense_rows(traced) -> None:
+    """With room for every feature, influence-first keeps every feature that has influence, and its graph is
+    the dense graph's submatrix over the kept nodes (rows computed again, over the kept columns only)."""
+    from circuitdb.attribution.pruning import node_influence
+
+    rm, graph = traced
+    first = attribute(rm, progress=False, max_feature_nodes=graph.n_features, influence_first=True)
+    influence = node_influence(graph)[: graph.n_features]
+    chosen = _positions_in(graph, first)
+    assert set(chosen.tolist()) == set((influence > 0).nonzero().flatten().tolist())
+    nodes = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
+    torch.testing.assert_close(first.adjacency, graph.adjacency[nodes][:, nodes], rtol=1e-6, atol=1e-12)
+    assert first.n_active_features == graph.n_features
+
+
+def test_capped_influence_first_keeps_the_most_influential(traced) -> None:
+    """A third of the features, chosen batch by batch from estimated influence: nearly the dense graph's top
+    third by exact influence, and nearly all of its influence."""
+    from circuitdb.attribution.pruning import node_influence
+
+    rm, graph = traced
+    cap = graph.n_features // 3
+    capped = attribute(rm, progress=False, max_feature_nodes=cap, influence_first=True, batch_size=8)
+    influence = node_influence(graph)[: graph.n_features]
+    chosen = _positions_in(graph, capped).tolist()
+    best = influence.topk(cap).indices.tolist()
+    overlap = len(set(chosen) & set(best)) / cap
+    share = float(influence[chosen].sum() / influence[best].sum())
+    assert capped.n_features == cap and overlap >= 0.9 and share >= 0.99, (overlap, share)

@@ -136,7 +136,7 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
     export_transcoders({0: SparseCoder(DictionaryConfig(kind="plt", n_latents=8, k=2), 32, 32)}, narrow, "tiny")
     for args, message in (
         (["graph", "build", "  "], "the prompt is empty"),
-        (["graph", "build", "fox " * 80], "the limit is 64"),
+        (["graph", "build", "fox " * 200], "the limit is 128"),  # the tiny model's context
         (["graph", "show", "no-such-graph"], "unknown graph"),
         (["graph", "edges", slug], "exactly one of --from"),
         (["graph", "edges", slug, "--from", "9_9_9"], "has no node"),

@@ -23,6 +23,7 @@ whole model, and no autograd graph in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -71,8 +72,12 @@ class Graph:
         return self.logit_start + len(self.logit_tokens)
 
 
+MAX_LOGITS = 10
+"""Target logits at most (the default of `max_logits`)."""
+
+
 def logit_targets(
-    logits: torch.Tensor, cumulative: float = 0.95, max_logits: int = 10
+    logits: torch.Tensor, cumulative: float = 0.95, max_logits: int = MAX_LOGITS
 ) -> tuple[list[int], torch.Tensor]:
     """The most probable next tokens until their probabilities sum to `cumulative`, at most `max_logits`."""
     probabilities = logits.float().softmax(-1)
@@ -148,108 +153,307 @@ class _Weights:
         grad += self.attention_norm.backward(to_values.reshape(n, positions, -1) @ self.W_V, positions)
 
 
+class _Sweep:
+    """The backward sweep, for any set of targets: what it needs that does not depend on the targets.
+
+    Source columns are laid out as the graph's nodes: active features, errors (layer × position), tokens.
+    `rows` fills exact adjacency rows for the given targets into any output (the dense graph, a
+    batch buffer, or the square graph of kept nodes), through a map from source columns to output
+    columns in which -1 drops a column (and skips its arithmetic).
+    """
+
+    def __init__(self, rm: ReplacementModel, progress: bool) -> None:
+        lm, features, tc = rm.lm, rm.features, rm.transcoders
+        self.rm, self.progress = rm, progress
+        self.L, self.P, self.n_features = lm.n_layers, rm.n_positions, len(features)
+        self.device = rm.mlp_in.device
+        self.error_start, self.token_start = self.n_features, self.n_features + self.L * self.P
+        self.n_columns = self.token_start + self.P
+        self.weights = [_Weights(rm, layer) for layer in range(self.L)]
+        # sources: what each feature writes into mlp_out of each layer, and the error vectors
+        self.writes_at: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.L)]
+        for layer in tc.layers:
+            mask = features.layer == layer
+            columns = mask.nonzero().flatten()
+            for target_layer, rows in tc.writes(layer, features.index[mask]).items():
+                vectors = rows * features.activation[mask, None]
+                self.writes_at[target_layer].append((columns, features.position[mask], vectors))
+        positions = torch.arange(self.P, device=self.device)
+        for layer in range(self.L):
+            errors = self.error_start + layer * self.P + positions
+            self.writes_at[layer].append((errors, positions, rm.errors[layer]))
+        self.embeddings = lm.model.get_submodule(lm.arch.embedding)(rm.ids.to(self.device))  # with Gemma's √d
+
+    def feature_reads(self, chosen: torch.Tensor) -> torch.Tensor:
+        """What features `chosen` (indices into the active features) read: [k, d] gradients at their mlp_in."""
+        features, tc = self.rm.features, self.rm.transcoders
+        reads = torch.zeros(len(chosen), self.rm.lm.d_model, dtype=self.rm.mlp_in.dtype, device=self.device)
+        layers = features.layer[chosen]
+        for layer in layers.unique().tolist():
+            mask = layers == layer
+            rows, _ = tc.encoder(layer, features.index[chosen[mask]])
+            reads[mask] = self.weights[layer].mlp_norm.read(rows, features.position[chosen[mask]])
+        return reads
+
+    def logit_reads(self, tokens: list[int]) -> torch.Tensor:
+        """Demeaned unembedding rows through the frozen final norm at the last position: [n_logits, d]."""
+        lm = self.rm.lm
+        unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
+        final_norm = _Norm(lm, lm.model.get_submodule(lm.arch.final_norm), self.rm.freezer.scales["final"])
+        last = torch.full((len(tokens),), self.P - 1, device=self.device)
+        return final_norm.read(unembedding[tokens] - unembedding.mean(0), last)  # softmax ignores shifts
+
+    def rows(
+        self,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        reads: torch.Tensor,
+        out: torch.Tensor,
+        out_rows: torch.Tensor,
+        column_map: torch.Tensor | None = None,
+        desc: str = "attribution",
+    ) -> None:
+        """Add the exact rows of targets (reading `reads` at `layers`/`positions`; logits at layer L) into
+        `out[out_rows]`, source column c going to `out[:, column_map[c]]` (identity when None)."""
+        L, P, device = self.L, self.P, self.device
+        groups = []
+        for position in range(P):
+            members = (positions == position).nonzero().flatten()
+            members = members[layers[members].argsort(descending=True, stable=True)]
+            grad = torch.zeros(len(members), position + 1, reads.shape[1], dtype=reads.dtype, device=device)
+            groups.append((position, members, layers[members], grad))
+
+        def inject(layer: int) -> None:
+            for position, members, member_layers, grad in groups:
+                new = (member_layers == layer).nonzero().flatten()
+                if len(new):
+                    grad[new, position] += reads[members[new]]
+
+        def active(member_layers: torch.Tensor, layer: int) -> int:
+            return int((member_layers >= layer).sum())
+
+        sources = [
+            [self._mapped(columns, source_positions, vectors, column_map) for columns, source_positions, vectors in at]
+            for at in self.writes_at
+        ]
+        inject(L)
+        for layer in tqdm(range(L - 1, -1, -1), desc=desc, unit="layer", disable=not self.progress, leave=False):
+            for position, members, member_layers, grad in groups:
+                live = grad[: active(member_layers, layer + 1)]
+                if not len(live):
+                    continue
+                rows = out_rows[members[: len(live)]]
+                for columns, source_positions, vectors in sources[layer]:
+                    for source_position in source_positions.unique().tolist():
+                        if source_position > position:
+                            continue
+                        pick = source_positions == source_position
+                        out[rows[:, None], columns[pick][None, :]] += live[:, source_position] @ vectors[pick].T
+                self.weights[layer].skip_backward(live, position + 1)
+            inject(layer)
+            for position, _, member_layers, grad in groups:
+                live = grad[: active(member_layers, layer)]
+                if len(live):
+                    self.weights[layer].attention_backward(live, position + 1)
+
+        token_columns = self.token_start + torch.arange(P, device=device)
+        if column_map is not None:
+            token_columns = column_map[token_columns]
+        for position, members, _, grad in groups:
+            if len(members):
+                out[out_rows[members][:, None], token_columns[: position + 1]] = torch.einsum(
+                    "npd,pd->np", grad, self.embeddings[: position + 1]
+                )
+
+    @staticmethod
+    def _mapped(columns, positions, vectors, column_map):
+        """A source block with its columns mapped, the dropped ones (-1) left out."""
+        if column_map is None:
+            return columns, positions, vectors
+        mapped = column_map[columns]
+        keep = mapped >= 0
+        return mapped[keep], positions[keep], vectors[keep]
+
+
+def _estimated_gb(n_rows: int, n_columns: int, bytes_per_value: int) -> float:
+    return n_rows * n_columns * bytes_per_value / 1e9
+
+
+class MemoryEstimate(NamedTuple):
+    gb: float
+    """Peak bytes of the graph's buffers (adjacency, pruning's copy, the selection buffer), in GB."""
+    influence_first: bool
+    """Whether rows are computed influence-first (the dense graph of every active feature does not fit)."""
+
+
+def memory_estimate(
+    n_features: int, n_layers: int, n_positions: int, max_feature_nodes: int | None, memory_gb: float | None
+) -> MemoryEstimate:
+    """What the graph will hold: dense (every active feature a node, then the cap by exact influence) when
+    that fits `memory_gb`, else influence-first (a bf16 selection buffer of max_feature_nodes rows over every
+    source, then the exact square graph of the kept nodes). Both hold the square graph twice while pruning."""
+    others = n_layers * n_positions + n_positions + MAX_LOGITS
+    dense = 2 * _estimated_gb(n_features + others, n_features + others, 4)
+    if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
+        return MemoryEstimate(dense, False)
+    kept = max_feature_nodes + others
+    selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features + others, 2)
+    return MemoryEstimate(selection + 2 * _estimated_gb(kept, kept, 4), True)
+
+
 @torch.no_grad()
 def attribute(
     rm: ReplacementModel,
     logit_cumulative: float = 0.95,
-    max_logits: int = 10,
+    max_logits: int = MAX_LOGITS,
     progress: bool = True,
-    max_adjacency_gb: float | None = None,
+    max_feature_nodes: int | None = None,
+    memory_gb: float | None = None,
+    influence_first: bool | None = None,
+    batch_size: int = 512,
 ) -> Graph:
-    """The attribution graph of the traced prompt (see the module docstring). The adjacency is dense
-    (nodes² floats): with `max_adjacency_gb`, a prompt that would need more fails before allocating it."""
-    lm, features, tc = rm.lm, rm.features, rm.transcoders
-    L, P = lm.n_layers, rm.n_positions
-    dtype, device = rm.mlp_in.dtype, rm.mlp_in.device
-    tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
-    n_f = len(features)
-    error_start, token_start = n_f, n_f + L * P
-    logit_start = token_start + P
-    n_nodes = logit_start + len(tokens)
-    needed_gb = n_nodes**2 * torch.finfo(dtype).bits / 8 / 1e9
-    if max_adjacency_gb is not None and needed_gb > max_adjacency_gb:
+    """The attribution graph of the traced prompt (see the module docstring), with at most
+    `max_feature_nodes` features as nodes, chosen by influence on the logits.
+
+    Dense when it fits `memory_gb` (every active feature gets its exact row, the cap keeps the most
+    influential by exact influence: `keep_top_features`); otherwise influence-first: logit rows, then
+    feature rows in batches, each batch the features of highest influence estimated from the rows so far,
+    until the cap; then the kept graph's rows once more, exactly, over the kept nodes only. Features
+    never given a row are left out of the graph with their edges, as circuit-tracer's are.
+    `influence_first` forces one way (tests). One clear error, before any allocation, past `memory_gb`.
+    """
+    lm, features = rm.lm, rm.features
+    L, P, n_f = lm.n_layers, rm.n_positions, len(features)
+    estimate = memory_estimate(n_f, L, P, max_feature_nodes, memory_gb)
+    if influence_first is not None:
+        estimate = MemoryEstimate(estimate.gb, influence_first)
+    if memory_gb is not None and estimate.gb > memory_gb:
         raise CircuitDBError(
-            f"the prompt has {n_f} active features: its graph needs {needed_gb:.1f} GB "
-            f"(limit {max_adjacency_gb} GB, attribution.max_adjacency_gb); shorten the prompt"
+            f"the prompt has {n_f} active features: its graph needs ~{estimate.gb:.1f} GB (limit {memory_gb} GB, "
+            "attribution.memory_gb); lower --max-feature-nodes or shorten the prompt"
         )
-    adjacency = torch.zeros(n_nodes, n_nodes, dtype=dtype, device=device)
+    tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
+    sweep = _Sweep(rm, progress)
+    if not estimate.influence_first:
+        graph = _dense_graph(sweep, tokens, probabilities)
+        return keep_top_features(graph, max_feature_nodes)
+    chosen = _choose_features(sweep, tokens, probabilities, max_feature_nodes, batch_size)
+    return _kept_graph(sweep, tokens, probabilities, chosen)
 
-    # targets: features read mlp_in of their layer; logits read the final residual at the last position
-    target_layer = torch.cat([features.layer, torch.full((len(tokens),), L, device=device)])
-    target_position = torch.cat([features.position, torch.full((len(tokens),), P - 1, device=device)])
-    target_row = torch.arange(n_f + len(tokens), device=device)
-    target_row[n_f:] += logit_start - n_f
-    weights = [_Weights(rm, layer) for layer in range(L)]
-    reads = torch.zeros(len(target_row), lm.d_model, dtype=dtype, device=device)
-    for layer in tc.layers:
-        mask = features.layer == layer
-        if mask.any():
-            rows, _ = tc.encoder(layer, features.index[mask])
-            reads[:n_f][mask] = weights[layer].mlp_norm.read(rows, features.position[mask])
-    unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
-    final_norm = _Norm(lm, lm.model.get_submodule(lm.arch.final_norm), rm.freezer.scales["final"])
-    last = torch.full((len(tokens),), P - 1, device=device)
-    reads[n_f:] = final_norm.read(unembedding[tokens] - unembedding.mean(0), last)  # demeaned: softmax ignores shifts
 
-    # sources: what each feature writes into mlp_out of each layer, and the error vectors
-    writes_at: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]
-    for layer in tc.layers:
-        mask = features.layer == layer
-        columns = mask.nonzero().flatten()
-        for target_layer_, rows in tc.writes(layer, features.index[mask]).items():
-            vectors = rows * features.activation[mask, None]
-            writes_at[target_layer_].append((columns, features.position[mask], vectors))
-    for layer in range(L):
-        writes_at[layer].append(
-            (error_start + layer * P + torch.arange(P, device=device), torch.arange(P, device=device), rm.errors[layer])
-        )
+def _dense_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor) -> Graph:
+    """Every active feature a node: the rows of all features and logits, into the square adjacency."""
+    rm, n_f, device = sweep.rm, sweep.n_features, sweep.device
+    n_nodes = sweep.n_columns + len(tokens)
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
+    features = rm.features
+    layers = torch.cat([features.layer, torch.full((len(tokens),), sweep.L, device=device)])
+    positions = torch.cat([features.position, torch.full((len(tokens),), sweep.P - 1, device=device)])
+    reads = torch.cat([sweep.feature_reads(torch.arange(n_f, device=device)), sweep.logit_reads(tokens)])
+    out_rows = torch.arange(n_f + len(tokens), device=device)
+    out_rows[n_f:] += sweep.n_columns - n_f
+    sweep.rows(layers, positions, reads, adjacency, out_rows)
+    return Graph(rm.ids.tolist(), features, sweep.L, tokens, probabilities, adjacency, n_f)
 
-    groups = []
-    for position in range(P):
-        members = (target_position == position).nonzero().flatten()
-        members = members[target_layer[members].argsort(descending=True, stable=True)]
-        layers = target_layer[members]
-        grad = torch.zeros(len(members), position + 1, lm.d_model, dtype=dtype, device=device)
-        groups.append((position, members, layers, grad))
 
-    def inject(layer: int) -> None:
-        for position, members, layers, grad in groups:
-            new = (layers == layer).nonzero().flatten()
-            if len(new):
-                grad[new, position] += reads[members[new]]
+def _normalized_rows(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows.abs()
+    return (rows / rows.sum(1, keepdim=True).clamp_min(1e-10)).bfloat16()
 
-    def active(layers: torch.Tensor, layer: int) -> int:
-        return int((layers >= layer).sum())
 
-    inject(L)
-    for layer in tqdm(range(L - 1, -1, -1), desc="attribution", unit="layer", disable=not progress, leave=False):
-        sources = writes_at[layer]
-        for position, members, layers, grad in groups:
-            live = grad[: active(layers, layer + 1)]
-            if not len(live):
-                continue
-            rows = target_row[members[: len(live)]]
-            for columns, positions, vectors in sources:
-                for source_position in positions.unique().tolist():
-                    if source_position > position:
-                        continue
-                    pick = positions == source_position
-                    adjacency[rows[:, None], columns[pick][None, :]] += live[:, source_position] @ vectors[pick].T
-            weights[layer].skip_backward(live, position + 1)
-        inject(layer)
-        for position, _, layers, grad in groups:
-            live = grad[: active(layers, layer)]
-            if len(live):
-                weights[layer].attention_backward(live, position + 1)
+def _column_influence(
+    normalized: torch.Tensor, row_columns: torch.Tensor, weights: torch.Tensor, max_steps: int = 10_000
+) -> torch.Tensor:
+    """Influence on the logits of every source column, through the rows computed so far.
 
-    embeddings = lm.model.get_submodule(lm.arch.embedding)(rm.ids.to(device))  # with Gemma's √d scale
-    for position, members, _, grad in groups:
-        if len(members):
-            adjacency[target_row[members][:, None], token_start + torch.arange(position + 1, device=device)] = (
-                torch.einsum("npd,pd->np", grad, embeddings[: position + 1])
-            )
+    `normalized` [rows, columns] holds the rows' normalized |A| (bf16), `row_columns` each row's own column
+    (-1 for logits), `weights` the logits' probabilities then zeros. The graph among rows is acyclic, so
+    repeated products end.
+    """
+    row_weight = weights.float().clone()
+    is_feature = row_columns >= 0
+    total = torch.zeros(normalized.shape[1], device=normalized.device)
+    current = row_weight
+    for _ in range(max_steps):
+        spread = _times(current, normalized)
+        total += spread
+        current = torch.zeros_like(row_weight)
+        current[is_feature] = spread[row_columns[is_feature]]
+        if not current.any():
+            return total
+    raise RuntimeError("influence did not converge: the rows form a cycle")
 
-    return Graph(rm.ids.tolist(), features, L, tokens, probabilities, adjacency, n_f)
+
+def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
+    """vector @ matrix for a bf16 matrix, in fp32, a chunk of rows at a time (no fp32 copy of the matrix)."""
+    out = torch.zeros(matrix.shape[1], device=matrix.device)
+    for start in range(0, matrix.shape[0], rows_per_chunk):
+        weights = vector[start : start + rows_per_chunk]
+        if weights.any():
+            out += weights @ matrix[start : start + rows_per_chunk].float()
+    return out
+
+
+def _choose_features(
+    sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, max_feature_nodes: int, batch_size: int
+) -> torch.Tensor:
+    """Influence-first: the features to keep, in batches of the highest estimated influence so far."""
+    rm, device, n_f = sweep.rm, sweep.device, sweep.n_features
+    n_logits = len(tokens)
+    capacity = min(max_feature_nodes, n_f)
+    normalized = torch.zeros(n_logits + capacity, sweep.n_columns, dtype=torch.bfloat16, device=device)
+    row_columns = torch.full((n_logits + capacity,), -1, dtype=torch.long, device=device)
+    weights = torch.zeros(n_logits + capacity, device=device)
+    weights[:n_logits] = probabilities.to(device)
+
+    def add_rows(start: int, layers, positions, reads, desc: str) -> None:
+        block = torch.zeros(len(reads), sweep.n_columns, dtype=reads.dtype, device=device)
+        sweep.rows(layers, positions, reads, block, torch.arange(len(reads), device=device), desc=desc)
+        normalized[start : start + len(reads)] = _normalized_rows(block)
+
+    last = torch.full((n_logits,), sweep.P - 1, device=device)
+    add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit rows")
+    chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
+    done = n_logits
+    bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not sweep.progress, leave=False)
+    while done < n_logits + capacity:
+        influence = _column_influence(normalized[:done], row_columns[:done], weights[:done])[:n_f]
+        influence[chosen] = -1.0
+        take = min(batch_size, n_logits + capacity - done)
+        values, batch = influence.topk(take)
+        batch = batch[values > 0]
+        if not len(batch):
+            break  # no influence reaches the remaining features
+        batch = batch.sort().values
+        f = rm.features
+        add_rows(done, f.layer[batch], f.position[batch], sweep.feature_reads(batch), "feature rows")
+        row_columns[done : done + len(batch)] = batch
+        chosen[batch] = True
+        done += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    return chosen.nonzero().flatten()
+
+
+def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, chosen: torch.Tensor) -> Graph:
+    """The exact square graph of the chosen features, errors, tokens and logits (other features dropped)."""
+    rm, device = sweep.rm, sweep.device
+    f = rm.features
+    kept = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
+    n_kept = len(chosen)
+    column_map = torch.full((sweep.n_columns,), -1, dtype=torch.long, device=device)
+    column_map[chosen] = torch.arange(n_kept, device=device)
+    others = torch.arange(sweep.error_start, sweep.n_columns, device=device)
+    column_map[others] = n_kept + torch.arange(len(others), device=device)
+    n_nodes = n_kept + len(others) + len(tokens)
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
+    layers = torch.cat([kept.layer, torch.full((len(tokens),), sweep.L, device=device)])
+    positions = torch.cat([kept.position, torch.full((len(tokens),), sweep.P - 1, device=device)])
+    reads = torch.cat([sweep.feature_reads(chosen), sweep.logit_reads(tokens)])
+    out_rows = torch.arange(n_kept + len(tokens), device=device)
+    out_rows[n_kept:] += len(others)
+    sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="kept rows")
+    return Graph(rm.ids.tolist(), kept, sweep.L, tokens, probabilities, adjacency, sweep.n_features)
 
 
 def keep_top_features(graph: Graph, keep: int | None) -> Graph:

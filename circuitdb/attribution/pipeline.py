@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
 from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
-from circuitdb.attribution.graph import attribute, check_prompt, keep_top_features
+from circuitdb.attribution.graph import attribute, check_prompt, memory_estimate
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, trace
@@ -44,21 +45,33 @@ def build_graph(
     cfg: AttributionConfig,
     transcoders_dir: str | None = None,
     validate: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Attribute `prompt`, prune, and write `graphs`, `graph_nodes`, `graph_edges` rows (partition = slug)
     and `<store>/graphs/<slug>.json`. Returns the `graphs` row and, with `validate`, the intervention
-    checks of the top features' edges into the top logit (`validate_edges`)."""
+    checks of the top features' edges into the top logit (`validate_edges`). `report` hears the memory
+    estimate before the graph is allocated."""
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
+    if report is not None:
+        estimate = memory_estimate(len(rm.features), lm.n_layers, rm.n_positions, cfg.max_feature_nodes, cfg.memory_gb)
+        how = "influence-first rows" if estimate.influence_first else "every feature's row"
+        report(
+            f"{rm.n_positions} tokens, {len(rm.features)} active features: ~{estimate.gb:.2f} GB for the graph "
+            f"({how}; attribution.memory_gb {cfg.memory_gb}, max_feature_nodes {cfg.max_feature_nodes})"
+        )
     graph = attribute(
-        rm, logit_cumulative=cfg.logit_cumulative, max_logits=cfg.max_logits, max_adjacency_gb=cfg.max_adjacency_gb
+        rm,
+        logit_cumulative=cfg.logit_cumulative,
+        max_logits=cfg.max_logits,
+        max_feature_nodes=cfg.max_feature_nodes,
+        memory_gb=cfg.memory_gb,
     )
     seconds = time.perf_counter() - started
     validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
-    del rm, transcoders  # the graph holds all it needs; capping and pruning get their memory
+    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
     started = time.perf_counter()
-    graph = keep_top_features(graph, cfg.max_feature_nodes)
     pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
     seconds += time.perf_counter() - started
 
