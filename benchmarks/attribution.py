@@ -1,8 +1,12 @@
 """Attribution speed and memory on the embedded model: one prompt, 30 per-layer transcoders.
 
-Prints one JSON line: seconds (trace + full attribution + pruning, model and transcoders already
-loaded), load_seconds, peak_rss_gb, n_prompt_tokens, n_active_features, n_nodes, n_nodes_pruned,
-n_edges_pruned, replacement_score, completeness_score, transcoders ('trained: <where>' or 'random').
+    python benchmarks/attribution.py [--prompt TEXT | --prompt-tokens N] [--max-feature-nodes M] [--memory-gb G]
+
+Prints one JSON line: seconds (trace + attribution + pruning, model and transcoders already loaded),
+load_seconds, peak_rss_gb, n_prompt_tokens, n_active_features, n_feature_rows (feature nodes with a
+row), influence_first, n_nodes, n_nodes_pruned, n_edges_pruned, replacement_score, completeness_score,
+transcoders ('trained: <where>' or 'random'). `--prompt-tokens N` repeats a fixed text to N tokens
+(BOS included) and prints it on stderr. Without --max-feature-nodes every active feature is a node.
 
 Transcoders come from --transcoders DIR (any format the registry reads), else from the store that
 `make demo` builds, else random ones of the demo's shape (4096 latents, k=32, skip), which time the
@@ -14,19 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 
 import torch
 
-from circuitdb.attribution import (
-    Transcoders,
-    attribute,
-    keep_top_features,
-    load_transcoders,
-    prune,
-    stored_transcoders,
-    trace,
-)
+from circuitdb.attribution import Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
+from circuitdb.attribution.graph import memory_estimate
 from circuitdb.config import DictionaryConfig, load_config
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -34,6 +32,7 @@ from circuitdb.models import load_model
 from circuitdb.store import Store
 
 PROMPT = "The capital of France is Paris, and the capital of Germany is"
+FILLER = "The capital of France is Paris, and the capital of Germany is Berlin. "
 
 
 def _random_transcoders(n_layers: int, d: int, n_latents: int, k: int) -> Transcoders:
@@ -52,7 +51,9 @@ def main() -> None:
     parser.add_argument("--transcoders", default=None, help="folder of transcoders in any format the registry reads")
     parser.add_argument("--store", default=None, help="store built by `make demo` (default: the configured one)")
     parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--prompt-tokens", type=int, default=None, help="a prompt of exactly N tokens (BOS incl.)")
     parser.add_argument("--max-feature-nodes", type=int, default=None)
+    parser.add_argument("--memory-gb", type=float, default=None, help="default: attribution.memory_gb")
     args = parser.parse_args()
     config = load_config(None, {"store": args.store})
     started = time.perf_counter()
@@ -67,19 +68,28 @@ def main() -> None:
             transcoders, source = _random_transcoders(lm.n_layers, lm.d_model, 4096, 32), "random"
     load_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
     ids = lm.encode(args.prompt)
-    graph = attribute(trace(lm, ids, transcoders), progress=False)
-    del transcoders  # not needed once the graph exists; capping and pruning then have their memory
-    graph = keep_top_features(graph, args.max_feature_nodes)
+    if args.prompt_tokens:
+        ids = lm.encode(FILLER * (args.prompt_tokens // 10 + 1))[: args.prompt_tokens]
+        print(repr(lm.tokenizer.decode(ids[1:])), file=sys.stderr)
+    memory_gb = args.memory_gb or config.attribution.memory_gb
+    started = time.perf_counter()
+    rm = trace(lm, ids, transcoders)
+    n_features = len(rm.features)
+    estimate = memory_estimate(n_features, lm.n_layers, len(ids), args.max_feature_nodes, memory_gb)
+    graph = attribute(rm, progress=False, max_feature_nodes=args.max_feature_nodes, memory_gb=memory_gb)
+    del rm, transcoders  # not needed once the graph exists; pruning then has their memory
     pruned = prune(graph)
     seconds = time.perf_counter() - started
     result = {
         "seconds": round(seconds, 2),
         "load_seconds": round(load_seconds, 2),
-        "prompt": args.prompt,
+        "prompt": args.prompt if not args.prompt_tokens else f"{args.prompt_tokens} tokens of FILLER",
         "n_prompt_tokens": len(ids),
         "n_active_features": graph.n_active_features,
+        "n_feature_rows": graph.n_features,
+        "influence_first": estimate.influence_first,
+        "memory_estimate_gb": round(estimate.gb, 2),
         "n_nodes": graph.n_nodes,
         "n_nodes_pruned": int(pruned.node_mask.count_nonzero()),
         "n_edges_pruned": int(pruned.edge_mask.count_nonzero()),

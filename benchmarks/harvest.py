@@ -42,7 +42,7 @@ def main() -> None:
     def bare(chunk: torch.Tensor, _: Path) -> None:
         with torch.inference_mode():
             for start in range(0, chunk.shape[0], args.batch_size):
-                lm.model(input_ids=chunk[start : start + args.batch_size].long(), use_cache=False)
+                lm.model(input_ids=chunk[start : start + args.batch_size].long().to(lm.device), use_cache=False)
 
     jobs = {
         "bare_forward": bare,

@@ -300,3 +300,13 @@ def test_capped_influence_first_keeps_the_most_influential(traced) -> None:
     overlap = len(set(chosen) & set(best)) / cap
     share = float(influence[chosen].sum() / influence[best].sum())
     assert capped.n_features == cap and overlap >= 0.9 and share >= 0.99, (overlap, share)
+
+
+def test_targets_in_chunks_give_the_same_rows(traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prompt's targets go through the sweep in chunks (bounded gradient memory): same rows."""
+    from circuitdb.attribution import graph as graph_module
+
+    rm, graph = traced
+    monkeypatch.setattr(graph_module, "SCRATCH_BYTES", 64 * rm.lm.d_model)  # a handful of targets per chunk
+    chunked = attribute(rm, progress=False)
+    torch.testing.assert_close(chunked.adjacency, graph.adjacency, rtol=1e-6, atol=1e-12)

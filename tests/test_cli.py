@@ -92,7 +92,7 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
     code, out, _ = cli("graph", "list", "-f", "json", *config)
     assert code == 0 and len(json.loads(out)) == 3  # the default prompts, built by `build`
     code, out, err = cli("graph", "build", "The quick brown fox jumps", "--format", "json", *config)
-    assert code == 0, err
+    assert code == 0 and "GB for the graph (every feature's row" in err, err
     built = json.loads(out.strip().splitlines()[-1])
     slug = built["slug"]
     assert built["n_nodes_pruned"] > 0 and 0 <= built["replacement_score"] <= 1
@@ -141,6 +141,8 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
         (["graph", "edges", slug], "exactly one of --from"),
         (["graph", "edges", slug, "--from", "9_9_9"], "has no node"),
         (["graph", "build", "fox", "--transcoders", "/no/such/dir"], "does not exist"),
+        (["graph", "build", "The quick brown fox", "--memory-gb", "0.00001"], "lower --max-feature-nodes"),
+        (["graph", "build", "fox", "--memory-gb", "-1"], "attribution.memory_gb must be positive"),
         (["graph", "build", "fox", "--transcoders", str(narrow)], "width 32"),
         (["steer", "fox jumps", "--feature", "plt/1/9999", "--scale", "2"], "out of range"),
         (["steer", "fox jumps", "--feature", "plt/1"], "malformed feature id"),

@@ -74,6 +74,8 @@ class Graph:
 
 MAX_LOGITS = 10
 """Target logits at most (the default of `max_logits`)."""
+SCRATCH_BYTES = 1 << 27
+"""Influence-first computes a batch's rows in fp32 before keeping them in bf16: batches stay this small."""
 
 
 def logit_targets(
@@ -214,7 +216,20 @@ class _Sweep:
         desc: str = "attribution",
     ) -> None:
         """Add the exact rows of targets (reading `reads` at `layers`/`positions`; logits at layer L) into
-        `out[out_rows]`, source column c going to `out[:, column_map[c]]` (identity when None)."""
+        `out[out_rows]`, source column c going to `out[:, column_map[c]]` (identity when None).
+
+        Targets go through in chunks whose carried gradients ([targets, positions ≤ p, d]) stay within
+        SCRATCH_BYTES · 2: a long prompt's thousands of targets would otherwise carry gigabytes."""
+        cost = (positions + 1) * reads.shape[1] * reads.element_size()
+        chunk = torch.div(cost.cumsum(0), 2 * SCRATCH_BYTES, rounding_mode="floor")
+        if int(chunk[-1]) > 0:
+            for part in chunk.unique().tolist():
+                pick = (chunk == part).nonzero().flatten()
+                self._rows(layers[pick], positions[pick], reads[pick], out, out_rows[pick], column_map, desc)
+            return
+        self._rows(layers, positions, reads, out, out_rows, column_map, desc)
+
+    def _rows(self, layers, positions, reads, out, out_rows, column_map, desc) -> None:
         L, P, device = self.L, self.P, self.device
         groups = []
         for position in range(P):
@@ -297,8 +312,8 @@ def memory_estimate(
     if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
         return MemoryEstimate(dense, False)
     kept = max_feature_nodes + others
-    selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features + others, 2)
-    return MemoryEstimate(selection + 2 * _estimated_gb(kept, kept, 4), True)
+    selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features + others, 2) + SCRATCH_BYTES / 1e9
+    return MemoryEstimate(max(selection, 2 * _estimated_gb(kept, kept, 4)), True)
 
 
 @torch.no_grad()
@@ -356,35 +371,34 @@ def _dense_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor) 
     return Graph(rm.ids.tolist(), features, sweep.L, tokens, probabilities, adjacency, n_f)
 
 
-def _normalized_rows(rows: torch.Tensor) -> torch.Tensor:
-    rows = rows.abs()
-    return (rows / rows.sum(1, keepdim=True).clamp_min(1e-10)).bfloat16()
+def _normalized_rows_(rows: torch.Tensor) -> torch.Tensor:
+    """|rows| scaled to sum 1 per row, in place, as bf16 (the selection only ranks with them)."""
+    rows.abs_()
+    return rows.div_(rows.sum(1, keepdim=True).clamp_min(1e-10)).bfloat16()
 
 
 def _column_influence(
-    normalized: torch.Tensor, row_columns: torch.Tensor, weights: torch.Tensor, max_steps: int = 10_000
+    normalized: torch.Tensor, row_columns: torch.Tensor, row_layers: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Influence on the logits of every source column, through the rows computed so far.
+    """Influence on the logits of every source column, through the rows computed so far: the power series
+    of the normalized |A| solved in one pass from the last layer down.
 
     `normalized` [rows, columns] holds the rows' normalized |A| (bf16), `row_columns` each row's own column
-    (-1 for logits), `weights` the logits' probabilities then zeros. The graph among rows is acyclic, so
-    repeated products end.
+    (-1 for logits), `row_layers` its layer (n_layers for logits), `weights` the logits' probabilities then
+    zeros. A feature reads its layer's mlp_in, before any same-layer feature writes, so its influence is
+    complete once every later layer's rows have spread theirs.
     """
-    row_weight = weights.float().clone()
-    is_feature = row_columns >= 0
     total = torch.zeros(normalized.shape[1], device=normalized.device)
-    current = row_weight
-    for _ in range(max_steps):
-        spread = _times(current, normalized)
-        total += spread
-        current = torch.zeros_like(row_weight)
-        current[is_feature] = spread[row_columns[is_feature]]
-        if not current.any():
-            return total
-    raise RuntimeError("influence did not converge: the rows form a cycle")
+    row_weight = weights.float().clone()
+    for layer in row_layers.unique().flip(0).tolist():
+        rows = (row_layers == layer).nonzero().flatten()
+        features = rows[row_columns[rows] >= 0]
+        row_weight[features] = total[row_columns[features]]
+        total += _times(row_weight[rows], normalized[rows])
+    return total
 
 
-def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
+def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 128) -> torch.Tensor:
     """vector @ matrix for a bf16 matrix, in fp32, a chunk of rows at a time (no fp32 copy of the matrix)."""
     out = torch.zeros(matrix.shape[1], device=matrix.device)
     for start in range(0, matrix.shape[0], rows_per_chunk):
@@ -403,21 +417,23 @@ def _choose_features(
     capacity = min(max_feature_nodes, n_f)
     normalized = torch.zeros(n_logits + capacity, sweep.n_columns, dtype=torch.bfloat16, device=device)
     row_columns = torch.full((n_logits + capacity,), -1, dtype=torch.long, device=device)
+    row_layers = torch.full((n_logits + capacity,), sweep.L, dtype=torch.long, device=device)
     weights = torch.zeros(n_logits + capacity, device=device)
     weights[:n_logits] = probabilities.to(device)
 
     def add_rows(start: int, layers, positions, reads, desc: str) -> None:
         block = torch.zeros(len(reads), sweep.n_columns, dtype=reads.dtype, device=device)
         sweep.rows(layers, positions, reads, block, torch.arange(len(reads), device=device), desc=desc)
-        normalized[start : start + len(reads)] = _normalized_rows(block)
+        normalized[start : start + len(reads)] = _normalized_rows_(block)
 
     last = torch.full((n_logits,), sweep.P - 1, device=device)
     add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit rows")
     chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
+    batch_size = max(16, min(batch_size, SCRATCH_BYTES // (4 * sweep.n_columns)))  # fp32 rows of one batch
     done = n_logits
     bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not sweep.progress, leave=False)
     while done < n_logits + capacity:
-        influence = _column_influence(normalized[:done], row_columns[:done], weights[:done])[:n_f]
+        influence = _column_influence(normalized[:done], row_columns[:done], row_layers[:done], weights[:done])[:n_f]
         influence[chosen] = -1.0
         take = min(batch_size, n_logits + capacity - done)
         values, batch = influence.topk(take)
@@ -428,6 +444,7 @@ def _choose_features(
         f = rm.features
         add_rows(done, f.layer[batch], f.position[batch], sweep.feature_reads(batch), "feature rows")
         row_columns[done : done + len(batch)] = batch
+        row_layers[done : done + len(batch)] = f.layer[batch]
         chosen[batch] = True
         done += len(batch)
         bar.update(len(batch))
