@@ -165,26 +165,30 @@ class _Sweep:
     """
 
     def __init__(self, rm: ReplacementModel, progress: bool) -> None:
-        lm, features, tc = rm.lm, rm.features, rm.transcoders
+        lm, features = rm.lm, rm.features
         self.rm, self.progress = rm, progress
         self.L, self.P, self.n_features = lm.n_layers, rm.n_positions, len(features)
         self.device = rm.mlp_in.device
         self.error_start, self.token_start = self.n_features, self.n_features + self.L * self.P
         self.n_columns = self.token_start + self.P
         self.weights = [_Weights(rm, layer) for layer in range(self.L)]
-        # sources: what each feature writes into mlp_out of each layer, and the error vectors
-        self.writes_at: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.L)]
-        for layer in tc.layers:
-            mask = features.layer == layer
-            columns = mask.nonzero().flatten()
-            for target_layer, rows in tc.writes(layer, features.index[mask]).items():
-                vectors = rows * features.activation[mask, None]
-                self.writes_at[target_layer].append((columns, features.position[mask], vectors))
-        positions = torch.arange(self.P, device=self.device)
-        for layer in range(self.L):
-            errors = self.error_start + layer * self.P + positions
-            self.writes_at[layer].append((errors, positions, rm.errors[layer]))
         self.embeddings = lm.model.get_submodule(lm.arch.embedding)(rm.ids.to(self.device))  # with Gemma's √d
+
+    def writes(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Sources writing into mlp_out of `layer` as (columns, positions, vectors [k, d]): the features'
+        activation × decoder rows, and the layer's error vectors. Made when a sweep reaches the layer (a
+        long prompt's features would otherwise hold their vectors for every layer at once)."""
+        features, tc = self.rm.features, self.rm.transcoders
+        blocks = []
+        for source in [s for s in tc.layers if s <= layer]:
+            mask = features.layer == source
+            rows = tc.writes(source, features.index[mask]).get(layer)
+            if rows is not None:
+                vectors = rows * features.activation[mask, None]
+                blocks.append((mask.nonzero().flatten(), features.position[mask], vectors))
+        positions = torch.arange(self.P, device=self.device)
+        blocks.append((self.error_start + layer * self.P + positions, positions, self.rm.errors[layer]))
+        return blocks
 
     def feature_reads(self, chosen: torch.Tensor) -> torch.Tensor:
         """What features `chosen` (indices into the active features) read: [k, d] gradients at their mlp_in."""
@@ -247,18 +251,15 @@ class _Sweep:
         def active(member_layers: torch.Tensor, layer: int) -> int:
             return int((member_layers >= layer).sum())
 
-        sources = [
-            [self._mapped(columns, source_positions, vectors, column_map) for columns, source_positions, vectors in at]
-            for at in self.writes_at
-        ]
         inject(L)
         for layer in tqdm(range(L - 1, -1, -1), desc=desc, unit="layer", disable=not self.progress, leave=False):
+            sources = [self._mapped(*block, column_map) for block in self.writes(layer)]
             for position, members, member_layers, grad in groups:
                 live = grad[: active(member_layers, layer + 1)]
                 if not len(live):
                     continue
                 rows = out_rows[members[: len(live)]]
-                for columns, source_positions, vectors in sources[layer]:
+                for columns, source_positions, vectors in sources:
                     for source_position in source_positions.unique().tolist():
                         if source_position > position:
                             continue
@@ -312,7 +313,7 @@ def memory_estimate(
     if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
         return MemoryEstimate(dense, False)
     kept = max_feature_nodes + others
-    selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features + others, 2) + SCRATCH_BYTES / 1e9
+    selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features, 2) + SCRATCH_BYTES / 1e9
     return MemoryEstimate(max(selection, 2 * _estimated_gb(kept, kept, 4)), True)
 
 
@@ -380,10 +381,10 @@ def _normalized_rows_(rows: torch.Tensor) -> torch.Tensor:
 def _column_influence(
     normalized: torch.Tensor, row_columns: torch.Tensor, row_layers: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Influence on the logits of every source column, through the rows computed so far: the power series
+    """Influence on the logits of every feature column, through the rows computed so far: the power series
     of the normalized |A| solved in one pass from the last layer down.
 
-    `normalized` [rows, columns] holds the rows' normalized |A| (bf16), `row_columns` each row's own column
+    `normalized` [rows, features] holds the rows' normalized |A| (bf16), `row_columns` each row's own column
     (-1 for logits), `row_layers` its layer (n_layers for logits), `weights` the logits' probabilities then
     zeros. A feature reads its layer's mlp_in, before any same-layer feature writes, so its influence is
     complete once every later layer's rows have spread theirs.
@@ -415,7 +416,7 @@ def _choose_features(
     rm, device, n_f = sweep.rm, sweep.device, sweep.n_features
     n_logits = len(tokens)
     capacity = min(max_feature_nodes, n_f)
-    normalized = torch.zeros(n_logits + capacity, sweep.n_columns, dtype=torch.bfloat16, device=device)
+    normalized = torch.zeros(n_logits + capacity, n_f, dtype=torch.bfloat16, device=device)  # feature columns
     row_columns = torch.full((n_logits + capacity,), -1, dtype=torch.long, device=device)
     row_layers = torch.full((n_logits + capacity,), sweep.L, dtype=torch.long, device=device)
     weights = torch.zeros(n_logits + capacity, device=device)
@@ -424,7 +425,7 @@ def _choose_features(
     def add_rows(start: int, layers, positions, reads, desc: str) -> None:
         block = torch.zeros(len(reads), sweep.n_columns, dtype=reads.dtype, device=device)
         sweep.rows(layers, positions, reads, block, torch.arange(len(reads), device=device), desc=desc)
-        normalized[start : start + len(reads)] = _normalized_rows_(block)
+        normalized[start : start + len(reads)] = _normalized_rows_(block)[:, :n_f]  # only features are ranked
 
     last = torch.full((n_logits,), sweep.P - 1, device=device)
     add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit rows")
@@ -433,7 +434,7 @@ def _choose_features(
     done = n_logits
     bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not sweep.progress, leave=False)
     while done < n_logits + capacity:
-        influence = _column_influence(normalized[:done], row_columns[:done], row_layers[:done], weights[:done])[:n_f]
+        influence = _column_influence(normalized[:done], row_columns[:done], row_layers[:done], weights[:done])
         influence[chosen] = -1.0
         take = min(batch_size, n_logits + capacity - done)
         values, batch = influence.topk(take)
