@@ -428,7 +428,7 @@ def _choose_features(
         normalized[start : start + len(reads)] = _normalized_rows_(block)[:, :n_f]  # only features are ranked
 
     last = torch.full((n_logits,), sweep.P - 1, device=device)
-    add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit rows")
+    add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit sweep")
     chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
     batch_size = max(16, min(batch_size, SCRATCH_BYTES // (4 * sweep.n_columns)))  # fp32 rows of one batch
     done = n_logits
@@ -443,7 +443,7 @@ def _choose_features(
             break  # no influence reaches the remaining features
         batch = batch.sort().values
         f = rm.features
-        add_rows(done, f.layer[batch], f.position[batch], sweep.feature_reads(batch), "feature rows")
+        add_rows(done, f.layer[batch], f.position[batch], sweep.feature_reads(batch), "batch sweep")
         row_columns[done : done + len(batch)] = batch
         row_layers[done : done + len(batch)] = f.layer[batch]
         chosen[batch] = True
@@ -470,7 +470,7 @@ def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, c
     reads = torch.cat([sweep.feature_reads(chosen), sweep.logit_reads(tokens)])
     out_rows = torch.arange(n_kept + len(tokens), device=device)
     out_rows[n_kept:] += len(others)
-    sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="kept rows")
+    sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="kept rows (exact)")
     return Graph(rm.ids.tolist(), kept, sweep.L, tokens, probabilities, adjacency, sweep.n_features)
 
 
