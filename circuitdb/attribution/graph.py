@@ -351,25 +351,10 @@ def attribute(
     tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
     sweep = _Sweep(rm, progress)
     if not estimate.influence_first:
-        graph = _dense_graph(sweep, tokens, probabilities)
-        return keep_top_features(graph, max_feature_nodes)
+        every = torch.arange(n_f, device=sweep.device)
+        return keep_top_features(_kept_graph(sweep, tokens, probabilities, every), max_feature_nodes)
     chosen = _choose_features(sweep, tokens, probabilities, max_feature_nodes, batch_size)
     return _kept_graph(sweep, tokens, probabilities, chosen)
-
-
-def _dense_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor) -> Graph:
-    """Every active feature a node: the rows of all features and logits, into the square adjacency."""
-    rm, n_f, device = sweep.rm, sweep.n_features, sweep.device
-    n_nodes = sweep.n_columns + len(tokens)
-    adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
-    features = rm.features
-    layers = torch.cat([features.layer, torch.full((len(tokens),), sweep.L, device=device)])
-    positions = torch.cat([features.position, torch.full((len(tokens),), sweep.P - 1, device=device)])
-    reads = torch.cat([sweep.feature_reads(torch.arange(n_f, device=device)), sweep.logit_reads(tokens)])
-    out_rows = torch.arange(n_f + len(tokens), device=device)
-    out_rows[n_f:] += sweep.n_columns - n_f
-    sweep.rows(layers, positions, reads, adjacency, out_rows)
-    return Graph(rm.ids.tolist(), features, sweep.L, tokens, probabilities, adjacency, n_f)
 
 
 def _normalized_rows_(rows: torch.Tensor) -> torch.Tensor:
@@ -454,15 +439,18 @@ def _choose_features(
 
 
 def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, chosen: torch.Tensor) -> Graph:
-    """The exact square graph of the chosen features, errors, tokens and logits (other features dropped)."""
+    """The exact square graph of the chosen features (all of them: the dense graph), errors, tokens and
+    logits; other features are dropped with their edges."""
     rm, device = sweep.rm, sweep.device
     f = rm.features
     kept = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
     n_kept = len(chosen)
-    column_map = torch.full((sweep.n_columns,), -1, dtype=torch.long, device=device)
-    column_map[chosen] = torch.arange(n_kept, device=device)
     others = torch.arange(sweep.error_start, sweep.n_columns, device=device)
-    column_map[others] = n_kept + torch.arange(len(others), device=device)
+    column_map = None  # every feature kept: columns stay where they are
+    if n_kept < sweep.n_features:
+        column_map = torch.full((sweep.n_columns,), -1, dtype=torch.long, device=device)
+        column_map[chosen] = torch.arange(n_kept, device=device)
+        column_map[others] = n_kept + torch.arange(len(others), device=device)
     n_nodes = n_kept + len(others) + len(tokens)
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
     layers = torch.cat([kept.layer, torch.full((len(tokens),), sweep.L, device=device)])
@@ -470,7 +458,7 @@ def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, c
     reads = torch.cat([sweep.feature_reads(chosen), sweep.logit_reads(tokens)])
     out_rows = torch.arange(n_kept + len(tokens), device=device)
     out_rows[n_kept:] += len(others)
-    sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="kept rows (exact)")
+    sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="exact rows")
     return Graph(rm.ids.tolist(), kept, sweep.L, tokens, probabilities, adjacency, sweep.n_features)
 
 
