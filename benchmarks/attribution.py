@@ -24,7 +24,6 @@ import time
 import torch
 
 from circuitdb.attribution import Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
-from circuitdb.attribution.graph import memory_estimate
 from circuitdb.config import DictionaryConfig, load_config
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -75,9 +74,11 @@ def main() -> None:
     memory_gb = args.memory_gb or config.attribution.memory_gb
     started = time.perf_counter()
     rm = trace(lm, ids, transcoders)
-    n_features = len(rm.features)
-    estimate = memory_estimate(n_features, lm.n_layers, len(ids), args.max_feature_nodes, memory_gb)
-    graph = attribute(rm, progress=False, max_feature_nodes=args.max_feature_nodes, memory_gb=memory_gb)
+    estimates = []
+    graph = attribute(
+        rm, progress=False, max_feature_nodes=args.max_feature_nodes, memory_gb=memory_gb, report=estimates.append
+    )
+    (estimate,) = estimates
     del rm, transcoders  # not needed once the graph exists; pruning then has their memory
     pruned = prune(graph)
     seconds = time.perf_counter() - started

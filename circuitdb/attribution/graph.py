@@ -22,6 +22,7 @@ whole model, and no autograd graph in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -296,6 +297,10 @@ def _estimated_gb(n_rows: int, n_columns: int, bytes_per_value: int) -> float:
 
 
 class MemoryEstimate(NamedTuple):
+    n_features: int
+    """Active features of the prompt."""
+    n_positions: int
+    """Prompt tokens, BOS included."""
     gb: float
     """Peak bytes of the graph's buffers (adjacency, pruning's copy, the selection buffer), in GB."""
     influence_first: bool
@@ -311,10 +316,10 @@ def memory_estimate(
     others = n_layers * n_positions + n_positions + MAX_LOGITS
     dense = 2 * _estimated_gb(n_features + others, n_features + others, 4)
     if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
-        return MemoryEstimate(dense, False)
+        return MemoryEstimate(n_features, n_positions, dense, False)
     kept = max_feature_nodes + others
     selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features, 2) + SCRATCH_BYTES / 1e9
-    return MemoryEstimate(max(selection, 2 * _estimated_gb(kept, kept, 4)), True)
+    return MemoryEstimate(n_features, n_positions, max(selection, 2 * _estimated_gb(kept, kept, 4)), True)
 
 
 @torch.no_grad()
@@ -327,6 +332,7 @@ def attribute(
     memory_gb: float | None = None,
     influence_first: bool | None = None,
     batch_size: int = 512,
+    report: Callable[[MemoryEstimate], None] | None = None,
 ) -> Graph:
     """The attribution graph of the traced prompt (see the module docstring), with at most
     `max_feature_nodes` features as nodes, chosen by influence on the logits.
@@ -336,13 +342,16 @@ def attribute(
     feature rows in batches, each batch the features of highest influence estimated from the rows so far,
     until the cap; then the kept graph's rows once more, exactly, over the kept nodes only. Features
     never given a row are left out of the graph with their edges, as circuit-tracer's are.
-    `influence_first` forces one way (tests). One clear error, before any allocation, past `memory_gb`.
+    `influence_first` forces one way (tests). `report` hears the memory estimate before anything is
+    allocated; past `memory_gb`, one clear error instead.
     """
     lm, features = rm.lm, rm.features
     L, P, n_f = lm.n_layers, rm.n_positions, len(features)
     estimate = memory_estimate(n_f, L, P, max_feature_nodes, memory_gb)
     if influence_first is not None:
-        estimate = MemoryEstimate(estimate.gb, influence_first)
+        estimate = estimate._replace(influence_first=influence_first)
+    if report is not None:
+        report(estimate)
     if memory_gb is not None and estimate.gb > memory_gb:
         raise CircuitDBError(
             f"the prompt has {n_f} active features: its graph needs ~{estimate.gb:.1f} GB (limit {memory_gb} GB, "

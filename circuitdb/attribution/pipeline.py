@@ -7,12 +7,13 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 
 from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
-from circuitdb.attribution.graph import attribute, check_prompt, memory_estimate
+from circuitdb.attribution.graph import MemoryEstimate, attribute, check_prompt
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, trace
@@ -38,6 +39,14 @@ def trace_prompt(lm: LoadedModel, prompt: str, transcoders: Transcoders, cfg: At
     return trace(lm, ids, transcoders)
 
 
+def _describe(report: Callable[[str], None], cfg: AttributionConfig, estimate: MemoryEstimate) -> None:
+    how = "influence-first rows" if estimate.influence_first else "every feature's row"
+    report(
+        f"{estimate.n_positions} tokens, {estimate.n_features} active features: ~{estimate.gb:.2f} GB for the graph "
+        f"({how}; attribution.memory_gb {cfg.memory_gb}, max_feature_nodes {cfg.max_feature_nodes})"
+    )
+
+
 def build_graph(
     store: Store,
     lm: LoadedModel,
@@ -54,19 +63,13 @@ def build_graph(
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
-    if report is not None:
-        estimate = memory_estimate(len(rm.features), lm.n_layers, rm.n_positions, cfg.max_feature_nodes, cfg.memory_gb)
-        how = "influence-first rows" if estimate.influence_first else "every feature's row"
-        report(
-            f"{rm.n_positions} tokens, {len(rm.features)} active features: ~{estimate.gb:.2f} GB for the graph "
-            f"({how}; attribution.memory_gb {cfg.memory_gb}, max_feature_nodes {cfg.max_feature_nodes})"
-        )
     graph = attribute(
         rm,
         logit_cumulative=cfg.logit_cumulative,
         max_logits=cfg.max_logits,
         max_feature_nodes=cfg.max_feature_nodes,
         memory_gb=cfg.memory_gb,
+        report=partial(_describe, report, cfg) if report is not None else None,
     )
     seconds = time.perf_counter() - started
     validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
