@@ -310,3 +310,52 @@ def test_targets_in_chunks_give_the_same_rows(traced, monkeypatch: pytest.Monkey
     monkeypatch.setattr(graph_module, "SCRATCH_BYTES", 64 * rm.lm.d_model)  # a handful of targets per chunk
     chunked = attribute(rm, progress=False)
     torch.testing.assert_close(chunked.adjacency, graph.adjacency, rtol=1e-6, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def traced12(deep_llama_dirs):
+    """12 layers with transcoders on 9 of them (gaps change where each layer's features start)."""
+    lm = load_model(str(deep_llama_dirs[12]), device="cpu")
+    lm.model.double()
+    rm = trace(lm, lm.encode(PROMPT), _per_layer([0, 1, 3, 4, 5, 7, 8, 10, 11], seed=1))
+    assert len(rm.features.layer.unique()) == 9
+    return rm, attribute(rm, progress=False)
+
+
+def test_selection_influence_is_the_power_series_of_the_rows_given(traced12) -> None:
+    """The selection keeps each row only over the features of earlier layers; its influence equals the power
+    series of the full normalized |A| restricted to the same rows, added in any order and grouping."""
+    from circuitdb.attribution.graph import _normalized_rows_, _SelectionRows
+
+    rm, graph = traced12
+    n_f, n_logits = graph.n_features, len(graph.logit_tokens)
+    generator = torch.Generator().manual_seed(0)
+    given = torch.randperm(n_f, generator=generator)[: n_f // 2]  # features with a row, in no order
+    targets = torch.cat([given, torch.arange(graph.logit_start, graph.n_nodes)])
+    normalized = _normalized_rows_(graph.adjacency[targets].clone())
+    assert not normalized[: len(given), :n_f][graph.features.layer[given, None] <= graph.features.layer].any()
+
+    selection = _SelectionRows(graph.features, graph.n_layers)
+    layers = torch.cat([graph.features.layer[given], torch.full((n_logits,), graph.n_layers)])
+    columns = torch.cat([given, torch.full((n_logits,), -1)])
+    weights = torch.cat([torch.zeros(len(given)), graph.logit_probabilities.float()])
+    for part in torch.randperm(len(targets), generator=generator).chunk(5):
+        selection.add(normalized[part], layers[part], columns[part], weights[part])
+
+    expected = torch.zeros(n_f, dtype=torch.float64)  # x = (p + x restricted to the given rows) · N
+    for _ in range(graph.n_layers + 1):
+        row_weight = torch.cat([expected[given], graph.logit_probabilities.double()])
+        expected = row_weight @ normalized[:, :n_f]
+    torch.testing.assert_close(selection.influence().double(), expected, rtol=2e-2, atol=1e-6)
+
+
+def test_influence_first_with_room_for_all_is_the_dense_graph_12_layers(traced12) -> None:
+    from circuitdb.attribution.pruning import node_influence
+
+    rm, graph = traced12
+    first = attribute(rm, progress=False, max_feature_nodes=graph.n_features, influence_first=True, batch_size=16)
+    chosen = _positions_in(graph, first)
+    influence = node_influence(graph)[: graph.n_features]
+    assert set(chosen.tolist()) == set((influence > 0).nonzero().flatten().tolist())
+    nodes = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes)])
+    torch.testing.assert_close(first.adjacency, graph.adjacency[nodes][:, nodes], rtol=1e-6, atol=1e-12)

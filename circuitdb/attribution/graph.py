@@ -311,8 +311,9 @@ def memory_estimate(
     n_features: int, n_layers: int, n_positions: int, max_feature_nodes: int | None, memory_gb: float | None
 ) -> MemoryEstimate:
     """What the graph will hold: dense (every active feature a node, then the cap by exact influence) when
-    that fits `memory_gb`, else influence-first (a bf16 selection buffer of max_feature_nodes rows over every
-    source, then the exact square graph of the kept nodes). Both hold the square graph twice while pruning."""
+    that fits `memory_gb`, else influence-first (a bf16 selection buffer of max_feature_nodes rows over the
+    feature columns, an upper bound: a row only holds the features of earlier layers; then the exact square
+    graph of the kept nodes). Both hold the square graph twice while pruning."""
     others = n_layers * n_positions + n_positions + MAX_LOGITS
     dense = 2 * _estimated_gb(n_features + others, n_features + others, 4)
     if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
@@ -367,30 +368,49 @@ def attribute(
 
 
 def _normalized_rows_(rows: torch.Tensor) -> torch.Tensor:
-    """|rows| scaled to sum 1 per row, in place, as bf16 (the selection only ranks with them)."""
+    """|rows| scaled to sum 1 per row (over every source: features, errors, tokens), in place."""
     rows.abs_()
-    return rows.div_(rows.sum(1, keepdim=True).clamp_min(1e-10)).bfloat16()
+    return rows.div_(rows.sum(1, keepdim=True).clamp_min(1e-10))
 
 
-def _column_influence(
-    normalized: torch.Tensor, row_columns: torch.Tensor, row_layers: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """Influence on the logits of every feature column, through the rows computed so far: the power series
-    of the normalized |A| solved in one pass from the last layer down.
+class _SelectionRows:
+    """The normalized |A| rows computed so far, as bf16 (the selection only ranks with them), each over the
+    feature columns it can have.
 
-    `normalized` [rows, features] holds the rows' normalized |A| (bf16), `row_columns` each row's own column
-    (-1 for logits), `row_layers` its layer (n_layers for logits), `weights` the logits' probabilities then
-    zeros. A feature reads its layer's mlp_in, before any same-layer feature writes, so its influence is
-    complete once every later layer's rows have spread theirs.
+    A feature of layer l reads mlp_in of l, which only features of earlier layers write; features are
+    ordered by layer, so its row's feature columns are the prefix [0, start of layer l) and the rest are
+    exact zeros. Rows are kept per layer at that width (logit rows: every feature), which roughly halves
+    the buffer when the chosen features spread over the layers.
     """
-    total = torch.zeros(normalized.shape[1], device=normalized.device)
-    row_weight = weights.float().clone()
-    for layer in row_layers.unique().flip(0).tolist():
-        rows = (row_layers == layer).nonzero().flatten()
-        features = rows[row_columns[rows] >= 0]
-        row_weight[features] = total[row_columns[features]]
-        total += _times(row_weight[rows], normalized[rows])
-    return total
+
+    def __init__(self, features: Features, n_layers: int) -> None:
+        self.n_features = len(features)
+        layers = torch.arange(n_layers + 1, device=features.layer.device)
+        self.width = torch.searchsorted(features.layer, layers).tolist()  # layer L (logits): every feature
+        self.width[n_layers] = self.n_features
+        self.blocks: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, normalized: torch.Tensor, layers: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor) -> None:
+        """Rows [k, ≥ n_features] of targets at `layers` (n_layers for logits) with their own feature
+        `columns` (-1 for logits) and fixed `weights` (the logits' probabilities; zeros for features)."""
+        for layer in layers.unique().tolist():
+            pick = (layers == layer).nonzero().flatten()
+            rows = normalized[pick, : self.width[layer]].bfloat16()
+            self.blocks.setdefault(layer, []).append((rows, columns[pick], weights[pick]))
+
+    def influence(self) -> torch.Tensor:
+        """Influence on the logits of every feature column through these rows: the power series of the
+        normalized |A|, solved in one pass from the last layer down (a feature's influence is complete once
+        every later layer's rows have spread theirs, since its own layer's rows cannot reach it)."""
+        total = torch.zeros(self.n_features, device=self._device())
+        for layer in sorted(self.blocks, reverse=True):
+            for rows, columns, weights in self.blocks[layer]:
+                row_weight = torch.where(columns >= 0, total[columns.clamp_min(0)], weights)
+                total[: rows.shape[1]] += _times(row_weight, rows)
+        return total
+
+    def _device(self) -> torch.device:
+        return next(iter(self.blocks.values()))[0][0].device
 
 
 def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 128) -> torch.Tensor:
@@ -406,40 +426,39 @@ def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 128
 def _choose_features(
     sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, max_feature_nodes: int, batch_size: int
 ) -> torch.Tensor:
-    """Influence-first: the features to keep, in batches of the highest estimated influence so far."""
+    """Influence-first: the features to keep, in batches of the highest estimated influence so far. A batch's
+    rows are computed in blocks whose fp32 rows over every source stay within SCRATCH_BYTES."""
     rm, device, n_f = sweep.rm, sweep.device, sweep.n_features
+    f = rm.features
+    selection = _SelectionRows(f, sweep.L)
+    block_rows = max(1, SCRATCH_BYTES // (4 * sweep.n_columns))
+
+    def add_rows(layers: torch.Tensor, positions: torch.Tensor, reads: torch.Tensor, columns, weights, desc) -> None:
+        for start in range(0, len(reads), block_rows):
+            part = slice(start, start + block_rows)
+            block = torch.zeros(len(reads[part]), sweep.n_columns, dtype=reads.dtype, device=device)
+            sweep.rows(layers[part], positions[part], reads[part], block, torch.arange(len(block), device=device), desc=desc)
+            selection.add(_normalized_rows_(block), layers[part], columns[part], weights[part])
+
     n_logits = len(tokens)
-    capacity = min(max_feature_nodes, n_f)
-    normalized = torch.zeros(n_logits + capacity, n_f, dtype=torch.bfloat16, device=device)  # feature columns
-    row_columns = torch.full((n_logits + capacity,), -1, dtype=torch.long, device=device)
-    row_layers = torch.full((n_logits + capacity,), sweep.L, dtype=torch.long, device=device)
-    weights = torch.zeros(n_logits + capacity, device=device)
-    weights[:n_logits] = probabilities.to(device)
-
-    def add_rows(start: int, layers, positions, reads, desc: str) -> None:
-        block = torch.zeros(len(reads), sweep.n_columns, dtype=reads.dtype, device=device)
-        sweep.rows(layers, positions, reads, block, torch.arange(len(reads), device=device), desc=desc)
-        normalized[start : start + len(reads)] = _normalized_rows_(block)[:, :n_f]  # only features are ranked
-
+    logits = torch.full((n_logits,), sweep.L, device=device)
     last = torch.full((n_logits,), sweep.P - 1, device=device)
-    add_rows(0, torch.full((n_logits,), sweep.L, device=device), last, sweep.logit_reads(tokens), "logit sweep")
+    no_column = torch.full((n_logits,), -1, device=device)
+    add_rows(logits, last, sweep.logit_reads(tokens), no_column, probabilities.to(device), "logit sweep")
     chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
-    batch_size = max(16, min(batch_size, SCRATCH_BYTES // (4 * sweep.n_columns)))  # fp32 rows of one batch
-    done = n_logits
+    capacity = min(max_feature_nodes, n_f)
     bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not sweep.progress, leave=False)
-    while done < n_logits + capacity:
-        influence = _column_influence(normalized[:done], row_columns[:done], row_layers[:done], weights[:done])
+    done = 0
+    while done < capacity:
+        influence = selection.influence()
         influence[chosen] = -1.0
-        take = min(batch_size, n_logits + capacity - done)
-        values, batch = influence.topk(take)
+        values, batch = influence.topk(min(batch_size, capacity - done))
         batch = batch[values > 0]
         if not len(batch):
             break  # no influence reaches the remaining features
         batch = batch.sort().values
-        f = rm.features
-        add_rows(done, f.layer[batch], f.position[batch], sweep.feature_reads(batch), "batch sweep")
-        row_columns[done : done + len(batch)] = batch
-        row_layers[done : done + len(batch)] = f.layer[batch]
+        zeros = torch.zeros(len(batch), device=device)
+        add_rows(f.layer[batch], f.position[batch], sweep.feature_reads(batch), batch, zeros, "batch sweep")
         chosen[batch] = True
         done += len(batch)
         bar.update(len(batch))
