@@ -5,7 +5,10 @@
 Prints one JSON line: seconds (trace + attribution + pruning, model and transcoders already loaded),
 load_seconds, peak_rss_gb, n_prompt_tokens, n_active_features, n_feature_rows (feature nodes with a
 row), influence_first, n_nodes, n_nodes_pruned, n_edges_pruned, replacement_score, completeness_score,
-transcoders ('trained: <where>' or 'random'). `--prompt-tokens N` repeats a fixed text to N tokens
+transcoders ('trained: <where>' or 'random'); with --against-dense also the dense graph's figures
+(every active feature given its exact row): top_overlap, the share of the kept features that are among the
+dense graph's most influential as many, and influence_share, their exact influence over that top's.
+`--prompt-tokens N` repeats a fixed text to N tokens
 (BOS included) and prints it on stderr. Without --max-feature-nodes every active feature is a node.
 
 Transcoders come from --transcoders DIR (any format the registry reads), else from the store that
@@ -23,7 +26,8 @@ import time
 
 import torch
 
-from circuitdb.attribution import Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
+from circuitdb.attribution import Graph, Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
+from circuitdb.attribution.pruning import node_influence
 from circuitdb.config import DictionaryConfig, load_config
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -45,6 +49,24 @@ def _random_transcoders(n_layers: int, d: int, n_latents: int, k: int) -> Transc
     return Transcoders(coders, name="random")
 
 
+def _against_dense(rm, capped: Graph) -> dict[str, float]:
+    """How the capped graph's features compare with the dense graph's most influential as many."""
+    dense = attribute(rm, progress=False)
+    influence = node_influence(dense)[: dense.n_features]
+    best = influence.topk(capped.n_features).indices
+    where = {key: i for i, key in enumerate(_keys(dense))}
+    kept = torch.tensor([where[key] for key in _keys(capped)])
+    return {
+        "top_overlap": round(len(set(kept.tolist()) & set(best.tolist())) / len(best), 4),
+        "influence_share": round(float(influence[kept].sum() / influence[best].sum()), 4),
+    }
+
+
+def _keys(graph: Graph) -> list[tuple[int, int, int]]:
+    f = graph.features
+    return list(zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transcoders", default=None, help="folder of transcoders in any format the registry reads")
@@ -53,6 +75,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=None, help="a prompt of exactly N tokens (BOS incl.)")
     parser.add_argument("--max-feature-nodes", type=int, default=None)
     parser.add_argument("--memory-gb", type=float, default=None, help="default: attribution.memory_gb")
+    parser.add_argument("--against-dense", action="store_true", help="compare the kept features with the dense graph's")
     args = parser.parse_args()
     config = load_config(None, {"store": args.store})
     started = time.perf_counter()
@@ -79,6 +102,7 @@ def main() -> None:
         rm, progress=False, max_feature_nodes=args.max_feature_nodes, memory_gb=memory_gb, report=estimates.append
     )
     (estimate,) = estimates
+    agreement = _against_dense(rm, graph) if args.against_dense else {}
     del rm, transcoders  # not needed once the graph exists; pruning then has their memory
     pruned = prune(graph)
     seconds = time.perf_counter() - started
@@ -99,6 +123,7 @@ def main() -> None:
         "transcoders": source,
         "device": str(lm.device),
     }
+    result |= agreement
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     print(json.dumps(result))
 

@@ -437,7 +437,8 @@ def _choose_features(
         for start in range(0, len(reads), block_rows):
             part = slice(start, start + block_rows)
             block = torch.zeros(len(reads[part]), sweep.n_columns, dtype=reads.dtype, device=device)
-            sweep.rows(layers[part], positions[part], reads[part], block, torch.arange(len(block), device=device), desc=desc)
+            out_rows = torch.arange(len(block), device=device)
+            sweep.rows(layers[part], positions[part], reads[part], block, out_rows, desc=desc)
             selection.add(_normalized_rows_(block), layers[part], columns[part], weights[part])
 
     n_logits = len(tokens)
