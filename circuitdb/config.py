@@ -335,7 +335,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return _coerce(inner, value, name)
     if origin is list:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",")]
+            if not all(value):
+                raise CircuitDBError(f"config field {name}: an empty item in the comma-separated list")
         if not isinstance(value, list):
             raise CircuitDBError(f"config field {name} must be a list, got {value!r}")
         return [_coerce(args[0], v, name) for v in value]

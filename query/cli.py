@@ -6,6 +6,7 @@ Every mistake a user can make ends in one line on stderr and a non-zero exit, ne
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from enum import StrEnum
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
 from circuitdb.config import HOOK_KINDS, ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import TABLES, Store, parse_feature_id, sql_literal
+from circuitdb.store import TABLES, Store, count_rows, parse_feature_id, sql_literal
 from query.engine import QueryResult, run_sql
 from query.render import OutputFormat, render, render_feature
 
@@ -46,10 +48,23 @@ def _store(store: str | None, config_file: str | None) -> Store:
     return Store.open_existing(_config(config_file, store=store).store)
 
 
+MAX_ROWS = 10_000
+"""Most rows one answer lists (--k, --exemplars): past it, use `circuitdb sql`."""
+
 _NOT_BUILT = {
     "features": "no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)",
     "graphs": 'no attribution graphs in the store yet; run `circuitdb graph build "prompt"`',
 }
+
+
+def _check_layer(opened: Store, layer: int) -> None:
+    """One line when the store has no dictionary at `layer`."""
+    found = run_sql(
+        opened, "SELECT min(layer), max(layer), count(*) FILTER (WHERE layer = " + str(layer) + ") FROM dictionaries"
+    )
+    low, high, count = found.rows[0]
+    if not count:
+        raise CircuitDBError(f"no dictionary at layer {layer}: the store has layers {low}-{high}")
 
 
 def _store_with(table: str, store: str | None, config_file: str | None) -> Store:
@@ -73,16 +88,20 @@ def sql(
 
 @app.command()
 def tables(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
-    """List the store's tables with their row counts and documented columns."""
+    """List the store's tables with their row counts and documented columns.
+
+    A damaged table is named in the error line at the end; the others are still listed."""
     opened = _store(store, config)
-    flat = []
+    flat, damaged = [], []
     for table in opened.table_names():
-        count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
+        try:
+            count = count_rows(opened, table)
+            described = run_sql(opened, f'DESCRIBE "{table}"').rows
+        except CircuitDBError as exc:
+            damaged.append(exc)
+            continue
         documented = TABLES[table].columns if table in TABLES else {}
-        columns = [
-            (name, dtype, documented[name][1] if name in documented else "")
-            for name, dtype, *_ in run_sql(opened, f'DESCRIBE "{table}"').rows
-        ]
+        columns = [(name, dtype, documented[name][1] if name in documented else "") for name, dtype, *_ in described]
         if fmt is OutputFormat.table:
             about = TABLES[table].description if table in TABLES else ""
             render(
@@ -91,6 +110,8 @@ def tables(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, co
         flat.extend((table, count, *column) for column in columns)
     if fmt is not OutputFormat.table:
         render(QueryResult(["table", "rows", "column", "type", "meaning"], [], flat), fmt)
+    if damaged:
+        raise CircuitDBError("; ".join(str(exc) for exc in damaged))
 
 
 @app.command()
@@ -100,7 +121,7 @@ def build(
     model: Annotated[str | None, typer.Option(help="Model: 'embedded', a .gguf file or an HF directory.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default: all).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Corpus size in tokens.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Corpus size in tokens.")] = None,
 ) -> None:
     """Materialize the whole pipeline (corpus → activations → ...) into the store, in-process."""
     from orchestration.build import build_all
@@ -110,8 +131,7 @@ def build(
     opened = Store.open_existing(_config(config, store=store).store)
     typer.echo(f"store ready at {opened.root}")
     for table in opened.table_names():
-        count = run_sql(opened, f'SELECT count(*) FROM "{table}"').rows[0][0]
-        typer.echo(f"  {table}: {count} rows")
+        typer.echo(f"  {table}: {count_rows(opened, table)} rows")
     failed = [c for c in checks if not c.passed]
     typer.echo(f"asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
     for check in failed:
@@ -138,17 +158,21 @@ class DictionaryKind(StrEnum):
 
 @dictionary_app.command("export")
 def dictionary_export(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (replaced if it exists).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty; see --overwrite).")],
     fmt: Annotated[DictionaryFormat, typer.Option("--format", help="Target format.")] = DictionaryFormat.circuit_tracer,
     name: Annotated[str, typer.Option(help="Dictionary set name.")] = "plt",
-    layer: Annotated[int | None, typer.Option(help="Export only this layer.")] = None,
+    layer: Annotated[int | None, typer.Option(min=0, help="Export only this layer.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into a non-empty folder: its other files are kept.")
+    ] = False,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Export a dictionary set of the store in another project's format (circuit-tracer, SAELens, ...)."""
-    from circuitdb.dictionaries.formats import write_dictionaries
+    from circuitdb.dictionaries.formats import check_export_target, write_dictionaries
     from circuitdb.dictionaries.pipeline import stored_set
 
+    check_export_target(out, overwrite)
     dictionaries = stored_set(_store(store, config), name)
     if layer is not None:
         if layer not in dictionaries.coders:
@@ -156,7 +180,7 @@ def dictionary_export(
                 f"dictionary set {name!r} has no layer {layer} of its own (layers {dictionaries.layers})"
             )
         dictionaries.coders = {layer: dictionaries.coders[layer]}
-    write_dictionaries(dictionaries, fmt.value, out)
+    write_dictionaries(dictionaries, fmt.value, out, overwrite)
     count = 1 if dictionaries.clt is not None else len(dictionaries.coders)
     typer.echo(f"wrote {count} dictionar{'y' if count == 1 else 'ies'} to {out}")
 
@@ -200,7 +224,9 @@ def feature_show(
     fmt: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table (a readable page) or json")
     ] = OutputFormat.table,
-    exemplars: Annotated[int, typer.Option(help="Top exemplars to show (quantile ones: one per group).")] = 8,
+    exemplars: Annotated[
+        int, typer.Option(min=0, max=MAX_ROWS, help="Top exemplars to show (quantile ones: one per group).")
+    ] = 8,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -234,12 +260,12 @@ def search_similar(
     vector: Annotated[
         Path | None, typer.Option(help="Query vector instead: a .npy file or numbers in a text file.")
     ] = None,
-    k: Annotated[int, typer.Option(help="How many features.")] = 10,
-    layer_min: Annotated[int | None, typer.Option(help="Lowest layer.")] = None,
-    layer_max: Annotated[int | None, typer.Option(help="Highest layer.")] = None,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="How many features.")] = 10,
+    layer_min: Annotated[int | None, typer.Option(min=0, help="Lowest layer.")] = None,
+    layer_max: Annotated[int | None, typer.Option(min=0, help="Highest layer.")] = None,
     dictionary: Annotated[str | None, typer.Option(help="Only this dictionary set.")] = None,
-    min_density: Annotated[float, typer.Option(help="Lowest density.")] = 0.0,
-    max_density: Annotated[float, typer.Option(help="Highest density.")] = 1.0,
+    min_density: Annotated[float, typer.Option(min=0.0, max=1.0, help="Lowest density.")] = 0.0,
+    max_density: Annotated[float, typer.Option(min=0.0, max=1.0, help="Highest density.")] = 1.0,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -251,6 +277,10 @@ def search_similar(
 
     if (feature_id is None) == (vector is None):
         raise CircuitDBError("give a feature id or --vector FILE, not both")
+    if layer_min is not None and layer_max is not None and layer_min > layer_max:
+        raise CircuitDBError(f"--layer-min {layer_min} is above --layer-max {layer_max}")
+    if min_density > max_density:
+        raise CircuitDBError(f"--min-density {min_density} is above --max-density {max_density}")
     opened = _store(store, config)
     if vector is not None:
         try:
@@ -269,7 +299,7 @@ def search_similar(
 @search_app.command("text")
 def search_text(
     text: Annotated[str, typer.Argument(help="Text to run through the model.")],
-    k: Annotated[int, typer.Option(help="How many features (pooled) or per token.")] = 10,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="How many features (pooled) or per token.")] = 10,
     per_token: Annotated[bool, typer.Option("--per-token", help="The top features of every token.")] = False,
     name: Annotated[str, typer.Option(help="Dictionary set.")] = "plt",
     fmt: FormatOption = OutputFormat.table,
@@ -317,9 +347,9 @@ def search_text(
 
 @feature_app.command("top")
 def feature_top(
-    layer: Annotated[int | None, typer.Option(help="Only this layer.")] = None,
+    layer: Annotated[int | None, typer.Option(min=0, help="Only this layer.")] = None,
     by: Annotated[str, typer.Option(help="density or max_act.")] = "density",
-    k: Annotated[int, typer.Option(help="How many.")] = 20,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="How many.")] = 20,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -328,6 +358,8 @@ def feature_top(
     if by not in ("density", "max_act"):
         raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
     opened = _store_with("features", store, config)
+    if layer is not None:
+        _check_layer(opened, layer)
     where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
     query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
     render(run_sql(opened, query), fmt)
@@ -387,8 +419,8 @@ def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None
 @graph_app.command("show")
 def graph_show(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
-    depth: Annotated[int, typer.Option(help="Levels of the tree below the logit.")] = 4,
-    width: Annotated[int, typer.Option(help="Strongest inputs shown per node.")] = 3,
+    depth: Annotated[int, typer.Option(min=1, max=32, help="Levels of the tree below the logit.")] = 4,
+    width: Annotated[int, typer.Option(min=1, max=100, help="Strongest inputs shown per node.")] = 3,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -408,7 +440,7 @@ def graph_edges(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
     source: Annotated[str | None, typer.Option("--from", help="Edges leaving this node id.")] = None,
     target: Annotated[str | None, typer.Option("--to", help="Edges entering this node id.")] = None,
-    k: Annotated[int, typer.Option(help="How many, strongest first.")] = 20,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="How many, strongest first.")] = 20,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -466,8 +498,8 @@ def steer(
     freeze_attention: Annotated[
         bool, typer.Option("--freeze-attention", help="Keep attention patterns and norms.")
     ] = False,
-    generate: Annotated[int, typer.Option(help="Tokens to sample greedily while steering.")] = 0,
-    k: Annotated[int, typer.Option(help="Logit changes to list.")] = 10,
+    generate: Annotated[int, typer.Option(min=0, max=1024, help="Tokens to sample greedily while steering.")] = 0,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Logit changes to list.")] = 10,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -502,7 +534,7 @@ def steer(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port of the webserver.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the webserver.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -510,19 +542,47 @@ def ui(
     """Serve the Dagster UI (webserver + daemon) over the store's persistent instance; Ctrl-C stops both."""
     from orchestration.ui import serve
 
-    if not 0 < port < 65536:
-        raise CircuitDBError(f"--port must be between 1 and 65535, got {port}")
     project = _config(config, store=store)
     serve(project.store_path, config, host, port)
 
 
+_DEBUG = "CIRCUITDB_DEBUG"
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of a failure (or {_DEBUG}=1).")] = False,
+) -> None:
+    if debug:
+        os.environ[_DEBUG] = "1"
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code a failure ends in."""
+    if isinstance(exc, CircuitDBError):
+        return str(exc), 1
+    if isinstance(exc, TyperException):  # a usage error: a bad option, a missing argument, a bad value
+        return " ".join(exc.format_message().split()), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt | typer.Abort):
+        return "interrupted", 130
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}", 1
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first} (run with --debug for the traceback)", 1
+
+
 def main() -> None:
-    """Console entry point: turns every CircuitDBError into one line on stderr and exit code 1."""
+    """Console entry point: every failure ends in one `error:` line on stderr and a non-zero exit (the
+    traceback too with --debug or CIRCUITDB_DEBUG=1)."""
     try:
-        app()
-    except CircuitDBError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        code = app(standalone_mode=False)
+    except (Exception, KeyboardInterrupt) as exc:
+        if os.environ.get(_DEBUG) == "1" and not isinstance(exc, CircuitDBError | TyperException):
+            raise
+        message, code = _failure(exc)
+        if message:  # no arguments at all: the help was the answer
+            typer.echo(f"error: {message}", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Two layers keep a query from changing anything:
 1. the parser: only SELECT (incl. DESCRIBE/SHOW/WITH) and EXPLAIN statements are run, so COPY,
    ATTACH, INSTALL/LOAD, PRAGMA, SET and every DDL/DML are refused before execution;
-2. the sandbox: after the views are created, file access is limited to the store's tables,
+2. the sandbox: after the views of the tables the query names are created, file access is limited to the store's tables,
    external access is off and the configuration is locked, so no statement can lift it.
 The connection is in-memory over the Parquet files, so queries run while a pipeline writes.
 """
@@ -16,6 +16,7 @@ import duckdb
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, connect, sql_literal
+from circuitdb.store.catalog import damaged_file_error
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -52,9 +53,9 @@ def check_read_only(sql: str) -> str:
     return statement.query
 
 
-def read_only_connection(store: Store) -> duckdb.DuckDBPyConnection:
-    """The store's views on a connection locked down to reading the store's tables."""
-    con = connect(store)
+def read_only_connection(store: Store, query: str) -> duckdb.DuckDBPyConnection:
+    """Views of the tables `query` names on a connection locked down to reading the store's tables."""
+    con = connect(store, query)
     con.execute(f"SET allowed_directories=[{sql_literal(str(store.tables_dir))}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
@@ -64,12 +65,15 @@ def read_only_connection(store: Store) -> duckdb.DuckDBPyConnection:
 def run_sql(store: Store, sql: str) -> QueryResult:
     """Run one read-only statement over the store's tables."""
     query = check_read_only(sql)
-    con = read_only_connection(store)
+    con = read_only_connection(store, query)
     try:
         cursor = con.execute(query)
         description = cursor.description or []
         rows = cursor.fetchall()
     except duckdb.Error as exc:
+        damaged = damaged_file_error(store, exc)
+        if isinstance(damaged, CircuitDBError):
+            raise damaged from None
         raise CircuitDBError(f"SQL error: {_one_line(exc)}") from None
     finally:
         con.close()

@@ -80,7 +80,16 @@ def test_build_then_query(project: Path, cli) -> None:
     assert code == 0, err
     assert read_dictionaries(out_dir).layers == [0, 1, 2]
     code, _, err = cli(
-        "dictionary", "export", "--format", "saelens", "--layer", "1", "--out", str(out_dir), "--config", str(project)
+        "dictionary",
+        "export",
+        "--format",
+        "saelens",
+        "--layer",
+        "1",
+        "--out",
+        str(out_dir.with_name("saes")),
+        "--config",
+        str(project),
     )
     assert code == 1 and "SAELens format holds SAEs" in err
     _graph_commands(project, out_dir, cli)

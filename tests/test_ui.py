@@ -192,4 +192,4 @@ def test_a_busy_port_is_one_error_line(served, cli) -> None:
     code, _, err = cli("ui", "--port", port, "--store", str(config.store_path))
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: cannot serve on 127.0.0.1:" + port)
     code, _, err = cli("ui", "--port", "0")
-    assert code == 1 and "--port must be between 1 and 65535" in err
+    assert code == 2 and err.strip() == "error: Invalid value for '--port': Input should be greater than or equal to 1"

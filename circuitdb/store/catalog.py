@@ -1,13 +1,20 @@
-"""DuckDB over the store: one view per table, reading the Parquet files as they are now.
+"""DuckDB over the store: a view per table a query names, reading the Parquet files as they are now.
 
 The connection is in-memory (no database file), so any number of readers run while a pipeline
-writes; partition files are replaced atomically, so a query sees whole files only.
+writes; partition files are replaced atomically, so a query sees whole files only. Only the tables a
+query names are bound (binding reads every partition's footer): the set-up does not grow with the
+number of graphs or layers in the store, and a damaged file fails only the queries that read it,
+with one line naming it.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import duckdb
 
+from circuitdb.errors import CircuitDBError
 from circuitdb.store.layout import Store
 
 
@@ -16,10 +23,41 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per table of `store`."""
+def connect(store: Store, query: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per table of `store` that `query` names (every table
+    when it names none of them, as `SHOW TABLES` does)."""
     con = duckdb.connect(":memory:")
-    for table in store.table_names():
+    tables = store.table_names()
+    named = {name.lower() for name in con.get_table_names(query)} if query else set()
+    bound = [table for table in tables if table in named] or tables
+    for table in bound:
         pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))
-        con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({pattern}, union_by_name=true)')
+        try:
+            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({pattern}, union_by_name=true)')
+        except duckdb.Error as exc:
+            if table in named:
+                raise damaged_file_error(store, exc) from None
+            # a damaged table left unbound does not stop a query that does not read it
     return con
+
+
+_QUOTED_PATH = re.compile(r"""["']([^"']+\.parquet)["']""")
+
+
+def damaged_file_error(store: Store, exc: Exception) -> Exception:
+    """One line naming the partition file a DuckDB error is about and what to do, or `exc` unchanged
+    when it names no file of the store."""
+    for found in _QUOTED_PATH.findall(str(exc)):
+        path = Path(found)
+        if path.is_relative_to(store.tables_dir):
+            return damaged_partition(store, path, str(exc).splitlines()[0])
+    return exc
+
+
+def damaged_partition(store: Store, path: Path, reason: str) -> CircuitDBError:
+    table, partition = path.parent.name, path.stem
+    reason = " ".join(reason.split())
+    return CircuitDBError(
+        f"damaged file {path.relative_to(store.root)} (table {table}, partition {partition}): {reason}; "
+        f"re-materialize that partition (`circuitdb build`) — `circuitdb check` lists every damaged file"
+    )

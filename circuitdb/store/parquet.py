@@ -7,11 +7,14 @@ are never duplicates, and readers (DuckDB views) see the old file or the new one
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.catalog import damaged_partition
 from circuitdb.store.layout import Store, atomic_write_bytes
 from circuitdb.store.schemas import TABLES
 
@@ -37,9 +40,22 @@ def read_table(store: Store, table: str, columns: list[str] | None = None) -> pl
     if not files:
         schema = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
         return pl.DataFrame(schema={name: schema[name] for name in columns or schema})
-    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
+    return pl.concat([_read(store, f, columns) for f in files], how="vertical_relaxed")
+
+
+def _read(store: Store, path: Path, columns: list[str] | None) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise damaged_partition(store, path, str(exc).splitlines()[0]) from None
 
 
 def count_rows(store: Store, table: str) -> int:
     """Rows of every partition of `table`, from the Parquet footers (no data read)."""
-    return sum(pq.read_metadata(f).num_rows for f in (store.tables_dir / table).glob("*.parquet"))
+    total = 0
+    for path in (store.tables_dir / table).glob("*.parquet"):
+        try:
+            total += pq.read_metadata(path).num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise damaged_partition(store, path, str(exc).splitlines()[0]) from None
+    return total

@@ -15,7 +15,10 @@ format is one new file in this package.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -79,11 +82,46 @@ def read_dictionaries(folder: Path, fmt: str | None = None, hint: ReadHint | Non
     return module.read(folder, hint or ReadHint())
 
 
-def write_dictionaries(dictionaries: DictionarySet, fmt: str, folder: Path) -> None:
-    """Write the set in format `fmt` (the folder is replaced whole, or left as it was on an error)."""
+def write_dictionaries(dictionaries: DictionarySet, fmt: str, folder: Path, overwrite: bool = False) -> None:
+    """Write the set in format `fmt` into `folder`, which may exist: written whole in a staging folder
+    beside it, then moved in file by file. A folder that holds anything is refused unless `overwrite`,
+    and then only the files the set writes are replaced: nothing circuitdb did not write is deleted."""
     if fmt not in formats():
         raise CircuitDBError(f"unknown dictionary format {fmt!r}; expected one of {', '.join(formats())}")
-    formats()[fmt].write(dictionaries, Path(folder))
+    folder = Path(folder)
+    check_export_target(folder, overwrite)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        formats()[fmt].write(dictionaries, staging / "set")
+        folder.mkdir(exist_ok=True)
+        _move_into(staging / "set", folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_export_target(folder: Path, overwrite: bool) -> None:
+    """One line, before any work, when `folder` cannot take an export."""
+    if folder.exists() and not folder.is_dir():
+        raise CircuitDBError(f"{folder} is a file, not a folder")
+    if not folder.parent.is_dir():
+        raise CircuitDBError(f"folder {folder.parent} does not exist")
+    writable = folder if folder.exists() else folder.parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise CircuitDBError(f"cannot write into {writable}: permission denied")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise CircuitDBError(f"{folder} is not empty; pass --overwrite to replace the files the export writes there")
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Move `source`'s files into `target`, replacing same-named files and keeping every other one."""
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            _move_into(entry, destination)
+        else:
+            if destination.is_dir():
+                shutil.rmtree(destination)
+            os.replace(entry, destination)
 
 
 __all__ = ["FORMAT", "DictionarySet", "ReadHint", "detect", "formats", "load_dictionary", "read_dictionaries"]
