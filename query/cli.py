@@ -547,14 +547,15 @@ def ui(
 
 
 _DEBUG = "CIRCUITDB_DEBUG"
+_traceback = {"shown": False}
+"""Whether this invocation shows the traceback of a failure (--debug or CIRCUITDB_DEBUG=1)."""
 
 
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of a failure (or {_DEBUG}=1).")] = False,
 ) -> None:
-    if debug:
-        os.environ[_DEBUG] = "1"
+    _traceback["shown"] |= debug
 
 
 def _failure(exc: BaseException) -> tuple[str, int]:
@@ -574,10 +575,11 @@ def _failure(exc: BaseException) -> tuple[str, int]:
 def main() -> None:
     """Console entry point: every failure ends in one `error:` line on stderr and a non-zero exit (the
     traceback too with --debug or CIRCUITDB_DEBUG=1)."""
+    _traceback["shown"] = os.environ.get(_DEBUG) == "1"
     try:
         code = app(standalone_mode=False)
     except (Exception, KeyboardInterrupt) as exc:
-        if os.environ.get(_DEBUG) == "1" and not isinstance(exc, CircuitDBError | TyperException):
+        if _traceback["shown"] and not isinstance(exc, CircuitDBError | TyperException):
             raise
         message, code = _failure(exc)
         if message:  # no arguments at all: the help was the answer

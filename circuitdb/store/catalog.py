@@ -23,12 +23,17 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""Words of a query: a table it reads is one of them (a word that only looks like a table binds one view
+more, which is harmless). DuckDB's own `get_table_names` binds the query and fails on joins USING columns."""
+
+
 def connect(store: Store, query: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per table of `store` that `query` names (every table
-    when it names none of them, as `SHOW TABLES` does)."""
+    when it names none, as `SHOW TABLES` does)."""
     con = duckdb.connect(":memory:")
     tables = store.table_names()
-    named = {name.lower() for name in con.get_table_names(query)} if query else set()
+    named = set(tables) & {word.lower() for word in _WORD.findall(query or "")}
     bound = [table for table in tables if table in named] or tables
     for table in bound:
         pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))

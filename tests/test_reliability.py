@@ -1,0 +1,138 @@
+"""Failures end in one line: a damaged file fails only the queries that read it, unexpected errors and
+bad values are one `error:` line with a non-zero exit, and an export never deletes what it did not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from circuitdb.config import DictionaryConfig
+from circuitdb.dictionaries import SparseCoder
+from circuitdb.dictionaries.formats import read_dictionaries, write_dictionaries
+from circuitdb.dictionaries.sets import DictionarySet
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import TABLES, Store, read_table, write_partition
+
+
+def _rows(table: str, n: int) -> pl.DataFrame:
+    """`n` rows of `table` with every column null but the first (a row number)."""
+    columns = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
+    first = next(iter(columns))
+    frame = pl.DataFrame({name: pl.Series([None] * n, dtype=dtype) for name, dtype in columns.items()})
+    return frame.with_columns(pl.Series(first, [str(i) for i in range(n)]).cast(columns[first]))
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> Store:
+    """A store whose `features` table has one truncated partition among two; `corpora` is whole."""
+    store = Store(tmp_path / "store")
+    write_partition(store, "corpora", "demo", _rows("corpora", 2))
+    write_partition(store, "features", "plt-layer-000", _rows("features", 3))
+    write_partition(store, "features", "plt-layer-001", _rows("features", 4))
+    path = store.table_file("features", "plt-layer-000")
+    path.write_bytes(path.read_bytes()[:-20])
+    return store
+
+
+def test_a_damaged_file_fails_only_its_readers(damaged: Store, cli) -> None:
+    store = ("--store", str(damaged.root))
+    code, out, err = cli("sql", "select count(*) as n from corpora", "-f", "csv", *store)
+    assert (code, out, err) == (0, "n\r\n2\r\n", "")
+    code, out, err = cli("sql", "select count(*) from features", *store)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("error: damaged file tables/features/plt-layer-000.parquet (table features, partition")
+    code, out, err = cli("tables", "-f", "json", *store)
+    assert code == 1 and '"corpora"' in out and '"features"' not in out
+    assert err.startswith("error: damaged file tables/features/plt-layer-000.parquet") and len(err.splitlines()) == 1
+    with pytest.raises(CircuitDBError, match="damaged file tables/features/plt-layer-000.parquet"):
+        read_table(damaged, "features")
+    assert read_table(damaged, "corpora").height == 2
+
+
+def test_a_query_binds_only_the_tables_it_names(damaged: Store) -> None:
+    from circuitdb.store import connect
+
+    con = connect(damaged, "select * from corpora c join corpora d using (corpus)")
+    assert {row[0] for row in con.execute("select view_name from duckdb_views() where not internal").fetchall()} == {
+        "corpora"
+    }
+
+
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(damaged: Store, cli, monkeypatch) -> None:
+    import query.cli
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(query.cli, "run_sql", broken)
+    code, _, err = cli("sql", "select 1", "--store", str(damaged.root))
+    assert code == 1 and err == "error: ValueError: something inside broke (run with --debug for the traceback)\n"
+    with pytest.raises(ValueError, match="something inside broke"):
+        cli("--debug", "sql", "select 1", "--store", str(damaged.root))
+    monkeypatch.setenv("CIRCUITDB_DEBUG", "1")
+    with pytest.raises(ValueError, match="something inside broke"):
+        cli("sql", "select 1", "--store", str(damaged.root))
+
+
+def test_a_missing_file_is_named(damaged: Store, cli, monkeypatch) -> None:
+    import query.cli
+
+    def missing(*_args, **_kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/file.json")
+
+    monkeypatch.setattr(query.cli, "run_sql", missing)
+    code, _, err = cli("sql", "select 1", "--store", str(damaged.root))
+    assert (code, err) == (1, "error: No such file or directory: /nowhere/file.json\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "similar", "plt/1/0", "--k", "0"], "'--k': Input should be greater than or equal to 1"),
+        (["search", "similar", "plt/1/0", "--k", "1000000000"], "'--k': Input should be less than or equal to 10000"),
+        (["feature", "top", "--k", "1000000000000"], "'--k': Input should be less than or equal to 10000"),
+        (["feature", "show", "plt/1/0", "--exemplars", "-1"], "'--exemplars': Input should be greater than or equal"),
+        (["search", "similar", "plt/1/0", "--min-density", "2"], "'--min-density': Input should be less than or"),
+        (["graph", "show", "slug", "--depth", "-1"], "'--depth': Input should be greater than or equal to 1"),
+        (["graph", "show", "slug", "--width", "0"], "'--width': Input should be greater than or equal to 1"),
+        (["graph", "edges", "slug", "--to", "x", "--k", "0"], "'--k': Input should be greater than or equal to 1"),
+        (["search", "similar", "plt/1/0", "--layer-min", "20", "--layer-max", "10"], "--layer-min 20 is above"),
+        (["search", "similar", "plt/1/0", "--min-density", "0.5", "--max-density", "0.1"], "--min-density 0.5 is"),
+        (["build", "--layers", "0,,1"], "harvest.layers: an empty item"),
+        (["sql"], "Missing argument 'query'"),
+        (["sql", "select 1", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(args: list[str], message: str, tmp_path: Path, cli) -> None:
+    code, out, err = cli(*args, "--store", str(tmp_path / "never-made"))
+    assert code in (1, 2) and out == "" and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert message in err, err
+    assert not (tmp_path / "never-made").exists()
+
+
+def _one_layer_set() -> DictionarySet:
+    torch.manual_seed(0)
+    coder = SparseCoder(DictionaryConfig(kind="plt", n_latents=16, k=2), 8, 8)
+    return DictionarySet(name="plt", format="circuitdb", coders={0: coder, 1: coder}, model="tiny")
+
+
+def test_an_export_never_deletes_what_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "exported"
+    out.mkdir(mode=0o750)
+    out.chmod(0o750)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CircuitDBError, match="is not empty; pass --overwrite"):
+        write_dictionaries(_one_layer_set(), "circuit-tracer", out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    write_dictionaries(_one_layer_set(), "circuit-tracer", out, overwrite=True)
+    write_dictionaries(_one_layer_set(), "circuit-tracer", out, overwrite=True)  # replaces its own files
+    assert (out / "notes.txt").read_text() == "mine" and out.stat().st_mode & 0o777 == 0o750
+    assert read_dictionaries(out).layers == [0, 1]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    with pytest.raises(CircuitDBError, match="is a file, not a folder"):
+        write_dictionaries(_one_layer_set(), "circuit-tracer", out / "notes.txt", overwrite=True)
+    with pytest.raises(CircuitDBError, match="does not exist"):
+        write_dictionaries(_one_layer_set(), "circuit-tracer", tmp_path / "missing" / "out")
