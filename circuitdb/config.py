@@ -222,8 +222,8 @@ class AttributionConfig:
     """Optional text file, one prompt per line, watched by a sensor that adds partitions."""
     max_prompt_tokens: int = 1024
     """Longest prompt accepted (BOS included, and never past the model's context); memory_gb bounds the rest."""
-    max_feature_nodes: int = 8192
-    """Features kept as nodes, ranked by influence on the logits (circuit-tracer's default)."""
+    max_feature_nodes: int = 7500
+    """Features kept as nodes, ranked by influence on the logits (7,500: circuit-tracer's default cap)."""
     memory_gb: float = 4.0
     """Memory the graph's buffers may take (the model's not counted). Within it, every active feature gets
     its exact row and the cap keeps the most influential; past it, rows are computed influence-first up

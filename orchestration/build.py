@@ -8,7 +8,7 @@ import dataclasses
 import dagster as dg
 import yaml
 
-from assets.attribution import configured_prompts, stored_prompts
+from assets.attribution import attribution_graphs, configured_prompts, stored_prompts
 from assets.partitions import project_layers, prompt_partitions
 from assets.resources import ProjectResource
 from circuitdb.config import ProjectConfig
@@ -39,6 +39,8 @@ def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     defs = build_definitions(config, project)
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
     per_layer = [a for a in defs.assets or [] if a not in per_prompt]
+    for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
+        (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}
     instance = project_instance(config.store_path)
     slugs = list(configured_prompts(config))

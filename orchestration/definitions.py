@@ -16,6 +16,7 @@ from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset
 from assets.features import build_feature_stats_asset, build_feature_vectors_asset
+from assets.integrity import files_intact_checks
 from assets.partitions import layer_partitions, project_layers
 from assets.resources import ProjectResource
 from circuitdb.config import ProjectConfig, load_config
@@ -38,6 +39,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         assets.append(build_cross_layer_asset(project_layers(config)))
     return dg.Definitions(
         assets=assets,
+        asset_checks=files_intact_checks(),
         sensors=[prompts_file_sensor],
         schedules=[refresh_stale_graphs],
         resources={"project": project or ProjectResource()},

@@ -124,10 +124,12 @@ def build(
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Corpus size in tokens.")] = None,
 ) -> None:
     """Materialize the whole pipeline (corpus → activations → ...) into the store, in-process."""
+    overrides = {"store": store, "model.spec": model, "model.device": device, "harvest.layers": layers}
+    project = _config(config, **overrides, **{"corpus.max_tokens": max_tokens})  # flags checked before imports
+
     from orchestration.build import build_all
 
-    overrides = {"store": store, "model.spec": model, "model.device": device, "harvest.layers": layers}
-    checks = build_all(_config(config, **overrides, **{"corpus.max_tokens": max_tokens}))
+    checks = build_all(project)
     opened = Store.open_existing(_config(config, store=store).store)
     typer.echo(f"store ready at {opened.root}")
     for table in opened.table_names():
@@ -137,6 +139,27 @@ def build(
     for check in failed:
         details = ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
         typer.echo(f"  failed: {check.asset_key.to_user_string()} {check.check_name} ({details})", err=True)
+
+
+@app.command()
+def check(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
+    """Verify every file of the store against the checksum recorded when it was written; list what to rebuild."""
+    from circuitdb.store.integrity import check_files, rebuild_target
+
+    opened = _store(store, config)
+    report = check_files(opened.root, progress=True)
+    rows = [
+        (str(p.path.relative_to(opened.root)), p.problem, rebuild_target(opened.root, p.path)) for p in report.problems
+    ]
+    if rows:
+        render(QueryResult(["file", "problem", "rebuild"], [], rows), fmt)
+    damaged = [p for p in report.problems if not p.problem.startswith("no checksum")]
+    _to_stderr(
+        f"{report.n_files} files checked: {len(damaged)} damaged or missing, "
+        f"{len(report.problems) - len(damaged)} without a checksum"
+    )
+    if damaged:
+        raise CircuitDBError(f"{len(damaged)} damaged or missing files; re-materialize what the rebuild column names")
 
 
 dictionary_app = typer.Typer(help="Trained sparse dictionaries.", no_args_is_help=True)
@@ -476,12 +499,14 @@ def graph_export(
 ) -> None:
     """Write the graph as circuit-tracer JSON, which its viewers open."""
     from circuitdb.store.graphs import graph_json_path, graph_row
+    from circuitdb.store.integrity import verify
 
     opened = _store_with("graphs", store, config)
     graph_row(opened, slug)
     source = graph_json_path(opened, slug)
     if not source.is_file():
         raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
+    verify(opened.root, source)
     if out.parent and not out.parent.exists():
         raise CircuitDBError(f"folder {out.parent} does not exist")
     shutil.copyfile(source, out)

@@ -110,13 +110,20 @@ def _describe(node: dict) -> str:
     return node["label"]
 
 
+def _shortened(prompt: str, keep: int = 40) -> str:
+    """A long prompt as its start … its end (the end is what the graph explains), in one line."""
+    if len(prompt) <= 2 * keep:
+        return repr(prompt)
+    return f"{prompt[:keep]!r} … {prompt[-keep:]!r} ({len(prompt)} characters)"
+
+
 def render_graph_tree(graph: dict, nodes: list[dict], edges: list[tuple], depth: int, width: int) -> None:
     """The top logit, its `width` strongest inputs, theirs, ... down `depth` levels (pruned graph).
 
     Error nodes are not expanded (they have no inputs); each level says what share of its input they carry.
     """
     console = Console()
-    console.print(f"[bold]{graph['slug']}[/bold]  {graph['prompt']!r}")
+    console.print(f"[bold]{graph['slug']}[/bold]  {_shortened(graph['prompt'])}")
     console.print(
         f"{graph['n_nodes_pruned']} nodes, {graph['n_edges_pruned']} edges kept of {graph['n_nodes']} nodes; "
         f"replacement score {graph['replacement_score']:.3f}, completeness {graph['completeness_score']:.3f}"

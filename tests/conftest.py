@@ -187,3 +187,23 @@ def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
+    """A whole tiny store (corpus, activations, dictionaries, features, vectors, the default prompts' graphs),
+    built once; tests that damage it work on a copy (`shutil.copytree`)."""
+    from circuitdb.config import load_config
+    from orchestration.build import build_all
+
+    folder = tmp_path_factory.mktemp("built")
+    (folder / "corpus.txt").write_text(" ".join(TRAINING_TEXT) * 20)
+    config = folder / "circuitdb.yaml"
+    config.write_text(
+        f"store: {folder / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
+        f"corpus:\n  source: {folder / 'corpus.txt'}\n  context: 16\n  max_tokens: 256\n"
+        "dictionaries:\n  dictionary:\n    n_latents: 64\n    k: 4\n"
+        "  train:\n    batch_size: 32\n    epochs: 2\n    warmup_steps: 2\n  ce_eval_blocks: 2\n"
+    )
+    build_all(load_config(config))
+    return folder / "store"

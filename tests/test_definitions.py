@@ -138,7 +138,9 @@ def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file:
     assert set(nodes.filter(pl.col("kind") == "feature")["layer"]) == {1}
     validations = [c for c in checks if c.check_name == "graph_validation"]
     assert len(validations) == 3 and all(c.passed for c in validations), [c.metadata for c in validations]
-    assert {c.check_name for c in checks} == {"quality", "every_latent_has_a_row", "graph_validation"}
+    assert {c.check_name for c in checks} == {"quality", "every_latent_has_a_row", "graph_validation", "files_intact"}
+    intact = {c.asset_key.to_user_string() for c in checks if c.check_name == "files_intact" and c.passed}
+    assert intact == {"corpus_tokens", "activations", "dictionaries", "feature_stats", "attribution_graphs"}
     slug = graphs["slug"][0]
     code, out, err = cli(
         "sql",

@@ -23,6 +23,7 @@ from circuitdb.dictionaries.data import LiveActivationSource
 from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import harvest
 from circuitdb.models import LoadedModel, resolve_hooks
+from circuitdb.store.integrity import checksum_path
 
 
 @pytest.fixture(params=[False, True], ids=["fp32", "bf16-shortlist"])
@@ -149,6 +150,7 @@ def test_bad_inputs(source: ActivationSource, tmp_path: Path) -> None:
     shard = source.run_dir / "mlp_in.1" / source.files[0]
     shard.unlink()  # a new file, as a crashed writer would leave it (shards are mapped, never rewritten in place)
     shard.write_bytes(b"not a safetensors file")
+    checksum_path(shard).unlink()  # as one written before checksums: the reader itself finds the damage
     fresh = ActivationSource(source.run_dir, ["mlp_in.1"], ["mlp_out.1"])
     with pytest.raises(CircuitDBError, match="corrupt or missing activation shard"):
         train_dictionary(

@@ -3,6 +3,8 @@ bad values are one `error:` line with a non-zero exit, and an export never delet
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -25,16 +27,24 @@ def _rows(table: str, n: int) -> pl.DataFrame:
     return frame.with_columns(pl.Series(first, [str(i) for i in range(n)]).cast(columns[first]))
 
 
-@pytest.fixture
-def damaged(tmp_path: Path) -> Store:
-    """A store whose `features` table has one truncated partition among two; `corpora` is whole."""
+@pytest.fixture(params=["checksummed", "written-before-checksums"])
+def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """A store whose `features` table has one truncated partition among two; `corpora` is whole. Without its
+    checksum, the damage is found by the Parquet reader instead (same message)."""
     store = Store(tmp_path / "store")
     write_partition(store, "corpora", "demo", _rows("corpora", 2))
     write_partition(store, "features", "plt-layer-000", _rows("features", 3))
     write_partition(store, "features", "plt-layer-001", _rows("features", 4))
     path = store.table_file("features", "plt-layer-000")
     path.write_bytes(path.read_bytes()[:-20])
+    if request.param == "written-before-checksums":
+        for sidecar in path.parent.glob(".*.sha256"):
+            sidecar.unlink()
     return store
+
+
+DAMAGED = "error: damaged file tables/features/plt-layer-000.parquet: "
+REBUILD = "re-materialize partition plt-layer-000 of table features"
 
 
 def test_a_damaged_file_fails_only_its_readers(damaged: Store, cli) -> None:
@@ -43,10 +53,10 @@ def test_a_damaged_file_fails_only_its_readers(damaged: Store, cli) -> None:
     assert (code, out, err) == (0, "n\r\n2\r\n", "")
     code, out, err = cli("sql", "select count(*) from features", *store)
     assert code == 1 and out == "" and len(err.splitlines()) == 1, err
-    assert err.startswith("error: damaged file tables/features/plt-layer-000.parquet (table features, partition")
+    assert err.startswith(DAMAGED) and REBUILD in err, err
     code, out, err = cli("tables", "-f", "json", *store)
     assert code == 1 and '"corpora"' in out and '"features"' not in out
-    assert err.startswith("error: damaged file tables/features/plt-layer-000.parquet") and len(err.splitlines()) == 1
+    assert err.startswith(DAMAGED) and len(err.splitlines()) == 1
     with pytest.raises(CircuitDBError, match="damaged file tables/features/plt-layer-000.parquet"):
         read_table(damaged, "features")
     assert read_table(damaged, "corpora").height == 2
@@ -136,3 +146,107 @@ def test_an_export_never_deletes_what_it_did_not_write(tmp_path: Path) -> None:
         write_dictionaries(_one_layer_set(), "circuit-tracer", out / "notes.txt", overwrite=True)
     with pytest.raises(CircuitDBError, match="does not exist"):
         write_dictionaries(_one_layer_set(), "circuit-tracer", tmp_path / "missing" / "out")
+
+
+@pytest.fixture
+def store_copy(built_store: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_store, tmp_path / "store"))
+
+
+def _flip_a_byte(path: Path, offset_from_end: int = 200) -> None:
+    """Change one byte in place: same size, same name (a disk or memory error, not a rewrite)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) - offset_from_end] ^= 0x01
+    with open(path, "r+b") as handle:
+        handle.write(data)
+
+
+def test_a_clean_store_checks_clean(store_copy: Path, cli) -> None:
+    code, out, err = cli("check", "--store", str(store_copy))
+    assert code == 0 and out == "", err
+    assert " files checked: 0 damaged or missing, 0 without a checksum" in err
+    assert int(err.split(" files checked")[0].split()[-1]) > 50  # tables, shards, manifests, weights, graphs
+
+
+@pytest.mark.parametrize(
+    ("pick", "rebuild"),
+    [
+        (
+            lambda s: sorted((s / "tables" / "features").glob("*.parquet"))[1],
+            "partition plt-layer-001 of table features",
+        ),
+        (lambda s: s / "dictionaries" / "plt" / "layer_2" / "weights.safetensors", "dictionary set plt, layer 2"),
+        (lambda s: sorted((s / "graphs").glob("*.json"))[0], "graph "),
+        (lambda s: sorted((s / "activations").glob("*-train/mlp_in.1/shard-*"))[0], "hook mlp_in.1"),
+    ],
+    ids=["partition", "weights", "graph", "shard"],
+)
+def test_check_names_every_damaged_file_and_what_to_rebuild(store_copy: Path, pick, rebuild: str, cli) -> None:
+    damaged = pick(store_copy)
+    _flip_a_byte(damaged)
+    code, out, err = cli("check", "--store", str(store_copy), "-f", "json")
+    (row,) = json.loads(out)
+    assert code == 1 and row["file"] == str(damaged.relative_to(store_copy)) and rebuild in row["rebuild"]
+    assert row["problem"].startswith("checksum mismatch") and err.splitlines()[-1].startswith("error: 1 damaged")
+
+
+def test_reads_verify_checksums(store_copy: Path, cli) -> None:
+    """Each kind of artifact is verified where it is read, and the error names the file."""
+    from circuitdb.dictionaries.data import ActivationSource
+    from circuitdb.dictionaries.pipeline import stored_set
+
+    store = Store(store_copy)
+    partition = store.table_file("exemplars", "plt-layer-001")
+    _flip_a_byte(partition)
+    code, _, err = cli("sql", "select count(*) from exemplars", "--store", str(store_copy))
+    assert code == 1 and err.startswith("error: damaged file tables/exemplars/plt-layer-001.parquet: checksum mismatch")
+    assert cli("sql", "select count(*) from features", "--store", str(store_copy))[0] == 0
+    with pytest.raises(CircuitDBError, match="damaged file tables/exemplars/plt-layer-001.parquet"):
+        read_table(store, "exemplars")
+
+    weights = store_copy / "dictionaries" / "plt" / "layer_1" / "weights.safetensors"
+    _flip_a_byte(weights)
+    with pytest.raises(CircuitDBError, match="damaged file dictionaries/plt/layer_1/weights.safetensors"):
+        stored_set(store, "plt")
+
+    graph = sorted((store_copy / "graphs").glob("*.json"))[0]
+    graph.write_bytes(graph.read_bytes()[:-100])  # truncated
+    code, _, err = cli(
+        "graph", "export", graph.stem, "--out", str(store_copy.parent / "g.json"), "--store", str(store_copy)
+    )
+    assert code == 1 and f"damaged file graphs/{graph.name}" in err and not (store_copy.parent / "g.json").exists()
+
+    run = next((store_copy / "activations").glob("*-train"))
+    shard = sorted((run / "mlp_in.0").glob("shard-*"))[0]
+    _flip_a_byte(shard)
+    source = ActivationSource(run, ["mlp_in.0"], [])
+    with pytest.raises(CircuitDBError, match=f"damaged file activations/{run.name}/mlp_in.0/{shard.name}"):
+        source.read(torch.arange(2))
+
+
+def test_a_verified_file_is_hashed_again_only_when_it_changes(store_copy: Path, monkeypatch) -> None:
+    from circuitdb.store import integrity
+
+    hashed = []
+    real = integrity.digest_file
+    monkeypatch.setattr(integrity, "digest_file", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(integrity, "_remembered", {})
+    path = Store(store_copy).table_file("features", "plt-layer-000")
+    integrity.verify(store_copy, path)
+    integrity.verify(store_copy, path)
+    monkeypatch.setattr(integrity, "_remembered", {})  # a new process: the store's .verified remembers
+    integrity.verify(store_copy, path)
+    assert hashed == [path]
+    _flip_a_byte(path)
+    with pytest.raises(CircuitDBError, match="checksum mismatch"):
+        integrity.verify(store_copy, path)
+
+
+def test_files_written_before_checksums_are_read_and_listed(store_copy: Path, cli) -> None:
+    sidecar = Store(store_copy).table_file("corpora", "demo").parent
+    (legacy,) = [p for p in sidecar.glob(".*.sha256")]
+    legacy.unlink()
+    assert cli("sql", "select count(*) from corpora", "--store", str(store_copy))[0] == 0
+    code, out, err = cli("check", "--store", str(store_copy), "-f", "json")
+    (row,) = json.loads(out)
+    assert code == 0 and row["problem"].startswith("no checksum") and "1 without a checksum" in err

@@ -42,7 +42,12 @@ def store(tmp_path: Path) -> Store:
 
 def test_rewriting_a_partition_replaces_it(store: Store) -> None:
     write_partition(store, "corpora", "a", _corpora_row("a", 7))
-    assert sorted(p.name for p in (store.tables_dir / "corpora").iterdir()) == ["a.parquet", "b.parquet"]
+    assert sorted(p.name for p in (store.tables_dir / "corpora").iterdir()) == [
+        ".a.parquet.sha256",
+        ".b.parquet.sha256",
+        "a.parquet",
+        "b.parquet",
+    ]
     assert run_sql(store, "SELECT corpus, n_blocks FROM corpora ORDER BY corpus").rows == [("a", 7), ("b", 2)]
     assert read_table(store, "corpora").height == 2
 

@@ -115,8 +115,10 @@ def test_graphql_shows_the_build(served) -> None:
     assert {e["partition"] for e in events} == {"0", "1", "2"}
     labels = {entry["label"]: entry.get("intValue") for entry in events[0]["metadataEntries"]}
     assert {"metrics", "loss_curves"} <= set(labels) and labels["dagster/row_count"] == 3  # rows of `dictionaries`
-    (quality,) = data["quality"]["assetChecksOrError"]["checks"]
-    assert quality["name"] == "quality" and quality["executionForLatestMaterialization"]["evaluation"] is not None
+    checks = {check["name"]: check for check in data["quality"]["assetChecksOrError"]["checks"]}
+    assert set(checks) == {"quality", "files_intact"}
+    assert all(check["executionForLatestMaterialization"]["evaluation"] is not None for check in checks.values())
+    assert checks["files_intact"]["executionForLatestMaterialization"]["evaluation"]["success"]
     slugs = set(configured_prompts(config)) | {cli_slug}
     assert len(slugs) == 3 and set(data["graphs"]["partitionKeys"]) == slugs  # the build's two, the CLI's one
     assert {e["partition"] for e in data["graphEvents"]["assetMaterializations"]} == slugs

@@ -21,6 +21,7 @@ import torch
 from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import read_manifest
 from circuitdb.models import LoadedModel, capture, resolve_hooks
+from circuitdb.store.integrity import verify
 
 
 @dataclass
@@ -62,7 +63,9 @@ class ActivationSource:
     def _layout(self, hook: str, file: str) -> _ShardLayout:
         key = (hook, file)
         if key not in self._layouts:
-            self._layouts[key] = _shard_layout(self.run_dir / hook / file)
+            path = self.run_dir / hook / file
+            verify(self.run_dir.parent.parent, path)  # <store>/activations/<run>/<hook>/<file>
+            self._layouts[key] = _shard_layout(path)
         return self._layouts[key]
 
     @property

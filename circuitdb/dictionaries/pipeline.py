@@ -28,6 +28,7 @@ from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint, LoadedModel
 from circuitdb.store import TABLES, Store, read_table, write_partition
+from circuitdb.store.integrity import verify
 
 
 def _row(cfg, layer: int, lm: LoadedModel, corpus: TokenizedCorpus, result, seconds: float, path: str) -> dict:
@@ -189,6 +190,13 @@ def import_dictionary_set(store: Store, lm: LoadedModel, dictionaries: Dictionar
     return rows
 
 
+def _verified(store: Store, folder: str) -> Path:
+    """A stored dictionary's folder, once its files match their checksums."""
+    for name in ("config.json", "weights.safetensors"):
+        verify(store.root, store.root / folder / name)
+    return store.root / folder
+
+
 def stored_set(store: Store, name: str) -> DictionarySet:
     """The store's dictionary set `name` (trained here or imported), as the `dictionaries` table lists it."""
     rows = read_table(store, "dictionaries").filter(pl.col("name") == name).sort("layer")
@@ -197,7 +205,7 @@ def stored_set(store: Store, name: str) -> DictionarySet:
     first = rows.row(0, named=True)
     input_kind, output_kind = HookPoint.parse(first["input_hook"]).kind, HookPoint.parse(first["target_hook"]).kind
     if first["kind"] == "clt":
-        clt, _ = load_dictionary(store.root / first["path"])
+        clt, _ = load_dictionary(_verified(store, first["path"]))
         source = {0: str(store.root / first["path"])}
         return DictionarySet(name, "circuitdb", clt=clt, sources=source, model=first["model"])
     coders, sources = {}, {}
@@ -207,6 +215,6 @@ def stored_set(store: Store, name: str) -> DictionarySet:
                 f"dictionary {name}/{row['layer']} maps {row['input_hook']} → {row['target_hook']}, "
                 f"unlike the set's {first['input_hook']} → {first['target_hook']}"
             )
-        coders[row["layer"]], _ = load_dictionary(store.root / row["path"])
+        coders[row["layer"]], _ = load_dictionary(_verified(store, row["path"]))
         sources[row["layer"]] = str(store.root / row["path"])
     return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.integrity import damaged_message, verify
 from circuitdb.store.layout import Store
 
 
@@ -35,6 +36,9 @@ def connect(store: Store, query: str | None = None) -> duckdb.DuckDBPyConnection
     tables = store.table_names()
     named = set(tables) & {word.lower() for word in _WORD.findall(query or "")}
     bound = [table for table in tables if table in named] or tables
+    for table in named:  # the files the query will read are whole
+        for path in store.partition_files(table):
+            verify(store.root, path)
     for table in bound:
         pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))
         try:
@@ -60,9 +64,5 @@ def damaged_file_error(store: Store, exc: Exception) -> Exception:
 
 
 def damaged_partition(store: Store, path: Path, reason: str) -> CircuitDBError:
-    table, partition = path.parent.name, path.stem
-    reason = " ".join(reason.split())
-    return CircuitDBError(
-        f"damaged file {path.relative_to(store.root)} (table {table}, partition {partition}): {reason}; "
-        f"re-materialize that partition (`circuitdb build`) — `circuitdb check` lists every damaged file"
-    )
+    """A partition file that cannot be read (one written before checksums, or damaged in its footer)."""
+    return CircuitDBError(damaged_message(store.root, path, " ".join(reason.split())))

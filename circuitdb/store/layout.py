@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.integrity import write_checksum
 
 
 class Store:
@@ -41,6 +43,9 @@ class Store:
     def dictionary_dir(self, name: str, layer: int) -> Path:
         return self.root / "dictionaries" / name / f"layer_{layer}"
 
+    def partition_files(self, table: str) -> list[Path]:
+        return sorted((self.tables_dir / table).glob("*.parquet"))
+
     def table_names(self) -> list[str]:
         """Tables that have at least one partition file."""
         if not self.tables_dir.is_dir():
@@ -49,7 +54,8 @@ class Store:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
+    """Write `data` to `path` so readers see the old file or the new one, never a partial one; its
+    checksum is recorded beside it (verified where it is read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -59,3 +65,4 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    write_checksum(path, hashlib.sha256(data).hexdigest())

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store.catalog import damaged_partition
+from circuitdb.store.integrity import verify
 from circuitdb.store.layout import Store, atomic_write_bytes
 from circuitdb.store.schemas import TABLES
 
@@ -36,7 +37,7 @@ def write_partition(store: Store, table: str, partition: str, frame: pl.DataFram
 
 def read_table(store: Store, table: str, columns: list[str] | None = None) -> pl.DataFrame:
     """All partitions of `table`, or only `columns` of them (empty frame with the schema when none is written yet)."""
-    files = sorted((store.tables_dir / table).glob("*.parquet"))
+    files = store.partition_files(table)
     if not files:
         schema = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
         return pl.DataFrame(schema={name: schema[name] for name in columns or schema})
@@ -44,6 +45,7 @@ def read_table(store: Store, table: str, columns: list[str] | None = None) -> pl
 
 
 def _read(store: Store, path: Path, columns: list[str] | None) -> pl.DataFrame:
+    verify(store.root, path)
     try:
         return pl.read_parquet(path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -53,7 +55,8 @@ def _read(store: Store, path: Path, columns: list[str] | None) -> pl.DataFrame:
 def count_rows(store: Store, table: str) -> int:
     """Rows of every partition of `table`, from the Parquet footers (no data read)."""
     total = 0
-    for path in (store.tables_dir / table).glob("*.parquet"):
+    for path in store.partition_files(table):
+        verify(store.root, path)
         try:
             total += pq.read_metadata(path).num_rows
         except (pa.ArrowException, OSError) as exc:

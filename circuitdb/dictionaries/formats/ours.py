@@ -17,6 +17,7 @@ from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint
+from circuitdb.store.integrity import write_checksum
 
 NAME = "circuitdb"
 FORMAT = "circuitdb-dictionary"
@@ -33,6 +34,8 @@ def save_dictionary(coder: SparseCoder | CrossLayerTranscoder, directory: Path, 
         tensors = {k: v.detach().contiguous().cpu() for k, v in coder.state_dict().items()}
         save_file(tensors, folder / "weights.safetensors")
         (folder / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        for written in ("weights.safetensors", "config.json"):
+            write_checksum(folder / written)
 
     write_folder(directory, write)
 
