@@ -13,6 +13,9 @@ Prints one JSON line:
   shortlist differ from a full fp32 top-k (shortlist_tokens_differing), and the largest difference
   between the two sets' sorted values (shortlist_max_value_diff: fp32 rounding where sets only swap
   near-ties);
+- with --extra-graphs N: sql_p50_ms_extra, the same queries on a scratch copy of the tables with N more
+  graph partitions (a query binds only the tables it names), and graph_sql_p50_ms(_extra), a query over
+  every graph before and after;
 - search_1m_p50_ms, recall_at_10_1m: the same search on a synthetic table of N unit vectors of width
   576, queried with 200 of its own rows (an ANN index is built first; its build time is reported).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,6 +52,7 @@ from circuitdb.features import build_layer_features, load_stored_dictionary  # n
 from circuitdb.harvest import harvest  # noqa: E402
 from circuitdb.models import load_model, resolve_hooks  # noqa: E402
 from circuitdb.store import Store, read_table  # noqa: E402
+from circuitdb.store.integrity import digest_file, write_checksum  # noqa: E402
 from circuitdb.store.vectors import ensure_index, nearest, read_vectors, write_vectors  # noqa: E402
 from query.engine import run_sql  # noqa: E402
 
@@ -90,8 +95,11 @@ def main() -> None:
     parser.add_argument("--skip-store", action="store_true", help="only the synthetic table")
     parser.add_argument("--stats-all", action="store_true", help="statistics for every layer vs their harvest")
     parser.add_argument("--check-shortlist", action="store_true", help="bf16 TopK shortlist vs full fp32")
+    parser.add_argument("--extra-graphs", type=int, default=0, help="also time SQL with N more graph partitions")
     args = parser.parse_args()
     result: dict = {}
+    if args.extra_graphs:
+        result |= _extra_graphs_figures(args)
     if not args.skip_store:
         result |= _store_figures(args)
     if args.synthetic_rows:
@@ -121,6 +129,30 @@ def _store_figures(args: argparse.Namespace) -> dict:
         result |= _stats_vs_harvest(store, lm, corpus, config)
     if args.check_shortlist:
         result |= _check_shortlist(store, corpus, config.dictionaries.name)
+    return result
+
+
+def _extra_graphs_figures(args: argparse.Namespace) -> dict:
+    """SQL latency on a scratch copy of the store's tables with `--extra-graphs` synthetic graph partitions
+    (copies of a stored graph's three partition files, checksums included): the typical queries, which
+    read no graph table, and a query over every graph."""
+    store = Store.open_existing(load_config(None, {"store": args.store}).store)
+    graph_query = "SELECT slug, n_nodes_pruned FROM graphs ORDER BY created_at DESC LIMIT 5"
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Store(folder)
+        shutil.copytree(store.tables_dir, scratch.tables_dir)
+        result = {"graph_sql_p50_ms": round(_p50(lambda: run_sql(scratch, graph_query), 20), 2)}
+        for table in ("graphs", "graph_nodes", "graph_edges"):
+            source = scratch.partition_files(table)[0]
+            digest = digest_file(source)
+            for i in range(args.extra_graphs):
+                copy = scratch.table_file(table, f"synthetic-{i:05d}")
+                shutil.copyfile(source, copy)
+                write_checksum(copy, digest)
+        typical = statistics.median(_p50(lambda q=q: run_sql(scratch, q), 20) for q in QUERIES)
+        result["sql_p50_ms_extra"] = round(typical, 2)
+        result["graph_sql_p50_ms_extra"] = round(_p50(lambda: run_sql(scratch, graph_query), 20), 2)
+        result["n_graph_partitions_extra"] = len(scratch.partition_files("graphs"))
     return result
 
 
