@@ -171,6 +171,17 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_dictionaries() -> str:
+    """The `dictionaries:` section of a tiny project: small, trained long enough to beat the mean (what its
+    quality check then demands)."""
+    return (
+        "dictionaries:\n  dictionary:\n    n_latents: 64\n    k: 4\n"
+        "  train:\n    batch_size: 32\n    epochs: 20\n    warmup_steps: 2\n  ce_eval_blocks: 2\n"
+        "  max_fvu_excl_pos0: 1.2\n  max_dead_frac: 0.5\n"  # quality on a held-out set of ~32 tokens
+    )
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """Run the real `circuitdb` entry point in-process: cli("sql", "...") -> (exit code, stdout, stderr)."""

@@ -46,24 +46,20 @@ def test_default_definitions_load() -> None:
     assert checks and all(spec.description for spec in checks)
 
 
-TINY_DICTIONARIES = (
-    "dictionaries:\n  dictionary:\n    n_latents: 64\n    k: 4\n"
-    "  train:\n    batch_size: 32\n    epochs: 2\n    warmup_steps: 2\n  ce_eval_blocks: 2\n"
-)
-
-
-def _project(tmp_path: Path, llama_dir: Path, text_file: Path) -> Path:
+def _project(tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str) -> Path:
     file = tmp_path / "circuitdb.yaml"
     file.write_text(
         f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
         f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 320\n  eval_fraction: 0.25\n"
-        "harvest:\n  hooks: [mlp_in, mlp_out, resid_post]\n  batch_size: 4\n" + TINY_DICTIONARIES
+        "harvest:\n  hooks: [mlp_in, mlp_out, resid_post]\n  batch_size: 4\n" + tiny_dictionaries
     )
     return file
 
 
-def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, text_file: Path) -> None:
-    file = _project(tmp_path, llama_dir, text_file)
+def test_materialize_corpus_and_activations(
+    tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str
+) -> None:
+    file = _project(tmp_path, llama_dir, text_file, tiny_dictionaries)
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
@@ -87,7 +83,7 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     )
     assert single.success and layer1.stat().st_mtime_ns == before and layer0.is_file()
     dictionaries = read_table(store, "dictionaries").sort("layer")
-    assert dictionaries["layer"].to_list() == [0, 1, 2] and (dictionaries["fvu_excl_pos0"] < 1.5).all()
+    assert dictionaries["layer"].to_list() == [0, 1, 2] and (dictionaries["fvu_excl_pos0"] < 1.0).all()
     coder, meta = load_dictionary(store.root / dictionaries["path"][1])
     assert meta["input_hook"] == "mlp_in.1" and coder.cfg.n_latents == 64
     features = read_table(store, "features")
@@ -99,8 +95,10 @@ def test_materialize_corpus_and_activations(tmp_path: Path, llama_dir: Path, tex
     assert all(c.passed for c in result.get_asset_check_evaluations() if c.check_name == "every_latent_has_a_row")
 
 
-def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
-    file = _project(tmp_path, llama_dir, text_file)
+def test_cross_layer_transcoder_asset(
+    tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str, cli
+) -> None:
+    file = _project(tmp_path, llama_dir, text_file, tiny_dictionaries)
     clt_yaml = "clt:\n  enabled: true\n  dictionary: {kind: clt, activation: relu, n_latents: 48, k: 4}\n"
     clt_yaml += "  train: {batch_size: 32, epochs: 2}\nattribution: {dictionaries: clt, prompts: []}\n"
     file.write_text(file.read_text() + clt_yaml)
@@ -123,11 +121,13 @@ def test_cross_layer_transcoder_asset(tmp_path: Path, llama_dir: Path, text_file
     assert nodes["feature_id"].str.starts_with("clt/").all()
 
 
-def test_build_all_runs_the_pipeline(tmp_path: Path, llama_dir: Path, text_file: Path, cli) -> None:
+def test_build_all_runs_the_pipeline(
+    tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str, cli
+) -> None:
     """Transcoders at layer 1 only: layers 0 and 2 are whole error nodes in every graph. On a random
     tiny model the tokens carry most of the influence, so the node threshold is raised to keep features."""
     overrides = {"harvest.layers": "1", "attribution.node_threshold": 0.95}
-    config = load_config(_project(tmp_path, llama_dir, text_file), overrides)
+    config = load_config(_project(tmp_path, llama_dir, text_file, tiny_dictionaries), overrides)
     checks = build_all(config)
     store = Store(config.store)
     shards = read_table(store, "activation_shards")
@@ -176,7 +176,7 @@ def test_prompts_file_sensor_adds_new_prompts(tmp_path: Path, llama_dir: Path, m
 
 
 def test_build_evaluates_an_imported_set_instead_of_training_over_it(
-    tmp_path: Path, llama_dir: Path, text_file: Path
+    tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str
 ) -> None:
     """A sparsify transcoder imported as `plt` at layer 1: build keeps its weights, adds held-out metrics,
     and computes its features like a trained set's (every latent of its own width gets a row)."""
@@ -186,7 +186,9 @@ def test_build_evaluates_an_imported_set_instead_of_training_over_it(
     from circuitdb.dictionaries.pipeline import import_dictionary_set
     from circuitdb.models import load_model
 
-    config = load_config(_project(tmp_path, llama_dir, text_file), {"harvest.layers": "1", "attribution.prompts": []})
+    config = load_config(
+        _project(tmp_path, llama_dir, text_file, tiny_dictionaries), {"harvest.layers": "1", "attribution.prompts": []}
+    )
     hook = tmp_path / "run" / "layers.1.mlp"
     hook.mkdir(parents=True)
     gen = torch.Generator().manual_seed(0)

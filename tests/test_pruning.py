@@ -38,6 +38,9 @@ def test_hand_computed_graph() -> None:
     expected_edges[L, f1] = expected_edges[L, t] = expected_edges[f1, t] = True
     assert torch.equal(pruned.edge_mask, expected_edges)
     assert pruned.replacement_score == pytest.approx(0.9 / 1.0)  # tokens .9 vs errors .1
+    # completeness: each node's non-error input share (L: .9, the others 1) weighted by its influence + own
+    # logit weight (.3, .2, .1, .9, 1): (1.5 + .9) / 2.5
+    assert pruned.completeness_score == pytest.approx(2.4 / 2.5)
 
 
 def _reference_prune(adjacency: torch.Tensor, n_features: int, n_tokens: int, probabilities: torch.Tensor, nt, et):
@@ -64,6 +67,12 @@ def _reference_prune(adjacency: torch.Tensor, n_features: int, n_tokens: int, pr
         return ranked[min(int(torch.searchsorted(cumulative, share)), len(ranked) - 1)]
 
     node_scores = influence(normalize(adjacency))
+    inner = len(adjacency) - n_logits - n_tokens
+    errors, tokens = slice(n_features, inner), slice(inner, inner + n_tokens)
+    replacement = node_scores[tokens].sum() / (node_scores[tokens].sum() + node_scores[errors].sum())
+    output_influence = node_scores + weights
+    non_error = 1 - normalize(adjacency)[:, errors].sum(1)
+    completeness = (non_error * output_influence).sum() / output_influence.sum()
     node_mask = node_scores >= threshold(node_scores, nt)
     node_mask[-n_logits - n_tokens :] = True
     pruned = adjacency.clone()
@@ -72,7 +81,6 @@ def _reference_prune(adjacency: torch.Tensor, n_features: int, n_tokens: int, pr
     normalized = normalize(pruned)
     edge_scores = normalized * (influence(normalized) + weights)[:, None]
     edge_mask = edge_scores >= threshold(edge_scores.flatten(), et)
-    inner = len(adjacency) - n_logits - n_tokens
     while True:
         old = node_mask.clone()
         node_mask[:inner] &= edge_mask[:, :inner].any(0)
@@ -80,7 +88,7 @@ def _reference_prune(adjacency: torch.Tensor, n_features: int, n_tokens: int, pr
         edge_mask[~node_mask] = False
         edge_mask[:, ~node_mask] = False
         if torch.equal(old, node_mask):
-            return node_mask, edge_mask
+            return node_mask, edge_mask, float(replacement), float(completeness)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -106,7 +114,11 @@ def test_random_graphs_match_circuit_tracer(seed: int) -> None:
     graph = _graph(adjacency.float(), n_features, n_layers, n_positions, probabilities.tolist())
     for nt, et in [(0.8, 0.98), (0.5, 0.9), (0.95, 0.7)]:
         pruned = prune(graph, node_threshold=nt, edge_threshold=et)
-        nodes, edges = _reference_prune(adjacency.float().double(), n_features, n_positions, probabilities, nt, et)
+        reference = _reference_prune(adjacency.float().double(), n_features, n_positions, probabilities, nt, et)
+        nodes, edges, replacement, completeness = reference
         assert torch.equal(pruned.node_mask, nodes), (nt, et)
         assert torch.equal(pruned.edge_mask, edges), (nt, et)
+        assert pruned.replacement_score == pytest.approx(replacement, rel=1e-5)
+        assert pruned.completeness_score == pytest.approx(completeness, rel=1e-5)
+        assert 0.05 < replacement < 0.95 and 0.05 < completeness < 0.95  # the scores are not trivially 0 or 1
         assert 0 < int(nodes[:n_features].sum()) < n_features

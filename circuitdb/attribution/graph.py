@@ -355,7 +355,7 @@ def attribute(
         report(estimate)
     if memory_gb is not None and estimate.gb > memory_gb:
         raise CircuitDBError(
-            f"the prompt has {n_f} active features: its graph needs ~{estimate.gb:.1f} GB (limit {memory_gb} GB, "
+            f"the prompt has {n_f} active features: its graph needs ~{estimate.gb:.2g} GB (limit {memory_gb} GB, "
             "attribution.memory_gb); lower --max-feature-nodes or shorten the prompt"
         )
     tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
