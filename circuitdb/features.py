@@ -20,11 +20,12 @@ Output logits: a latent's decoder row is read through the final norm's gain and 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
 import polars.selectors as cs
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -36,6 +37,7 @@ from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, read_table, write_partition
+from circuitdb.store.finished import fingerprint, is_finished, record_finished, recorded_checksum
 
 
 @dataclass
@@ -276,10 +278,17 @@ def build_layer_features(
     as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
     coder, meta = load_stored_dictionary(store, name, layer)
     source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
-    features, exemplars = feature_statistics(coder, source, corpus.split("train"), lm, name, layer, cfg)
     partition = f"{name}-layer-{layer:03d}"
+    weights = store.dictionary_dir(name, layer) / "weights.safetensors"
+    shards = [s["sha256"] for m in source.manifests.values() for s in m["shards"]]
+    inputs = fingerprint(recorded_checksum(weights), asdict(cfg or FeatureStatsConfig()), lm.name, shards)
+    outputs = [store.table_file("exemplars", partition), store.table_file("features", partition)]
+    if is_finished(store, "feature_stats", partition, inputs):
+        return pq.read_metadata(outputs[1]).num_rows, pq.read_metadata(outputs[0]).num_rows
+    features, exemplars = feature_statistics(coder, source, corpus.split("train"), lm, name, layer, cfg)
     write_partition(store, "exemplars", partition, exemplars)
     write_partition(store, "features", partition, features)
+    record_finished(store, "feature_stats", partition, inputs, outputs)
     return features.height, exemplars.height
 
 

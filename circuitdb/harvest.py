@@ -31,6 +31,7 @@ from circuitdb.corpus import TokenizedCorpus
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint, LoadedModel, capture, check_layer, resolve_hooks
 from circuitdb.store import Store, atomic_write_bytes, write_partition
+from circuitdb.store.integrity import verify
 
 MANIFEST = "manifest.json"
 
@@ -74,6 +75,7 @@ def read_manifest(hook_dir: Path) -> dict | None:
     path = hook_dir / MANIFEST
     if not path.is_file():
         return None
+    verify(hook_dir.parents[2], path)  # <store>/activations/<run>/<hook>/manifest.json
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
@@ -134,15 +136,27 @@ def _copy_into(buffers: dict[str, torch.Tensor], rows: slice, hook: HookPoint, a
 
 
 def _open_manifest(hook_dir: Path, fingerprint: dict) -> dict:
-    """The hook folder's manifest if it matches `fingerprint`, else a fresh one (stale shards removed)."""
-    existing = read_manifest(hook_dir)
+    """The hook folder's manifest if it matches `fingerprint` (its damaged shards left out, to be redone),
+    else a fresh one (stale shards removed)."""
+    try:
+        existing = read_manifest(hook_dir)
+    except CircuitDBError:
+        existing = None  # damaged: its shards are harvested again
     if existing is not None and existing.get("fingerprint") == fingerprint:
-        existing["shards"] = [s for s in existing["shards"] if (hook_dir / s["file"]).is_file()]
+        existing["shards"] = [s for s in existing["shards"] if _whole(hook_dir / s["file"])]  # others: redone
         return existing
     if hook_dir.is_dir():
         for stale in hook_dir.glob("shard-*.safetensors"):
             stale.unlink()
     return {"fingerprint": fingerprint, "shards": [], "complete": False}
+
+
+def _whole(shard: Path) -> bool:
+    try:
+        verify(shard.parents[3], shard)  # <store>/activations/<run>/<hook>/<shard>
+    except (CircuitDBError, FileNotFoundError):
+        return False
+    return True
 
 
 def _write_shard(

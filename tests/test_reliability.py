@@ -250,3 +250,43 @@ def test_files_written_before_checksums_are_read_and_listed(store_copy: Path, cl
     code, out, err = cli("check", "--store", str(store_copy), "-f", "json")
     (row,) = json.loads(out)
     assert code == 0 and row["problem"].startswith("no checksum") and "1 without a checksum" in err
+
+
+def test_a_second_build_skips_finished_work_and_redoes_only_the_damaged(built_store: Path, tmp_path: Path) -> None:
+    """Finished partitions whose inputs did not change are skipped; a damaged weights file or shard is
+    rebuilt (to the same bytes); a changed recipe retrains."""
+    from circuitdb.config import load_config
+    from orchestration.build import build_all
+
+    copy = Path(shutil.copytree(built_store, tmp_path / "store"))
+    config = load_config(built_store.parent / "circuitdb.yaml", {"store": str(copy)})
+    weights = {layer: copy / "dictionaries" / "plt" / f"layer_{layer}" / "weights.safetensors" for layer in range(3)}
+    original = {layer: path.read_bytes() for layer, path in weights.items()}
+    features = Store(copy).table_file("features", "plt-layer-000")
+    shard = sorted((copy / "activations").glob("*-train/mlp_in.2/shard-*"))[0]
+    shard_bytes = shard.read_bytes()
+
+    def written() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in [*weights.values(), features, shard]}
+
+    before = written()
+    build_all(config)
+    assert written() == before  # nothing trained, encoded or harvested again
+
+    _flip_a_byte(weights[1])
+    _flip_a_byte(shard)
+    build_all(config)
+    after = written()
+    assert [after[str(weights[layer])] != before[str(weights[layer])] for layer in range(3)] == [False, True, False]
+    assert weights[1].read_bytes() == original[1] and shard.read_bytes() == shard_bytes  # rebuilt, identical
+
+    import dataclasses
+
+    retrained = dataclasses.replace(
+        config,
+        dictionaries=dataclasses.replace(
+            config.dictionaries, train=dataclasses.replace(config.dictionaries.train, epochs=3)
+        ),
+    )
+    build_all(retrained)
+    assert all(weights[layer].read_bytes() != original[layer] for layer in range(3))

@@ -7,6 +7,7 @@ Kept out of `assets/` so the CLI, the benchmark and notebooks run exactly what t
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint, LoadedModel
 from circuitdb.store import TABLES, Store, read_table, write_partition
+from circuitdb.store.finished import fingerprint, is_finished, record_finished
 from circuitdb.store.integrity import verify
 
 
@@ -60,8 +62,21 @@ def build_layer_dictionary(
     )
     eval_source = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
     checkpoint = store.root / "checkpoints" / cfg.name / f"layer_{layer}.pt"
-    started = time.perf_counter()
+    partition = f"{cfg.name}-layer-{layer:03d}"
     imported = _imported(store, cfg.name, layer, input_hook, target_hook)
+    shards = [
+        s["sha256"] for source in (train_source, eval_source) for m in source.manifests.values() for s in m["shards"]
+    ]
+    recipe = fingerprint(
+        asdict(cfg.dictionary), asdict(cfg.train), cfg.ce_eval_blocks, input_hook, target_hook, lm.name, shards
+    )
+    if imported is None and is_finished(store, "dictionaries", partition, recipe):
+        return (
+            read_table(store, "dictionaries")
+            .filter((pl.col("name") == cfg.name) & (pl.col("layer") == layer))
+            .row(0, named=True)
+        )
+    started = time.perf_counter()
     if imported is not None:  # a published dictionary imported under this name: evaluated, never trained over
         result, provenance = TrainResult(imported[0]), imported[1]
     else:
@@ -75,9 +90,12 @@ def build_layer_dictionary(
     row = _row(cfg, layer, lm, corpus, result, seconds, path)
     row |= {"input_hook": input_hook, "target_hook": target_hook, **metrics, "delta_ce": delta_ce, "kl": kl}
     meta = {k: v for k, v in row.items() if k not in ("fvu_curve", "created_at", "path")} | provenance
-    save_dictionary(result.coder, store.dictionary_dir(cfg.name, layer), meta)
-    write_partition(store, "dictionaries", f"{cfg.name}-layer-{layer:03d}", pl.DataFrame([row]))
+    folder = store.dictionary_dir(cfg.name, layer)
+    save_dictionary(result.coder, folder, meta)
+    write_partition(store, "dictionaries", partition, pl.DataFrame([row]))
     checkpoint.unlink(missing_ok=True)  # the saved dictionary supersedes it
+    outputs = [folder / "weights.safetensors", folder / "config.json", store.table_file("dictionaries", partition)]
+    record_finished(store, "dictionaries", partition, recipe, outputs)
     return row
 
 
