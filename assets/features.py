@@ -7,7 +7,8 @@ import polars as pl
 from assets.partitions import per_layer_options
 from assets.plots import svg_bars
 from assets.resources import ProjectResource
-from circuitdb.features import build_layer_features, load_stored_dictionary
+from circuitdb.dictionaries.stored import stored_dictionary
+from circuitdb.features import build_layer_features
 from circuitdb.store import Store, count_rows, read_table
 from circuitdb.store.vectors import count_vectors, ensure_index, write_vectors
 
@@ -112,7 +113,7 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         written = 0
         for key in context.partition_keys:
             layer = int(key)
-            coder, _ = load_stored_dictionary(store, name, layer)
+            coder, _ = stored_dictionary(store, name, layer)
             written += write_vectors(store, name, layer, coder.W_dec, features.filter(pl.col("layer") == layer))
         indexed = ensure_index(store)
         metadata = {"vectors_in_run": written, "ann_index": indexed, "dagster/row_count": count_vectors(store)}

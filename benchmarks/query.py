@@ -48,7 +48,8 @@ import torch  # noqa: E402
 from circuitdb.config import load_config  # noqa: E402
 from circuitdb.corpus import load_stored_corpus  # noqa: E402
 from circuitdb.dictionaries.data import ActivationSource  # noqa: E402
-from circuitdb.features import build_layer_features, load_stored_dictionary  # noqa: E402
+from circuitdb.dictionaries.stored import stored_dictionary  # noqa: E402
+from circuitdb.features import build_layer_features  # noqa: E402
 from circuitdb.harvest import harvest  # noqa: E402
 from circuitdb.models import load_model, resolve_hooks  # noqa: E402
 from circuitdb.store import Store, read_table  # noqa: E402
@@ -190,7 +191,7 @@ def _stats_vs_harvest(store: Store, lm, corpus, config, rounds: int = 5) -> dict
 def _check_shortlist(store: Store, corpus, name: str) -> dict:
     differing, tokens, worst = 0, 0, 0.0
     for layer in _per_layer_dictionaries(store, name)["layer"]:
-        coder, meta = load_stored_dictionary(store, name, layer)
+        coder, meta = stored_dictionary(store, name, layer)
         source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
         for picked in torch.arange(source.n_sequences).split(16):
             x = source.read(picked)[0][:, 1:, 0].float().flatten(0, 1)

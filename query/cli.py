@@ -193,7 +193,7 @@ def dictionary_export(
 ) -> None:
     """Export a dictionary set of the store in another project's format (circuit-tracer, SAELens, ...)."""
     from circuitdb.dictionaries.formats import check_export_target, write_dictionaries
-    from circuitdb.dictionaries.pipeline import stored_set
+    from circuitdb.dictionaries.stored import stored_set
 
     check_export_target(out, overwrite)
     dictionaries = stored_set(_store(store, config), name)
@@ -330,10 +330,8 @@ def search_text(
     config: ConfigOption = None,
 ) -> None:
     """Features most active on a text: pooled (max over tokens) or per token, ranked by activation / max."""
-    import polars as pl
-
-    from circuitdb.dictionaries.pipeline import stored_set
-    from circuitdb.features import active_features
+    from circuitdb.dictionaries.stored import stored_set
+    from circuitdb.features import ranked_text_matches
     from circuitdb.models import load_model
 
     project = _config(config, store=store)
@@ -341,31 +339,8 @@ def search_text(
     if not text.strip():
         raise CircuitDBError("empty text: give some words to search with")
     lm = load_model(project.model.spec, project.model.device)
-    found = active_features(lm, stored_set(opened, name), text)
-    if "features" in opened.table_names():
-        stats = run_sql(
-            opened, f"SELECT feature_id, max_act, label FROM features WHERE dictionary = {sql_literal(name)}"
-        )
-        known = pl.DataFrame(stats.rows, schema=stats.columns, orient="row")
-        found = found.join(known, on="feature_id", how="left")
-    else:
-        found = found.with_columns(max_act=pl.lit(None, pl.Float32), label=pl.lit(None, pl.String))
-    found = found.with_columns(relative=pl.col("activation") / pl.col("max_act"))  # null without stats: ranked last
-    if per_token:
-        found = (
-            found.sort("relative", "activation", descending=True, nulls_last=True)
-            .group_by("position", maintain_order=True)
-            .head(k)
-            .sort("position")
-        )
-    else:
-        found = (
-            found.sort("relative", "activation", descending=True, nulls_last=True)
-            .unique("feature_id", keep="first", maintain_order=True)
-            .head(k)
-        )
-    columns = ["position", "token", "feature_id", "activation", "relative", "label"]
-    render(QueryResult(columns, [], found.select(columns).rows()), fmt)
+    found = ranked_text_matches(opened, lm, stored_set(opened, name), text, k, per_token)
+    render(QueryResult(found.columns, [], found.rows()), fmt)
 
 
 @feature_app.command("top")

@@ -193,7 +193,7 @@ def test_check_names_every_damaged_file_and_what_to_rebuild(store_copy: Path, pi
 def test_reads_verify_checksums(store_copy: Path, cli) -> None:
     """Each kind of artifact is verified where it is read, and the error names the file."""
     from circuitdb.dictionaries.data import ActivationSource
-    from circuitdb.dictionaries.pipeline import stored_set
+    from circuitdb.dictionaries.stored import stored_set
 
     store = Store(store_copy)
     partition = store.table_file("exemplars", "plt-layer-001")

@@ -13,6 +13,7 @@ import polars as pl
 
 from circuitdb.attribution.graph import Graph
 from circuitdb.attribution.pruning import Pruned
+from circuitdb.store import feature_ids
 
 
 def node_ids(graph: Graph) -> list[str]:
@@ -53,8 +54,8 @@ def node_frame(
     index = f.index.tolist() + [-1] * n_err + graph.ids + graph.logit_tokens
     token = [tokens[p] for p in position[: graph.logit_start]] + logit_tokens
     activation = f.activation.float().tolist() + [0.0] * (n_err + P) + graph.logit_probabilities.tolist()
-    feature_ids = [f"{dictionary}/{lay}/{i}" for lay, i in zip(f.layer.tolist(), f.index.tolist(), strict=True)]
-    label = [labels.get(fid, "") for fid in feature_ids]
+    ids = feature_ids(dictionary, f.layer.tolist(), f.index.tolist())
+    label = [labels.get(fid, "") for fid in ids]
     label += [f"MLP error, layer {lay}" for lay in range(L) for _ in range(P)]
     label += [f"token {t!r}" for t in tokens] + [
         f"output {t!r} (p={p:.3f})" for t, p in zip(logit_tokens, graph.logit_probabilities.tolist(), strict=True)
@@ -64,7 +65,7 @@ def node_frame(
             "slug": slug,
             "node_id": node_ids(graph),
             "kind": _kinds(graph),
-            "feature_id": feature_ids + [None] * (graph.n_nodes - graph.n_features),
+            "feature_id": ids + [None] * (graph.n_nodes - graph.n_features),
             "layer": layer,
             "position": position,
             "index": index,

@@ -79,8 +79,7 @@ def build_graph(
     seconds += time.perf_counter() - started
 
     slug = graph_slug(prompt, lm.name, dictionary)
-    decode = lambda ids: [lm.tokenizer.decode([i]) for i in ids]  # noqa: E731
-    tokens, logit_tokens = decode(graph.ids), decode(graph.logit_tokens)
+    tokens, logit_tokens = lm.token_strings(graph.ids), lm.token_strings(graph.logit_tokens)
     labels = dict(read_table(store, "features", ["feature_id", "label"]).iter_rows())
     nodes = node_frame(graph, pruned, slug, dictionary, tokens, logit_tokens, labels)
     edges = edge_frame(graph, pruned, slug)

@@ -14,8 +14,8 @@ import torch
 
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.formats import DictionarySet, read_dictionaries
-from circuitdb.dictionaries.pipeline import stored_set
 from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.dictionaries.stored import stored_set
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store

@@ -27,10 +27,9 @@ from circuitdb.dictionaries.metrics import (
 )
 from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
-from circuitdb.models import HookPoint, LoadedModel
+from circuitdb.models import LoadedModel
 from circuitdb.store import TABLES, Store, read_table, write_partition
 from circuitdb.store.finished import fingerprint, is_finished, record_finished
-from circuitdb.store.integrity import verify
 
 
 def _row(cfg, layer: int, lm: LoadedModel, corpus: TokenizedCorpus, result, seconds: float, path: str) -> dict:
@@ -206,33 +205,3 @@ def import_dictionary_set(store: Store, lm: LoadedModel, dictionaries: Dictionar
         if old.stem not in written and (suffix == "clt" or suffix.startswith("layer-")):
             old.unlink()
     return rows
-
-
-def _verified(store: Store, folder: str) -> Path:
-    """A stored dictionary's folder, once its files match their checksums."""
-    for name in ("config.json", "weights.safetensors"):
-        verify(store.root, store.root / folder / name)
-    return store.root / folder
-
-
-def stored_set(store: Store, name: str) -> DictionarySet:
-    """The store's dictionary set `name` (trained here or imported), as the `dictionaries` table lists it."""
-    rows = read_table(store, "dictionaries").filter(pl.col("name") == name).sort("layer")
-    if rows.is_empty():
-        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build or import them first")
-    first = rows.row(0, named=True)
-    input_kind, output_kind = HookPoint.parse(first["input_hook"]).kind, HookPoint.parse(first["target_hook"]).kind
-    if first["kind"] == "clt":
-        clt, _ = load_dictionary(_verified(store, first["path"]))
-        source = {0: str(store.root / first["path"])}
-        return DictionarySet(name, "circuitdb", clt=clt, sources=source, model=first["model"])
-    coders, sources = {}, {}
-    for row in rows.iter_rows(named=True):
-        if (row["input_hook"], row["target_hook"]) != (f"{input_kind}.{row['layer']}", f"{output_kind}.{row['layer']}"):
-            raise CircuitDBError(
-                f"dictionary {name}/{row['layer']} maps {row['input_hook']} → {row['target_hook']}, "
-                f"unlike the set's {first['input_hook']} → {first['target_hook']}"
-            )
-        coders[row["layer"]], _ = load_dictionary(_verified(store, row["path"]))
-        sources[row["layer"]] = str(store.root / row["path"])
-    return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])

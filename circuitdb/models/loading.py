@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class LoadedModel:
         """Token ids of `text`, BOS first (SmolLM2's tokenizer does not add one itself)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [self.bos_token_id, *ids] if add_bos else list(ids)
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        """Each token id decoded on its own: the text tables and pages show for a token."""
+        return [self.tokenizer.decode([i]) for i in ids]
 
 
 def resolve_device(device: str) -> torch.device:

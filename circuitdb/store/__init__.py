@@ -3,7 +3,7 @@
 from circuitdb.store.catalog import connect, sql_literal
 from circuitdb.store.layout import Store, atomic_write_bytes
 from circuitdb.store.parquet import count_rows, read_table, write_partition
-from circuitdb.store.schemas import TABLES, TableSchema, parse_feature_id
+from circuitdb.store.schemas import TABLES, TableSchema, feature_ids, parse_feature_id
 
 __all__ = [
     "TABLES",
@@ -12,6 +12,7 @@ __all__ = [
     "atomic_write_bytes",
     "connect",
     "count_rows",
+    "feature_ids",
     "parse_feature_id",
     "read_table",
     "sql_literal",

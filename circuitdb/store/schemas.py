@@ -203,6 +203,12 @@ TABLES: dict[str, TableSchema] = {
 }
 
 
+def feature_ids(dictionary: str, layer: int | list[int], indices: list[int]) -> list[str]:
+    """`feature_id`s of latents `indices` of `dictionary` at `layer` (one layer, or one per index)."""
+    layers = layer if isinstance(layer, list) else [layer] * len(indices)
+    return [f"{dictionary}/{lay}/{index}" for lay, index in zip(layers, indices, strict=True)]
+
+
 def parse_feature_id(feature_id: str) -> tuple[str, int, int]:
     """A `feature_id` ('<dictionary>/<layer>/<index>', the key joining features, exemplars, vectors and
     graph nodes) → (dictionary, layer, index), or one clear error."""

@@ -10,11 +10,9 @@ and everything else is vectorized over those triples:
 - for every exemplar, a fixed-width token window and the latent's activation on each token of it.
 Position 0 (BOS) is excluded throughout, as in training.
 
-Speed: the k winners per token, the logits and the neighbours are exact fp32 values picked from a
-bf16 shortlist (circuitdb/dictionaries/shortlist.py); what remains is sorting and gathering over the triples.
-
-Output logits: a latent's decoder row is read through the final norm's gain and the unembedding
-(the norm's 1/rms is a positive per-token scale and cannot change which tokens rank first).
+Speed: the k winners per token are exact fp32 values picked from a bf16 shortlist
+(circuitdb/dictionaries/shortlist.py); what remains is sorting and gathering over the triples. Output
+logits and decoder neighbours come from `readouts`.
 """
 
 from __future__ import annotations
@@ -31,12 +29,11 @@ from tqdm.auto import tqdm
 
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
-from circuitdb.dictionaries.formats import DictionarySet, load_dictionary
-from circuitdb.dictionaries.shortlist import SHORTLIST, coarse_top_columns, exact_top, top_products
 from circuitdb.dictionaries.sparse_coder import SparseCoder
-from circuitdb.errors import CircuitDBError
-from circuitdb.models import LoadedModel, capture, resolve_hooks
-from circuitdb.store import Store, read_table, write_partition
+from circuitdb.dictionaries.stored import stored_dictionary
+from circuitdb.features.readouts import decoder_neighbours, output_logits, vocabulary_strings
+from circuitdb.models import LoadedModel
+from circuitdb.store import Store, feature_ids, write_partition
 from circuitdb.store.finished import fingerprint, is_finished, record_finished, recorded_checksum
 
 
@@ -139,19 +136,19 @@ def feature_statistics(
     priority = torch.rand(len(t.value), generator=torch.Generator().manual_seed(cfg.seed))
     sampled = t.first_per_group(t.latent * cfg.n_groups + group - 1, priority, cfg.per_group)
 
-    top_ids, top_vals, bottom_ids, bottom_vals = _logits(coder, lm, cfg.n_logits)
-    neighbours, cosines = _neighbours(coder, cfg.n_neighbours)
-    strings = _token_strings(lm)
+    top_ids, top_vals, bottom_ids, bottom_vals = output_logits(coder, lm, cfg.n_logits)
+    neighbours, cosines = decoder_neighbours(coder, cfg.n_neighbours)
+    strings = vocabulary_strings(lm)
     peak = torch.full((n,), -1, dtype=torch.long)
     first = top[torch.searchsorted(t.latent[top], torch.arange(n)).clamp_max(len(top) - 1)]
     has_peak = t.latent[first] == torch.arange(n)
     peak[has_peak] = blocks.flatten()[t.token[first[has_peak]]].long()
     vocabulary = pl.Series(strings, dtype=pl.String)
     ids = lambda rows: vocabulary.gather(rows.flatten().numpy()).reshape(tuple(rows.shape))  # noqa: E731
-    neighbour_ids = pl.Series([f"{dictionary}/{layer}/{j}" for j in range(n)]).gather(neighbours.flatten().numpy())
+    neighbour_ids = pl.Series(feature_ids(dictionary, layer, list(range(n)))).gather(neighbours.flatten().numpy())
     features = pl.DataFrame(
         {
-            "feature_id": [f"{dictionary}/{layer}/{i}" for i in range(n)],
+            "feature_id": feature_ids(dictionary, layer, list(range(n))),
             "dictionary": dictionary,
             "layer": layer,
             "index": np.arange(n),
@@ -208,7 +205,7 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     rank = torch.arange(len(chosen)) - starts
     return pl.DataFrame(
         {
-            "feature_id": [f"{dictionary}/{layer}/{i}" for i in latent.tolist()],
+            "feature_id": feature_ids(dictionary, layer, latent.tolist()),
             "kind": kind,
             "group": groups.numpy(),
             "rank": rank.numpy(),
@@ -222,61 +219,12 @@ def _windows(t: _Triples, chosen, kind, groups, blocks, strings, cfg, dictionary
     ).with_columns(pl.col("values", "tokens").arr.to_list())
 
 
-_TOKEN_STRINGS: dict[int, np.ndarray] = {}
-
-
-def _token_strings(lm: LoadedModel) -> np.ndarray:
-    """Every vocabulary entry decoded to text, once per tokenizer (49k decodes take ~1 s)."""
-    key = id(lm.tokenizer)
-    if key not in _TOKEN_STRINGS:
-        decode = lm.tokenizer.decode
-        _TOKEN_STRINGS[key] = np.array([decode([i]) for i in range(len(lm.tokenizer))], dtype=object)
-    return _TOKEN_STRINGS[key]
-
-
-def _logits(coder: SparseCoder, lm: LoadedModel, k: int):
-    """Top/bottom-k vocabulary ids and exact values of each decoder row through final-norm gain and
-    unembedding, best first; one bf16 product per 256 rows shortlists both ends (see dictionaries/shortlist.py)."""
-    gain = lm.norm_gain(lm.model.get_submodule(lm.arch.final_norm)).detach().float()
-    unembedding = lm.model.get_submodule(lm.arch.unembedding).weight.detach().float()
-    coarse_unembedding = unembedding.bfloat16().T
-    shortlist = min(SHORTLIST * k, len(unembedding))
-    parts = []
-    for directions in (coder.W_dec.detach().float() * gain).split(256):
-        coarse = directions.bfloat16() @ coarse_unembedding
-        top = exact_top(directions, unembedding, None, coarse_top_columns(coarse, shortlist), k)
-        bottom = exact_top(-directions, unembedding, None, coarse_top_columns(coarse, shortlist, False), k)
-        parts.append((*top, *bottom))
-    top_values, top_ids, bottom_values, bottom_ids = (torch.cat(column) for column in zip(*parts, strict=True))
-    top_values, order = top_values.sort(dim=1, descending=True)
-    bottom_values, bottom_order = (-bottom_values).sort(dim=1)
-    return top_ids.gather(1, order), top_values, bottom_ids.gather(1, bottom_order), bottom_values
-
-
-def _neighbours(coder: SparseCoder, k: int):
-    """Each latent's k most decoder-cosine-similar latents (itself excluded), most similar first."""
-    unit = torch.nn.functional.normalize(coder.W_dec.detach().float(), dim=1)
-    k = min(k, len(unit) - 1)
-    cosines, latents = top_products(unit, unit, k + 1)  # itself among them, unless k+1 others tie it at 1
-    cosines[latents == torch.arange(len(unit)).unsqueeze(1)] = float("-inf")
-    best = cosines.topk(k, dim=1)
-    return latents.gather(1, best.indices), best.values
-
-
-def load_stored_dictionary(store: Store, name: str, layer: int) -> tuple[SparseCoder, dict]:
-    """The dictionary of set `name` at `layer` as the `dictionaries` table records it."""
-    rows = read_table(store, "dictionaries").filter((pl.col("name") == name) & (pl.col("layer") == layer))
-    if rows.is_empty():
-        raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
-    return load_dictionary(store.root / rows["path"][0])
-
-
 def build_layer_features(
     store: Store, lm: LoadedModel, corpus: TokenizedCorpus, name: str, layer: int, cfg: FeatureStatsConfig | None = None
 ) -> tuple[int, int]:
     """Statistics and exemplars of the stored dictionary `name` at `layer`, over the train split; written
     as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
-    coder, meta = load_stored_dictionary(store, name, layer)
+    coder, meta = stored_dictionary(store, name, layer)
     source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
     partition = f"{name}-layer-{layer:03d}"
     weights = store.dictionary_dir(name, layer) / "weights.safetensors"
@@ -290,35 +238,3 @@ def build_layer_features(
     write_partition(store, "features", partition, features)
     record_finished(store, "feature_stats", partition, inputs, outputs)
     return features.height, exemplars.height
-
-
-@torch.no_grad()
-def active_features(lm: LoadedModel, dictionaries: DictionarySet, text: str) -> pl.DataFrame:
-    """Every (feature, position) active when the model reads `text` (BOS added, position 0 left out)."""
-    if not text.strip():
-        raise CircuitDBError("empty text: give some words to search with")
-    ids = lm.encode(text)
-    if len(ids) > lm.max_context:
-        raise CircuitDBError(f"text is {len(ids)} tokens, longer than the model's context of {lm.max_context}")
-    if dictionaries.clt is not None:
-        raise CircuitDBError(f"{dictionaries.name} is a cross-layer transcoder; text search reads per-layer sets")
-    hooks = {layer: f"{dictionaries.input_kind}.{layer}" for layer in dictionaries.layers}
-    acts = capture(lm, torch.tensor([ids]), resolve_hooks(lm, hooks.values()))
-    tokens = [lm.tokenizer.decode([i]) for i in ids]
-    frames, name = [], dictionaries.name
-    for layer, coder in sorted(dictionaries.coders.items()):
-        latents = coder.to(lm.device).encode(acts[hooks[layer]][0])[1:].cpu()
-        position, index = latents.nonzero(as_tuple=True)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "feature_id": [f"{name}/{layer}/{i}" for i in index.tolist()],
-                    "layer": layer,
-                    "index": index.numpy(),
-                    "position": (position + 1).numpy(),
-                    "token": [tokens[p + 1] for p in position.tolist()],
-                    "activation": latents[position, index].numpy(),
-                }
-            )
-        )
-    return pl.concat(frames)

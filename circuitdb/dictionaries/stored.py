@@ -1,0 +1,58 @@
+"""The store's dictionaries, looked up one way: by the `dictionaries` table, their files verified against
+their checksums before they are loaded. Training, statistics, search, attribution and export all read
+stored dictionaries through here."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
+from circuitdb.dictionaries.formats import DictionarySet, load_dictionary
+from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.errors import CircuitDBError
+from circuitdb.models import HookPoint
+from circuitdb.store import Store, read_table
+from circuitdb.store.integrity import verify
+
+
+def _rows(store: Store, name: str) -> pl.DataFrame:
+    rows = read_table(store, "dictionaries").filter(pl.col("name") == name).sort("layer")
+    if rows.is_empty():
+        raise CircuitDBError(f"no dictionaries named {name!r} in the store; build or import them first")
+    return rows
+
+
+def _load(store: Store, folder: str) -> tuple[SparseCoder | CrossLayerTranscoder, dict]:
+    """A stored dictionary's folder loaded, once its files match their checksums."""
+    for file in ("config.json", "weights.safetensors"):
+        verify(store.root, store.root / folder / file)
+    return load_dictionary(store.root / folder)
+
+
+def stored_dictionary(store: Store, name: str, layer: int) -> tuple[SparseCoder, dict]:
+    """The per-layer dictionary of set `name` at `layer`, with its config.json."""
+    rows = _rows(store, name).filter(pl.col("layer") == layer)
+    if rows.is_empty():
+        raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
+    return _load(store, rows["path"][0])
+
+
+def stored_set(store: Store, name: str) -> DictionarySet:
+    """The store's dictionary set `name` (trained here or imported), as the `dictionaries` table lists it."""
+    rows = _rows(store, name)
+    first = rows.row(0, named=True)
+    input_kind, output_kind = HookPoint.parse(first["input_hook"]).kind, HookPoint.parse(first["target_hook"]).kind
+    if first["kind"] == "clt":
+        clt, _ = _load(store, first["path"])
+        source = {0: str(store.root / first["path"])}
+        return DictionarySet(name, "circuitdb", clt=clt, sources=source, model=first["model"])
+    coders, sources = {}, {}
+    for row in rows.iter_rows(named=True):
+        if (row["input_hook"], row["target_hook"]) != (f"{input_kind}.{row['layer']}", f"{output_kind}.{row['layer']}"):
+            raise CircuitDBError(
+                f"dictionary {name}/{row['layer']} maps {row['input_hook']} → {row['target_hook']}, "
+                f"unlike the set's {first['input_hook']} → {first['target_hook']}"
+            )
+        coders[row["layer"]], _ = _load(store, row["path"])
+        sources[row["layer"]] = str(store.root / row["path"])
+    return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])
