@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -18,9 +17,17 @@ from typer.exceptions import TyperException
 
 from circuitdb.config import HOOK_KINDS, ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import TABLES, Store, count_rows, parse_feature_id, sql_literal
+from circuitdb.store import TABLES, Store, count_rows
 from query.engine import QueryResult, run_sql
-from query.render import OutputFormat, render, render_feature
+from query.questions import (
+    export_graph_json,
+    feature_page,
+    graph_listing,
+    graph_tree,
+    node_edges,
+    top_features,
+)
+from query.render import OutputFormat, render, render_feature, render_graph_tree
 
 app = typer.Typer(
     help="circuitdb: a feature and circuit database for transformer language models.",
@@ -50,29 +57,6 @@ def _store(store: str | None, config_file: str | None) -> Store:
 
 MAX_ROWS = 10_000
 """Most rows one answer lists (--k, --exemplars): past it, use `circuitdb sql`."""
-
-_NOT_BUILT = {
-    "features": "no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)",
-    "graphs": 'no attribution graphs in the store yet; run `circuitdb graph build "prompt"`',
-}
-
-
-def _check_layer(opened: Store, layer: int) -> None:
-    """One line when the store has no dictionary at `layer`."""
-    found = run_sql(
-        opened, "SELECT min(layer), max(layer), count(*) FILTER (WHERE layer = " + str(layer) + ") FROM dictionaries"
-    )
-    low, high, count = found.rows[0]
-    if not count:
-        raise CircuitDBError(f"no dictionary at layer {layer}: the store has layers {low}-{high}")
-
-
-def _store_with(table: str, store: str | None, config_file: str | None) -> Store:
-    """The store, or one line saying how to build `table` when it has none yet."""
-    opened = _store(store, config_file)
-    if table not in opened.table_names():
-        raise CircuitDBError(_NOT_BUILT[table])
-    return opened
 
 
 @app.command()
@@ -254,19 +238,7 @@ def feature_show(
     config: ConfigOption = None,
 ) -> None:
     """Statistics, histogram, output logits, neighbours and exemplars of one feature."""
-    parse_feature_id(feature_id)
-    opened = _store_with("features", store, config)
-    found = run_sql(opened, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}")
-    if not found.rows:
-        raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
-    feature = dict(zip(found.columns, found.rows[0], strict=True))
-    query = (
-        f"SELECT * FROM exemplars WHERE feature_id = {sql_literal(feature_id)} "
-        f"AND ((kind = 'top' AND rank < {exemplars}) OR (kind = 'quantile' AND rank = 0)) "
-        'ORDER BY kind DESC, "group" DESC, rank'
-    )
-    rows = run_sql(opened, query)
-    examples = [dict(zip(rows.columns, row, strict=True)) for row in rows.rows]
+    feature, examples = feature_page(_store(store, config), feature_id, exemplars)
     if fmt is OutputFormat.table:
         render_feature(feature, examples)
     else:
@@ -353,14 +325,7 @@ def feature_top(
     config: ConfigOption = None,
 ) -> None:
     """The most frequent (or strongest) live features, with their labels."""
-    if by not in ("density", "max_act"):
-        raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
-    opened = _store_with("features", store, config)
-    if layer is not None:
-        _check_layer(opened, layer)
-    where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
-    query = f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}"
-    render(run_sql(opened, query), fmt)
+    render(top_features(_store(store, config), layer, by, k), fmt)
 
 
 graph_app = typer.Typer(help="Attribution graphs (circuit tracing).", no_args_is_help=True)
@@ -406,12 +371,7 @@ def graph_build(
 @graph_app.command("list")
 def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
     """The stored graphs (their prompts: `sql "select slug, prompt from graphs"`)."""
-    query = (
-        "SELECT slug, n_active_features AS active, n_nodes_pruned AS nodes, n_edges_pruned AS edges, "
-        "round(replacement_score, 3) AS replacement, round(completeness_score, 3) AS completeness, "
-        "top_logits[1] AS top_logit FROM graphs ORDER BY created_at"
-    )
-    render(run_sql(_store_with("graphs", store, config), query), fmt)
+    render(graph_listing(_store(store, config)), fmt)
 
 
 @graph_app.command("show")
@@ -423,14 +383,7 @@ def graph_show(
     config: ConfigOption = None,
 ) -> None:
     """The strongest paths into the top logit, as a tree: each node's strongest inputs below it."""
-    from circuitdb.store.graphs import graph_row
-    from query.render import render_graph_tree
-
-    opened = _store_with("graphs", store, config)
-    row = graph_row(opened, slug)
-    nodes = run_sql(opened, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}")
-    edges = run_sql(opened, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}")
-    render_graph_tree(row, [dict(zip(nodes.columns, r, strict=True)) for r in nodes.rows], edges.rows, depth, width)
+    render_graph_tree(*graph_tree(_store(store, config), slug), depth, width)
 
 
 @graph_app.command("edges")
@@ -444,25 +397,7 @@ def graph_edges(
     config: ConfigOption = None,
 ) -> None:
     """Edges of a graph from or to one node, strongest first, with the other end's label."""
-    from circuitdb.store.graphs import graph_row
-
-    if (source is None) == (target is None):
-        raise CircuitDBError("give exactly one of --from NODE or --to NODE")
-    opened = _store_with("graphs", store, config)
-    graph_row(opened, slug)
-    node, near, far = (source, "source", "target") if source is not None else (target, "target", "source")
-    known = run_sql(
-        opened, f"SELECT 1 FROM graph_nodes WHERE slug = {sql_literal(slug)} AND node_id = {sql_literal(node)}"
-    )
-    if not known.rows:
-        raise CircuitDBError(f"graph {slug} has no node {node!r} (after pruning); see `graph show {slug}`")
-    query = (
-        f"SELECT e.{far} AS node, n.kind, n.token, e.weight, n.label FROM graph_edges e "
-        f"JOIN graph_nodes n ON n.slug = e.slug AND n.node_id = e.{far} "
-        f"WHERE e.slug = {sql_literal(slug)} AND e.{near} = {sql_literal(node)} "
-        f"ORDER BY abs(e.weight) DESC LIMIT {int(k)}"
-    )
-    render(run_sql(opened, query), fmt)
+    render(node_edges(_store(store, config), slug, source, target, k), fmt)
 
 
 @graph_app.command("export")
@@ -473,18 +408,7 @@ def graph_export(
     config: ConfigOption = None,
 ) -> None:
     """Write the graph as circuit-tracer JSON, which its viewers open."""
-    from circuitdb.store.graphs import graph_json_path, graph_row
-    from circuitdb.store.integrity import verify
-
-    opened = _store_with("graphs", store, config)
-    graph_row(opened, slug)
-    source = graph_json_path(opened, slug)
-    if not source.is_file():
-        raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
-    verify(opened.root, source)
-    if out.parent and not out.parent.exists():
-        raise CircuitDBError(f"folder {out.parent} does not exist")
-    shutil.copyfile(source, out)
+    export_graph_json(_store(store, config), slug, out)
     typer.echo(f"wrote {out}")
 
 

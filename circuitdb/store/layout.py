@@ -53,9 +53,9 @@ class Store:
         return sorted(d.name for d in self.tables_dir.iterdir() if d.is_dir() and any(d.glob("*.parquet")))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, checksum: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a partial one; its
-    checksum is recorded beside it (verified where it is read)."""
+    checksum is recorded beside it (verified where it is read), unless the file is not the store's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -65,4 +65,5 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    write_checksum(path, hashlib.sha256(data).hexdigest())
+    if checksum:
+        write_checksum(path, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,119 @@
+"""The questions the CLI asks a built store, as plain calls: each checks what it is given, queries the
+tables read-only and returns rows; the CLI parses flags, calls one of these and renders the answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import Store, parse_feature_id, sql_literal
+from circuitdb.store.graphs import graph_json_path, graph_row
+from circuitdb.store.integrity import verify
+from circuitdb.store.layout import atomic_write_bytes
+from query.engine import QueryResult, run_sql
+
+NOT_BUILT = {
+    "features": "no feature statistics in the store yet; run `circuitdb build` (asset feature_stats)",
+    "graphs": 'no attribution graphs in the store yet; run `circuitdb graph build "prompt"`',
+}
+
+
+def require(store: Store, table: str) -> Store:
+    """The store, or one line saying how to build `table` when it has none yet."""
+    if table not in store.table_names():
+        raise CircuitDBError(NOT_BUILT[table])
+    return store
+
+
+def _dicts(result: QueryResult) -> list[dict]:
+    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+
+def feature_page(store: Store, feature_id: str, n_top: int) -> tuple[dict, list[dict]]:
+    """A feature's `features` row and its exemplars: the `n_top` strongest, then one per quantile group."""
+    parse_feature_id(feature_id)
+    require(store, "features")
+    found = _dicts(run_sql(store, f"SELECT * FROM features WHERE feature_id = {sql_literal(feature_id)}"))
+    if not found:
+        raise CircuitDBError(f"unknown feature {feature_id!r}: no such dictionary, layer or index in the store")
+    query = (
+        f"SELECT * FROM exemplars WHERE feature_id = {sql_literal(feature_id)} "
+        f"AND ((kind = 'top' AND rank < {int(n_top)}) OR (kind = 'quantile' AND rank = 0)) "
+        'ORDER BY kind DESC, "group" DESC, rank'
+    )
+    return found[0], _dicts(run_sql(store, query))
+
+
+def top_features(store: Store, layer: int | None, by: str, k: int) -> QueryResult:
+    """The `k` live features of highest `by` (density or max_act), of one layer or all."""
+    if by not in ("density", "max_act"):
+        raise CircuitDBError(f"--by must be density or max_act, got {by!r}")
+    require(store, "features")
+    if layer is not None:
+        _check_layer(store, layer)
+    where = "NOT dead" + (f" AND layer = {int(layer)}" if layer is not None else "")
+    return run_sql(
+        store,
+        f"SELECT feature_id, density, max_act, label FROM features WHERE {where} ORDER BY {by} DESC LIMIT {int(k)}",
+    )
+
+
+def _check_layer(store: Store, layer: int) -> None:
+    found = run_sql(
+        store, f"SELECT min(layer), max(layer), count(*) FILTER (WHERE layer = {int(layer)}) FROM dictionaries"
+    )
+    low, high, count = found.rows[0]
+    if not count:
+        raise CircuitDBError(f"no dictionary at layer {layer}: the store has layers {low}-{high}")
+
+
+def graph_listing(store: Store) -> QueryResult:
+    require(store, "graphs")
+    return run_sql(
+        store,
+        "SELECT slug, n_active_features AS active, n_nodes_pruned AS nodes, n_edges_pruned AS edges, "
+        "round(replacement_score, 3) AS replacement, round(completeness_score, 3) AS completeness, "
+        "top_logits[1] AS top_logit FROM graphs ORDER BY created_at",
+    )
+
+
+def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple]]:
+    """A graph's `graphs` row, its pruned nodes and its (source, target, weight) edges."""
+    row = graph_row(require(store, "graphs"), slug)
+    nodes = _dicts(run_sql(store, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}"))
+    edges = run_sql(store, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}").rows
+    return row, nodes, edges
+
+
+def node_edges(store: Store, slug: str, source: str | None, target: str | None, k: int) -> QueryResult:
+    """The `k` strongest edges leaving `source` or entering `target`, with the other end's kind and label."""
+    if (source is None) == (target is None):
+        raise CircuitDBError("give exactly one of --from NODE or --to NODE")
+    graph_row(require(store, "graphs"), slug)
+    node, near, far = (source, "source", "target") if source is not None else (target, "target", "source")
+    known = run_sql(
+        store, f"SELECT 1 FROM graph_nodes WHERE slug = {sql_literal(slug)} AND node_id = {sql_literal(node)}"
+    )
+    if not known.rows:
+        raise CircuitDBError(f"graph {slug} has no node {node!r} (after pruning); see `graph show {slug}`")
+    return run_sql(
+        store,
+        f"SELECT e.{far} AS node, n.kind, n.token, e.weight, n.label FROM graph_edges e "
+        f"JOIN graph_nodes n ON n.slug = e.slug AND n.node_id = e.{far} "
+        f"WHERE e.slug = {sql_literal(slug)} AND e.{near} = {sql_literal(node)} "
+        f"ORDER BY abs(e.weight) DESC LIMIT {int(k)}",
+    )
+
+
+def export_graph_json(store: Store, slug: str, out: Path) -> None:
+    """Write the graph's circuit-tracer JSON to `out` (a file; whole or not at all), once it verifies."""
+    graph_row(require(store, "graphs"), slug)
+    source = graph_json_path(store, slug)
+    if not source.is_file():
+        raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
+    if out.is_dir():
+        raise CircuitDBError(f"{out} is a folder; give the JSON file to write")
+    if not out.parent.is_dir():
+        raise CircuitDBError(f"folder {out.parent} does not exist")
+    verify(store.root, source)
+    atomic_write_bytes(out, source.read_bytes(), checksum=False)
