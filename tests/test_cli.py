@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,57 +47,76 @@ def test_build_then_query(project: Path, cli) -> None:
     )
     rows = json.loads(out)
     assert len(rows) == 2 * 3 and {r["t"] for r in rows} == {256 // 16 * 16}
-    code, out, _ = cli("sql", "select feature_id from features where not dead order by feature_id", "-f", "json", *c)
+
+
+@pytest.fixture
+def built(built_store: Path, tmp_path: Path, llama_dir: Path) -> tuple[str, str]:
+    """`--config` of a copy of the session's tiny store (commands that write may change it) and the tiny model."""
+    store = shutil.copytree(built_store, tmp_path / "store")
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text(f"store: {store}\nmodel:\n  spec: {llama_dir}\n")
+    return ("--config", str(config))
+
+
+def test_feature_show(built: tuple[str, str], cli) -> None:
+    code, out, _ = cli(
+        "sql", "select feature_id from features where not dead order by feature_id", "-f", "json", *built
+    )
     live = [row["feature_id"] for row in json.loads(out)]
-    code, out, err = cli("feature", "show", live[0], *c)
+    code, out, err = cli("feature", "show", live[0], *built)
     assert code == 0 and out.startswith(live[0]) and "top exemplars" in out, err
-    code, out, _ = cli("feature", "show", live[-1], "-f", "json", *c)
+    code, out, _ = cli("feature", "show", live[-1], "-f", "json", *built)
     shown = json.loads(out)
     assert shown["feature_id"] == live[-1] and shown["exemplars"]
     assert all(e["feature_id"] == live[-1] for e in shown["exemplars"])
     for bad, message in (("plt/1", "malformed feature id"), ("plt/1/9999", "unknown feature"), ("x/9/0", "unknown")):
-        code, _, err = cli("feature", "show", bad, "--config", str(project))
+        code, _, err = cli("feature", "show", bad, *built)
         assert code == 1 and message in err
-    code, out, err = cli(
-        "search", "similar", "plt/1/0", "--k", "4", "--layer-min", "2", "-f", "json", "--config", str(project)
+
+
+def test_feature_top(built: tuple[str, str], cli) -> None:
+    code, out, _ = cli("feature", "top", "--layer", "1", "--k", "3", "-f", "json", *built)
+    top = json.loads(out)
+    code, out, _ = cli(
+        "sql",
+        "select feature_id from features where layer = 1 and not dead order by density desc limit 3",
+        "-f",
+        "json",
+        *built,
     )
+    assert [row["feature_id"] for row in top] == [row["feature_id"] for row in json.loads(out)]
+
+
+def test_search_similar(built: tuple[str, str], tmp_path: Path, cli) -> None:
+    code, out, err = cli("search", "similar", "plt/1/0", "--k", "4", "--layer-min", "2", "-f", "json", *built)
     found = json.loads(out)
     assert code == 0 and len(found) == 4 and {f["layer"] for f in found} == {2}, err
-    np.save(project.parent / "v.npy", np.ones(3))
-    code, _, err = cli("search", "similar", "--vector", str(project.parent / "v.npy"), "--config", str(project))
+    np.save(tmp_path / "v.npy", np.ones(3))
+    code, _, err = cli("search", "similar", "--vector", str(tmp_path / "v.npy"), *built)
     assert code == 1 and "dimension 3" in err
-    code, out, err = cli("search", "text", "The quick brown fox", "--k", "5", "-f", "json", "--config", str(project))
+
+
+def test_search_text(built: tuple[str, str], cli) -> None:
+    code, out, err = cli("search", "text", "The quick brown fox", "--k", "5", "-f", "json", *built)
     pooled = json.loads(out)
     assert code == 0 and len(pooled) == 5 and len({r["feature_id"] for r in pooled}) == 5, err
     assert [r["relative"] for r in pooled] == sorted((r["relative"] for r in pooled), reverse=True)
-    code, out, _ = cli(
-        "search", "text", "The quick brown fox", "--per-token", "--k", "2", "-f", "json", "--config", str(project)
-    )
+    code, out, _ = cli("search", "text", "The quick brown fox", "--per-token", "--k", "2", "-f", "json", *built)
     per_token = json.loads(out)
     assert {r["position"] for r in per_token} == set(range(1, len(per_token) // 2 + 1))
-    code, _, err = cli("search", "text", "   ", "--config", str(project))
+    code, _, err = cli("search", "text", "   ", *built)
     assert code == 1 and "empty text" in err
-    code, out, _ = cli("feature", "top", "--layer", "1", "--k", "3", "-f", "json", "--config", str(project))
-    top = json.loads(out)
-    assert len(top) == 3 and top[0]["density"] >= top[-1]["density"]
-    out_dir = project.parent / "exported"
-    code, out, err = cli("dictionary", "export", "--out", str(out_dir), "--config", str(project))
+
+
+def test_dictionary_export_then_graph_commands(built: tuple[str, str], tmp_path: Path, cli) -> None:
+    out_dir = tmp_path / "exported"
+    code, out, err = cli("dictionary", "export", "--out", str(out_dir), *built)
     assert code == 0, err
     assert read_dictionaries(out_dir).layers == [0, 1, 2]
-    code, _, err = cli(
-        "dictionary",
-        "export",
-        "--format",
-        "saelens",
-        "--layer",
-        "1",
-        "--out",
-        str(out_dir.with_name("saes")),
-        "--config",
-        str(project),
-    )
+    saes = ("--format", "saelens", "--layer", "1", "--out", str(tmp_path / "saes"))
+    code, _, err = cli("dictionary", "export", *saes, *built)
     assert code == 1 and "SAELens format holds SAEs" in err
-    _graph_commands(project, out_dir, cli)
+    _graph_commands(Path(built[1]), out_dir, cli)
 
 
 def _graph_commands(project: Path, transcoders: Path, cli) -> None:
@@ -132,6 +152,14 @@ def _graph_commands(project: Path, transcoders: Path, cli) -> None:
     assert code == 0 and document["metadata"]["slug"] == slug and document["metadata"]["prompt_tokens"][0] == "<bos>"
     ids = {node["node_id"] for node in document["nodes"]}
     assert document["links"] and all(link["source"] in ids and link["target"] in ids for link in document["links"])
+    code, out, _ = cli(
+        "sql", f"SELECT source, target, weight FROM graph_edges WHERE slug = '{slug}'", "-f", "json", *config
+    )
+    stored = {(e["source"], e["target"]): e["weight"] for e in json.loads(out)}
+    exported = {(link["source"], link["target"]): link["weight"] for link in document["links"]}
+    assert exported.keys() == stored.keys() and all(exported[k] == pytest.approx(stored[k]) for k in stored)
+    code, out, _ = cli("sql", f"SELECT node_id FROM graph_nodes WHERE slug = '{slug}'", "-f", "json", *config)
+    assert ids == {row["node_id"] for row in json.loads(out)}
     code, out, err = cli(
         "steer",
         "The quick brown fox jumps",
