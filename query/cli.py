@@ -457,6 +457,21 @@ def steer(
 
 
 @app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Browse the store: graphs drawn by layer and position, feature pages, dictionaries' metrics (read-only)."""
+    from query.viewer.app import serve as serve_store
+
+    opened = _store(store, config)
+    typer.echo(f"serving {opened.root} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve_store(opened, host, port)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the webserver.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",

@@ -117,3 +117,24 @@ def export_graph_json(store: Store, slug: str, out: Path) -> None:
         raise CircuitDBError(f"folder {out.parent} does not exist")
     verify(store.root, source)
     atomic_write_bytes(out, source.read_bytes(), checksum=False)
+
+
+def graph_document(store: Store, slug: str, max_edges: int) -> dict:
+    """What a graph page draws: the `graphs` row, every pruned node, the `max_edges` strongest edges
+    ([source, target, weight]) and how many edges the graph keeps in all."""
+    row = graph_row(require(store, "graphs"), slug)
+    nodes = _dicts(run_sql(store, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)} ORDER BY node_id"))
+    query = (
+        f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)} "
+        f"ORDER BY abs(weight) DESC LIMIT {max(0, int(max_edges))}"
+    )
+    edges = [list(edge) for edge in run_sql(store, query).rows]
+    return {"graph": row, "nodes": nodes, "edges": edges, "n_edges": row["n_edges_pruned"]}
+
+
+def dictionary_metrics(store: Store) -> list[dict]:
+    """Each stored dictionary's held-out metrics, by set and layer (none before the first build)."""
+    if "dictionaries" not in store.table_names():
+        return []
+    columns = "name, kind, layer, n_latents, fvu, fvu_excl_pos0, l0, dead_frac, delta_ce"
+    return _dicts(run_sql(store, f"SELECT {columns} FROM dictionaries ORDER BY name, layer"))

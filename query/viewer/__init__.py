@@ -1,0 +1,1 @@
+"""The browser view of a store: `circuitdb serve` (pages and their JSON API, read-only)."""

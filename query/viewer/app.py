@@ -1,0 +1,116 @@
+"""`circuitdb serve`: a small read-only web app over the store.
+
+Pages are thin HTML shells; their data comes from the JSON API under `/api/` (the same calls the CLI
+makes, in query/questions.py), and their drawing from plotly.js, which the `plotly` wheel ships: nothing
+is fetched from the network at view time. Hand-written JavaScript lives in `static/`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from functools import cache
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import Store
+from query.questions import dictionary_metrics, feature_page, graph_document, graph_listing
+
+STATIC = Path(__file__).parent / "static"
+MAX_EDGES = 5000
+"""Edges a graph page draws at first (the strongest); its slider shows fewer."""
+
+
+@cache
+def plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _page(title: str, body: str, scripts: list[str], data: dict | None = None) -> str:
+    inline = f"<script>window.PAGE_DATA = {json.dumps(data, default=str)};</script>" if data is not None else ""
+    tags = "".join(f'<script src="/static/{name}"></script>' for name in scripts)
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · circuitdb</title>'
+        f'<link rel="stylesheet" href="/static/style.css"></head><body>'
+        f'<nav><a href="/">circuitdb</a></nav>{body}{inline}{tags}</body></html>'
+    )
+
+
+def _error(exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=404)
+
+
+def _json(document: dict) -> Response:
+    """`document` as JSON, timestamps as text."""
+    return Response(json.dumps(document, default=str), media_type="application/json")
+
+
+def make_app(store: Store) -> Starlette:
+    """The app over `store` (opened once; every request reads the tables as they are now)."""
+
+    def index(_: Request) -> HTMLResponse:
+        return HTMLResponse(_page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))
+
+    def graph(request: Request) -> HTMLResponse:
+        slug = request.path_params["slug"]
+        body = f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div><aside id="panel">'
+        body += "</aside></main>"
+        return HTMLResponse(_page(slug, body, ["plotly.js", "common.js", "graph.js"]))
+
+    def feature(request: Request) -> HTMLResponse:
+        feature_id = request.path_params["feature_id"]
+        body = f'<main id="feature-page" data-feature="{html.escape(feature_id)}"></main>'
+        return HTMLResponse(_page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
+
+    def api_index(_: Request) -> JSONResponse:
+        listing = graph_listing(store) if "graphs" in store.table_names() else None
+        graphs = [dict(zip(listing.columns, row, strict=True)) for row in listing.rows] if listing else []
+        return JSONResponse({"graphs": graphs, "dictionaries": dictionary_metrics(store)})
+
+    def api_graph(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("max_edges", MAX_EDGES))
+            return JSONResponse(
+                json.loads(json.dumps(graph_document(store, request.path_params["slug"], limit), default=str))
+            )
+        except CircuitDBError as exc:
+            return _error(exc)
+
+    def api_feature(request: Request) -> Response:
+        try:
+            row, exemplars = feature_page(store, request.path_params["feature_id"], 8)
+        except CircuitDBError as exc:
+            return _error(exc)
+        return _json({**row, "exemplars": exemplars})
+
+    def plotly(_: Request) -> Response:
+        return Response(plotly_js(), media_type="application/javascript")
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/graph/{slug}", graph),
+            Route("/feature/{feature_id:path}", feature),
+            Route("/api/index", api_index),
+            Route("/api/graph/{slug}", api_graph),
+            Route("/api/feature/{feature_id:path}", api_feature),
+            Route("/static/plotly.js", plotly),
+            Route("/favicon.ico", lambda _: Response(status_code=204)),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+    )
+
+
+def serve(store: Store, host: str, port: int) -> None:
+    """Serve until Ctrl-C (127.0.0.1 by default: this machine only)."""
+    import uvicorn
+
+    uvicorn.run(make_app(store), host=host, port=port, log_level="warning")

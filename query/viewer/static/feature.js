@@ -1,0 +1,28 @@
+// Feature page: statistics, activation histogram, output logits, neighbours and highlighted exemplars.
+(async function () {
+  const main = document.getElementById("feature-page");
+  let f;
+  try {
+    f = await getJSON(`/api/feature/${encodeURI(main.dataset.feature)}`);
+  } catch (error) {
+    main.innerHTML = `<p id="error">${escapeHTML(error.message)}</p>`;
+    return;
+  }
+  const neighbours = (f.neighbours || []).map((id, i) =>
+    `<a href="/feature/${encodeURI(id)}">${escapeHTML(id)}</a> (${Number((f.neighbour_cosines || [])[i]).toFixed(2)})`);
+  const exemplars = f.exemplars.map(e => {
+    const peak = Math.max(...e.values, 1e-9);
+    const spans = e.tokens.map((t, i) => `<span style="background:${heat(e.values[i], f.max_act || peak)}" title="${Number(e.values[i]).toFixed(3)}">${escapeHTML(t)}</span>`);
+    return `<div class="exemplar" data-kind="${e.kind}">${escapeHTML(e.kind)} ${e.kind === "top" ? e.rank : "group " + e.group}: ${spans.join("")}</div>`;
+  });
+  main.innerHTML = `${featureCard(f)}
+    <p>suppresses: ${(f.bottom_logits || []).slice(0, 8).map(escapeHTML).join(", ")}</p>
+    <p>neighbours: ${neighbours.join(", ")}</p>
+    <div id="histogram" style="height:220px"></div>
+    <h3>Exemplars</h3><div id="exemplars">${exemplars.join("")}</div>`;
+  const counts = f.histogram || [];
+  const width = (f.max_act || 1) / Math.max(counts.length, 1);
+  Plotly.newPlot("histogram", [{ type: "bar", x: counts.map((_, i) => (i + 0.5) * width), y: counts }],
+    { margin: { t: 10 }, xaxis: { title: "activation" }, yaxis: { title: "tokens", type: "log" } });
+  main.dataset.ready = "1";
+})();

@@ -1,0 +1,106 @@
+// Graph page: nodes by prompt position (x) and layer (y); the strongest edges, blue when they excite and
+// red when they inhibit; hover a node to light up its edges, click it for its card; the slider keeps the
+// N strongest edges; the search box rings the nodes whose label matches.
+const COLORS = { feature: "#1f77b4", error: "#aaaaaa", token: "#2ca02c", logit: "#d62728" };
+
+function place(nodes, nLayers) {
+  const cells = {};
+  return nodes.map(n => {
+    const y = n.kind === "token" ? -1 : n.kind === "logit" ? nLayers : n.layer;
+    const key = `${n.position}:${y}`;
+    const k = (cells[key] = (cells[key] || 0) + 1) - 1;
+    return { x: n.position + 0.12 * (k % 7) - 0.36, y: y + 0.1 * Math.floor(k / 7) + (n.kind === "error" ? 0.3 : 0) };
+  });
+}
+
+function edgeTrace(edges, at, sign, width, opacity) {
+  const xs = [], ys = [];
+  for (const [source, target, weight] of edges) {
+    if ((weight >= 0) !== (sign > 0) || !(source in at) || !(target in at)) continue;
+    xs.push(at[source].x, at[target].x, null);
+    ys.push(at[source].y, at[target].y, null);
+  }
+  const color = sign > 0 ? "rgba(31,119,180," + opacity + ")" : "rgba(214,39,40," + opacity + ")";
+  return { x: xs, y: ys, mode: "lines", type: "scattergl", hoverinfo: "skip", line: { color, width }, showlegend: false };
+}
+
+(async function () {
+  const page = document.getElementById("graph-page");
+  const plot = document.getElementById("plot");
+  const panel = document.getElementById("panel");
+  const data = window.PAGE_DATA || await getJSON(`/api/graph/${encodeURIComponent(page.dataset.slug)}`);
+  const { graph, nodes, edges } = data;
+  const nLayers = Math.max(0, ...nodes.filter(n => n.kind === "logit").map(n => n.layer));
+  const points = place(nodes, nLayers);
+  const at = {};
+  nodes.forEach((n, i) => (at[n.node_id] = points[i]));
+  const byId = Object.fromEntries(nodes.map(n => [n.node_id, n]));
+  const nodeTrace = {
+    x: points.map(p => p.x), y: points.map(p => p.y), customdata: nodes.map((_, i) => i),
+    text: nodes.map(n => `${n.feature_id || n.kind} @${n.position} ${n.token}<br>${n.label || ""}`),
+    mode: "markers", type: "scattergl", hoverinfo: "text", showlegend: false,
+    marker: { size: 8, color: nodes.map(n => COLORS[n.kind]), line: { width: 0, color: "#000" } },
+  };
+  let shown = Math.min(edges.length, 2000);
+  const traces = () => [edgeTrace(edges.slice(0, shown), at, 1, 1, 0.25), edgeTrace(edges.slice(0, shown), at, -1, 1, 0.25),
+    edgeTrace([], at, 1, 3, 0.9), edgeTrace([], at, -1, 3, 0.9), nodeTrace];
+  const tokens = graph.tokens || [];
+  const layout = {
+    margin: { t: 30, l: 50, r: 10, b: 80 }, hovermode: "closest", dragmode: "pan",
+    title: { text: `${graph.slug} — ${graph.n_nodes_pruned} nodes, ${data.n_edges} edges (strongest shown)`, font: { size: 13 } },
+    xaxis: { tickvals: tokens.map((_, i) => i), ticktext: tokens, tickangle: -45 },
+    yaxis: { title: "layer", tickvals: [-1, ...Array.from({ length: nLayers }, (_, i) => i), nLayers],
+      ticktext: ["tokens", ...Array.from({ length: nLayers }, (_, i) => String(i)), "logits"] },
+  };
+  await Plotly.newPlot(plot, traces(), layout, { responsive: true, scrollZoom: true });
+
+  function incident(nodeId) {
+    return edges.filter(([s, t]) => s === nodeId || t === nodeId).slice(0, 12);
+  }
+  plot.on("plotly_hover", event => {
+    const node = nodes[event.points[0].customdata];
+    if (node === undefined) return;
+    const mine = incident(node.node_id);
+    Plotly.restyle(plot, { x: [edgeTrace(mine, at, 1, 3, 0.9).x, edgeTrace(mine, at, -1, 3, 0.9).x],
+      y: [edgeTrace(mine, at, 1, 3, 0.9).y, edgeTrace(mine, at, -1, 3, 0.9).y] }, [2, 3]);
+  });
+  plot.on("plotly_click", async event => {
+    const node = nodes[event.points[0].customdata];
+    if (node === undefined) return;
+    const lines = incident(node.node_id).map(([s, t, w]) => {
+      const other = byId[s === node.node_id ? t : s];
+      const arrow = s === node.node_id ? "→" : "←";
+      return `<li>${arrow} ${w.toFixed(3)} ${escapeHTML(other.feature_id || other.kind)} @${other.position} ${escapeHTML(other.token)}</li>`;
+    });
+    panel.innerHTML = `<div id="node" data-node="${escapeHTML(node.node_id)}"><h3>${escapeHTML(node.feature_id || node.kind)}</h3>
+      <p>@${node.position} ${escapeHTML(node.token)} · influence ${Number(node.influence).toFixed(4)}</p>
+      <ul>${lines.join("")}</ul></div><div id="card"></div>`;
+    if (node.kind === "feature") {
+      try {
+        document.getElementById("card").innerHTML = featureCard(await getJSON(`/api/feature/${encodeURI(node.feature_id)}`));
+      } catch (error) {
+        document.getElementById("card").innerHTML = `<p class="muted">${escapeHTML(error.message)}</p>`;
+      }
+    }
+  });
+
+  const controls = document.createElement("div");
+  controls.innerHTML = `<label>edges shown <input id="edges" type="range" min="0" max="${edges.length}" value="${shown}">
+    <span id="edges-count">${shown}</span></label><br><input id="search" placeholder="search labels" size="30">`;
+  panel.parentElement.insertBefore(controls, panel);
+  controls.id = "controls";
+  document.getElementById("edges").addEventListener("input", event => {
+    shown = Number(event.target.value);
+    document.getElementById("edges-count").textContent = shown;
+    const strong = edges.slice(0, shown);
+    Plotly.restyle(plot, { x: [edgeTrace(strong, at, 1, 1, 0.25).x, edgeTrace(strong, at, -1, 1, 0.25).x],
+      y: [edgeTrace(strong, at, 1, 1, 0.25).y, edgeTrace(strong, at, -1, 1, 0.25).y] }, [0, 1]);
+  });
+  document.getElementById("search").addEventListener("input", event => {
+    const needle = event.target.value.toLowerCase();
+    const hit = nodes.map(n => needle && (n.label || "").toLowerCase().includes(needle));
+    Plotly.restyle(plot, { "marker.line.width": [hit.map(h => (h ? 3 : 0))], "marker.size": [hit.map(h => (h ? 14 : 8))] }, [4]);
+  });
+  plot.dataset.nodes = String(nodeTrace.x.length);
+  plot.dataset.ready = "1";
+})();

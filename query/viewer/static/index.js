@@ -1,0 +1,24 @@
+// Index: the graphs, and the dictionaries' held-out metrics across layers.
+(async function () {
+  const main = document.getElementById("index");
+  const data = await getJSON("/api/index");
+  const rows = data.graphs.map(g => `<tr><td><a href="/graph/${encodeURIComponent(g.slug)}">${escapeHTML(g.slug)}</a></td>
+    <td>${g.nodes}</td><td>${g.edges}</td><td>${g.replacement}</td><td>${g.completeness}</td><td>${escapeHTML(g.top_logit)}</td></tr>`);
+  main.innerHTML = `<h2>Graphs</h2><table id="graphs"><tr><th>graph</th><th>nodes</th><th>edges</th>
+    <th>replacement</th><th>completeness</th><th>top logit</th></tr>${rows.join("")}</table>
+    <h2>Feature</h2><form id="go"><input id="feature-id" placeholder="plt/12/345" size="24"> <button>show</button></form>
+    <h2>Dictionaries</h2><div id="metrics" style="height:320px"></div>`;
+  document.getElementById("go").addEventListener("submit", event => {
+    event.preventDefault();
+    location.href = "/feature/" + document.getElementById("feature-id").value.trim();
+  });
+  const byName = {};
+  for (const d of data.dictionaries) (byName[d.name] = byName[d.name] || []).push(d);
+  const traces = [];
+  for (const [name, ds] of Object.entries(byName)) {
+    traces.push({ x: ds.map(d => d.layer), y: ds.map(d => d.fvu_excl_pos0), name: `${name} FVU (excl. pos 0)`, mode: "lines+markers" });
+    traces.push({ x: ds.map(d => d.layer), y: ds.map(d => d.delta_ce), name: `${name} ΔCE`, mode: "lines+markers", yaxis: "y2" });
+  }
+  Plotly.newPlot("metrics", traces, { margin: { t: 10 }, xaxis: { title: "layer" },
+    yaxis: { title: "FVU" }, yaxis2: { title: "ΔCE", overlaying: "y", side: "right" } });
+})();

@@ -1,0 +1,117 @@
+"""`circuitdb serve`: its JSON API against the tables, and its pages in a real browser (Debian's chromium
+driven by Playwright): no console errors, every graph node drawn, a click shows the node's panel, the
+feature page shows the store's exemplars, and no request leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from starlette.testclient import TestClient
+
+from circuitdb.store import Store, read_table
+from query.viewer.app import make_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def client(built_store: Path) -> TestClient:
+    return TestClient(make_app(Store(built_store)))
+
+
+def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: Path) -> None:
+    store = Store(built_store)
+    graphs = read_table(store, "graphs")
+    index = client.get("/api/index").json()
+    assert sorted(g["slug"] for g in index["graphs"]) == sorted(graphs["slug"])
+    assert [d["layer"] for d in index["dictionaries"]] == [0, 1, 2]
+    slug = graphs["slug"][0]
+    document = client.get(f"/api/graph/{slug}", params={"max_edges": 10}).json()
+    nodes = read_table(store, "graph_nodes").filter(pl.col("slug") == slug)
+    edges = read_table(store, "graph_edges").filter(pl.col("slug") == slug)
+    assert sorted(n["node_id"] for n in document["nodes"]) == sorted(nodes["node_id"])
+    strongest = edges.sort(pl.col("weight").abs(), descending=True).head(10)
+    assert [e[2] for e in document["edges"]] == pytest.approx(strongest["weight"].to_list())
+    assert document["n_edges"] == edges.height
+    feature = read_table(store, "features").filter(~pl.col("dead"))["feature_id"][0]
+    page = client.get(f"/api/feature/{feature}").json()
+    assert page["feature_id"] == feature and page["exemplars"]
+    assert client.get("/api/feature/plt/1/99999").status_code == 404
+    assert client.get("/api/graph/no-such-graph").json()["error"].startswith("unknown graph")
+
+
+@pytest.fixture(scope="module")
+def served(built_store: Path):
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(Store(built_store)), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
+def test_the_pages_in_a_browser(served: str, built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from playwright.sync_api import sync_playwright
+
+    store = Store(built_store)
+    features = read_table(store, "graph_nodes").filter(pl.col("kind") == "feature")
+    slug = features.group_by("slug").len().sort("len", descending=True)["slug"][0]  # the graph with most features
+    nodes = read_table(store, "graph_nodes").filter(pl.col("slug") == slug)
+    shots = tmp_path_factory.mktemp("viewer-screenshots")
+    errors, outside = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(served) else None)
+
+        page.goto(f"{served}/graph/{slug}")
+        page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
+        assert int(page.get_attribute("#plot", "data-nodes")) == nodes.height
+        feature_index = page.evaluate(
+            "() => { const gd = document.getElementById('plot');"
+            " return gd.data[4].text.findIndex(t => t.startsWith('plt/')); }"
+        )
+        page.evaluate(
+            f"() => document.getElementById('plot').emit('plotly_click', {{points: [{{customdata: {feature_index}}}]}})"
+        )
+        assert feature_index >= 0
+        page.wait_for_function("() => document.querySelector('#card h3')", timeout=30_000)
+        shown = page.inner_text("#card h3")
+        ordered = sorted(nodes.rows(named=True), key=lambda n: n["node_id"])  # the API's order
+        assert shown == ordered[feature_index]["feature_id"]
+        page.screenshot(path=str(shots / "graph.png"))
+
+        feature = ordered[feature_index]["feature_id"]
+        page.goto(f"{served}/feature/{feature}")
+        page.wait_for_selector("#feature-page[data-ready='1']", timeout=30_000)
+        stored = read_table(store, "exemplars").filter(pl.col("feature_id") == feature)
+        expected = stored.filter((pl.col("kind") == "top") & (pl.col("rank") < 8)).height
+        expected += stored.filter((pl.col("kind") == "quantile") & (pl.col("rank") == 0)).height
+        assert page.locator(".exemplar").count() == expected > 0
+        page.screenshot(path=str(shots / "feature.png"), full_page=True)
+
+        page.goto(f"{served}/")
+        page.wait_for_selector("#graphs tr >> nth=1", timeout=30_000)
+        assert page.locator("#graphs a").count() == read_table(store, "graphs").height
+        page.screenshot(path=str(shots / "index.png"))
+        browser.close()
+    assert errors == [] and outside == []
