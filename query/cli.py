@@ -20,6 +20,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.store import TABLES, Store, count_rows
 from query.engine import QueryResult, run_sql
 from query.questions import (
+    export_graph_html,
     export_graph_json,
     feature_page,
     graph_listing,
@@ -403,13 +404,20 @@ def graph_edges(
 @graph_app.command("export")
 def graph_export(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
-    out: Annotated[Path, typer.Option("--out", help="JSON file to write (circuit-tracer's graph schema).")],
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file (circuit-tracer's graph schema).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="One self-contained HTML page, viewable offline.")] = None,
+    max_edges: Annotated[int, typer.Option(min=0, help="Strongest edges the HTML page holds.")] = 5000,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Write the graph as circuit-tracer JSON, which its viewers open."""
-    export_graph_json(_store(store, config), slug, out)
-    typer.echo(f"wrote {out}")
+    """Write the graph as circuit-tracer JSON (which its viewers open) or as an offline HTML page."""
+    if (out is None) == (html is None):
+        raise CircuitDBError("give --out FILE.json or --html FILE.html")
+    if out is not None:
+        export_graph_json(_store(store, config), slug, out)
+    else:
+        export_graph_html(_store(store, config), slug, html, max_edges)
+    typer.echo(f"wrote {out or html}")
 
 
 @app.command()

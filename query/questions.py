@@ -105,18 +105,31 @@ def node_edges(store: Store, slug: str, source: str | None, target: str | None, 
     )
 
 
+def _check_target(out: Path) -> None:
+    if out.is_dir():
+        raise CircuitDBError(f"{out} is a folder; give the file to write")
+    if not out.parent.is_dir():
+        raise CircuitDBError(f"folder {out.parent} does not exist")
+
+
 def export_graph_json(store: Store, slug: str, out: Path) -> None:
     """Write the graph's circuit-tracer JSON to `out` (a file; whole or not at all), once it verifies."""
     graph_row(require(store, "graphs"), slug)
     source = graph_json_path(store, slug)
     if not source.is_file():
         raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
-    if out.is_dir():
-        raise CircuitDBError(f"{out} is a folder; give the JSON file to write")
-    if not out.parent.is_dir():
-        raise CircuitDBError(f"folder {out.parent} does not exist")
+    _check_target(out)
     verify(store.root, source)
     atomic_write_bytes(out, source.read_bytes(), checksum=False)
+
+
+def export_graph_html(store: Store, slug: str, out: Path, max_edges: int) -> None:
+    """Write the graph page as one self-contained HTML file (opens from disk, no server, no network)."""
+    from query.viewer.app import graph_html
+
+    document = graph_document(store, slug, max_edges)
+    _check_target(out)
+    atomic_write_bytes(out, graph_html(document).encode(), checksum=False)
 
 
 def graph_document(store: Store, slug: str, max_edges: int) -> dict:

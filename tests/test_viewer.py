@@ -115,3 +115,26 @@ def test_the_pages_in_a_browser(served: str, built_store: Path, tmp_path_factory
         page.screenshot(path=str(shots / "index.png"))
         browser.close()
     assert errors == [] and outside == []
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
+def test_the_html_export_opens_from_disk_offline(built_store: Path, tmp_path: Path, cli) -> None:
+    from playwright.sync_api import sync_playwright
+
+    store = Store(built_store)
+    slug = read_table(store, "graphs")["slug"][0]
+    nodes = read_table(store, "graph_nodes").filter(pl.col("slug") == slug)
+    page_file = tmp_path / "graph.html"
+    code, _, err = cli("graph", "export", slug, "--html", str(page_file), "--store", str(built_store))
+    assert code == 0, err
+    errors, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(page_file.as_uri())
+        page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
+        assert int(page.get_attribute("#plot", "data-nodes")) == nodes.height
+        browser.close()
+    assert errors == [] and [url for url in requests if not url.startswith(("file://", "data:"))] == []

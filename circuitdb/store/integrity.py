@@ -44,6 +44,13 @@ def digest_file(path: Path) -> str:
     return sha.hexdigest()
 
 
+def ordinary_mode() -> int:
+    """The mode an ordinary write would give a new file (mkstemp's own is owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_checksum(path: Path, digest: str | None = None) -> None:
     """Record `path`'s checksum (`digest`, when the writer already has it) beside it, atomically."""
     digest = digest or digest_file(path)
@@ -51,6 +58,7 @@ def write_checksum(path: Path, digest: str | None = None) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(digest + "\n")
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, checksum_path(path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store.integrity import write_checksum
+from circuitdb.store.integrity import ordinary_mode, write_checksum
 
 
 class Store:
@@ -61,6 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes, checksum: bool = True) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

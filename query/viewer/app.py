@@ -34,13 +34,36 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def _page(title: str, body: str, scripts: list[str], data: dict | None = None) -> str:
-    inline = f"<script>window.PAGE_DATA = {json.dumps(data, default=str)};</script>" if data is not None else ""
+def _page(title: str, body: str, scripts: list[str]) -> str:
     tags = "".join(f'<script src="/static/{name}"></script>' for name in scripts)
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · circuitdb</title>'
         f'<link rel="stylesheet" href="/static/style.css"></head><body>'
-        f'<nav><a href="/">circuitdb</a></nav>{body}{inline}{tags}</body></html>'
+        f'<nav><a href="/">circuitdb</a></nav>{body}{tags}</body></html>'
+    )
+
+
+def _graph_body(slug: str) -> str:
+    return (
+        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div><aside id="panel"></aside></main>'
+    )
+
+
+def _inline_script(source: str) -> str:
+    return "<script>" + source.replace("</script", "<\\/script") + "</script>"
+
+
+def graph_html(document: dict) -> str:
+    """The graph page as one file: styles, plotly.js, the page's script and the graph's data inlined, so it
+    opens from disk with no server and no network (feature cards show what the graph itself holds)."""
+    data = json.dumps(document, default=str).replace("</", "<\\/")
+    pages = [(STATIC / name).read_text() for name in ("common.js", "graph.js")]
+    scripts = [f"window.PAGE_DATA = {data};", plotly_js(), *pages]
+    slug = document["graph"]["slug"]
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(slug)} · circuitdb</title>'
+        f"<style>{(STATIC / 'style.css').read_text()}</style></head><body>"
+        f"<nav>circuitdb</nav>{_graph_body(slug)}{''.join(_inline_script(s) for s in scripts)}</body></html>"
     )
 
 
@@ -61,9 +84,7 @@ def make_app(store: Store) -> Starlette:
 
     def graph(request: Request) -> HTMLResponse:
         slug = request.path_params["slug"]
-        body = f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div><aside id="panel">'
-        body += "</aside></main>"
-        return HTMLResponse(_page(slug, body, ["plotly.js", "common.js", "graph.js"]))
+        return HTMLResponse(_page(slug, _graph_body(slug), ["plotly.js", "common.js", "graph.js"]))
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]

@@ -75,7 +75,9 @@ function edgeTrace(edges, at, sign, width, opacity) {
     panel.innerHTML = `<div id="node" data-node="${escapeHTML(node.node_id)}"><h3>${escapeHTML(node.feature_id || node.kind)}</h3>
       <p>@${node.position} ${escapeHTML(node.token)} · influence ${Number(node.influence).toFixed(4)}</p>
       <ul>${lines.join("")}</ul></div><div id="card"></div>`;
-    if (node.kind === "feature") {
+    if (node.kind === "feature" && window.PAGE_DATA) {  // a file opened from disk: what the graph holds
+      document.getElementById("card").innerHTML = `<h3>${escapeHTML(node.feature_id)}</h3><p>${escapeHTML(node.label)}</p>`;
+    } else if (node.kind === "feature") {
       try {
         document.getElementById("card").innerHTML = featureCard(await getJSON(`/api/feature/${encodeURI(node.feature_id)}`));
       } catch (error) {
