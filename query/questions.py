@@ -3,10 +3,13 @@ tables read-only and returns rows; the CLI parses flags, calls one of these and 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
+
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, parse_feature_id, sql_literal
+from circuitdb.store import Store, parse_feature_id, read_table, sql_literal, write_partition
 from circuitdb.store.graphs import graph_json_path, graph_row
 from circuitdb.store.integrity import verify
 from circuitdb.store.layout import atomic_write_bytes
@@ -77,12 +80,34 @@ def graph_listing(store: Store) -> QueryResult:
     )
 
 
-def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple]]:
-    """A graph's `graphs` row, its pruned nodes and its (source, target, weight) edges."""
+def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple], list[dict]]:
+    """A graph's `graphs` row, its pruned nodes, its (source, target, weight) edges and its supernodes."""
     row = graph_row(require(store, "graphs"), slug)
     nodes = _dicts(run_sql(store, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}"))
     edges = run_sql(store, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}").rows
-    return row, nodes, edges
+    return row, nodes, edges, supernodes(store, slug)
+
+
+def supernodes(store: Store, slug: str) -> list[dict]:
+    """The supernodes grouped in the viewer for graph `slug`: name and node ids, oldest first."""
+    frame = read_table(store, "graph_annotations").filter(pl.col("slug") == slug).sort("created_at")
+    return [{"name": row["name"], "node_ids": list(row["node_ids"])} for row in frame.iter_rows(named=True)]
+
+
+def save_supernode(store: Store, slug: str, name: str, node_ids: list[str]) -> list[dict]:
+    """Group `node_ids` of graph `slug` under `name` (replacing a supernode of that name); the graph's
+    annotations partition is rewritten whole, atomically. Returns the graph's supernodes."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise CircuitDBError("a supernode needs a name of 1 to 100 characters")
+    known = {node["node_id"] for node in graph_tree(store, slug)[1]}
+    unknown = sorted(set(node_ids) - known)
+    if len(set(node_ids)) < 2 or unknown:
+        raise CircuitDBError(f"a supernode groups two or more of the graph's nodes (unknown: {unknown})")
+    others = read_table(store, "graph_annotations").filter((pl.col("slug") == slug) & (pl.col("name") != name))
+    row = {"slug": slug, "name": name, "node_ids": sorted(set(node_ids)), "created_at": datetime.now(UTC)}
+    write_partition(store, "graph_annotations", slug, pl.concat([others, pl.DataFrame([row])], how="vertical_relaxed"))
+    return supernodes(store, slug)
 
 
 def node_edges(store: Store, slug: str, source: str | None, target: str | None, k: int) -> QueryResult:
@@ -142,7 +167,8 @@ def graph_document(store: Store, slug: str, max_edges: int) -> dict:
         f"ORDER BY abs(weight) DESC LIMIT {max(0, int(max_edges))}"
     )
     edges = [list(edge) for edge in run_sql(store, query).rows]
-    return {"graph": row, "nodes": nodes, "edges": edges, "n_edges": row["n_edges_pruned"]}
+    document = {"graph": row, "nodes": nodes, "edges": edges, "n_edges": row["n_edges_pruned"]}
+    return document | {"supernodes": supernodes(store, slug)}
 
 
 def dictionary_metrics(store: Store) -> list[dict]:

@@ -117,8 +117,11 @@ def _shortened(prompt: str, keep: int = 40) -> str:
     return f"{prompt[:keep]!r} … {prompt[-keep:]!r} ({len(prompt)} characters)"
 
 
-def render_graph_tree(graph: dict, nodes: list[dict], edges: list[tuple], depth: int, width: int) -> None:
-    """The top logit, its `width` strongest inputs, theirs, ... down `depth` levels (pruned graph).
+def render_graph_tree(
+    graph: dict, nodes: list[dict], edges: list[tuple], supernodes: list[dict], depth: int, width: int
+) -> None:
+    """The top logit, its `width` strongest inputs, theirs, ... down `depth` levels (pruned graph), after the
+    supernodes grouped in the viewer.
 
     Error nodes are not expanded (they have no inputs); each level says what share of its input they carry.
     """
@@ -128,6 +131,8 @@ def render_graph_tree(graph: dict, nodes: list[dict], edges: list[tuple], depth:
         f"{graph['n_nodes_pruned']} nodes, {graph['n_edges_pruned']} edges kept of {graph['n_nodes']} nodes; "
         f"replacement score {graph['replacement_score']:.3f}, completeness {graph['completeness_score']:.3f}"
     )
+    for group in supernodes:
+        console.print(f"supernode {group['name']}: {', '.join(group['node_ids'])}", highlight=False, markup=False)
     by_id = {node["node_id"]: node for node in nodes}
     incoming: dict[str, list[tuple[float, str]]] = {}
     for source, target, weight in edges:

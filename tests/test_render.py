@@ -53,9 +53,10 @@ def test_the_graph_tree_follows_the_strongest_inputs(capsys) -> None:
         _node("T", "token", token="France"),
     ]
     edges = [("plt/1/2", "L", 2.0), ("E", "L", 1.0), ("T", "L", -0.5), ("plt/0/7", "plt/1/2", 3.0)]
-    render_graph_tree(graph, nodes, edges, depth=2, width=1)
+    render_graph_tree(graph, nodes, edges, [{"name": "France→capital", "node_ids": ["plt/0/7", "plt/1/2"]}], 2, 1)
     out = capsys.readouterr().out
     header, tree = out.split("output ' Paris' (p=0.9)\n")
+    assert header.splitlines()[-1] == "supernode France→capital: plt/0/7, plt/1/2"
     assert "'pppp" in header and "…" in header and "(200 characters)" in " ".join(header.split())
     assert "5 nodes, 4 edges kept of 9 nodes; replacement score 0.500, completeness 0.750" in " ".join(header.split())
     # width 1: only the strongest explained input; errors carry 1.0 of |2| + |1| + |0.5| = 3.5 of L's input

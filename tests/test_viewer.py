@@ -48,15 +48,19 @@ def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: P
 
 
 @pytest.fixture(scope="module")
-def served(built_store: Path):
+def viewed(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built store for the browser tests (the viewer writes supernodes into it)."""
+    return Path(shutil.copytree(built_store, tmp_path_factory.mktemp("viewed") / "store"))
+
+
+@pytest.fixture(scope="module")
+def served(viewed: Path):
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(Store(built_store)), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(make_app(Store(viewed)), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -67,10 +71,10 @@ def served(built_store: Path):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
-def test_the_pages_in_a_browser(served: str, built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pytest.TempPathFactory, cli) -> None:
     from playwright.sync_api import sync_playwright
 
-    store = Store(built_store)
+    store = Store(viewed)
     features = read_table(store, "graph_nodes").filter(pl.col("kind") == "feature")
     slug = features.group_by("slug").len().sort("len", descending=True)["slug"][0]  # the graph with most features
     nodes = read_table(store, "graph_nodes").filter(pl.col("slug") == slug)
@@ -100,6 +104,21 @@ def test_the_pages_in_a_browser(served: str, built_store: Path, tmp_path_factory
         assert shown == ordered[feature_index]["feature_id"]
         page.screenshot(path=str(shots / "graph.png"))
 
+        grouped = [ordered[feature_index]["node_id"], ordered[feature_index - 1 or 1]["node_id"]]
+        for node_id in grouped:  # click each node, add it to the group
+            index = [n["node_id"] for n in ordered].index(node_id)
+            page.evaluate(
+                f"() => document.getElementById('plot').emit('plotly_click', {{points: [{{customdata: {index}}}]}})"
+            )
+            page.wait_for_selector(f"#node[data-node='{node_id}']")
+            page.click("#select")
+        page.fill("#group-name", "my circuit")
+        page.click("#save-group")
+        page.wait_for_selector(".supernode")
+        page.reload()
+        page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
+        assert page.inner_text(".supernode") == f"my circuit: {', '.join(sorted(grouped))}"
+
         feature = ordered[feature_index]["feature_id"]
         page.goto(f"{served}/feature/{feature}")
         page.wait_for_selector("#feature-page[data-ready='1']", timeout=30_000)
@@ -115,6 +134,10 @@ def test_the_pages_in_a_browser(served: str, built_store: Path, tmp_path_factory
         page.screenshot(path=str(shots / "index.png"))
         browser.close()
     assert errors == [] and outside == []
+    code, out, _ = cli("graph", "show", slug, "--store", str(viewed))
+    assert code == 0 and f"supernode my circuit: {', '.join(sorted(grouped))}" in out
+    (row,) = read_table(store, "graph_annotations").rows(named=True)
+    assert row["slug"] == slug and row["node_ids"] == sorted(grouped)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")

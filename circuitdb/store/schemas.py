@@ -183,6 +183,15 @@ TABLES: dict[str, TableSchema] = {
             "weight": (pl.Float32(), "direct effect on the target's pre-activation (or demeaned logit)"),
         },
     ),
+    "graph_annotations": TableSchema(
+        "one row per supernode a person grouped in the viewer (the only thing the viewer writes)",
+        {
+            "slug": (pl.String(), "graph id"),
+            "name": (pl.String(), "the supernode's name"),
+            "node_ids": (pl.List(pl.String()), "the nodes grouped under it"),
+            "created_at": (pl.Datetime("us", "UTC"), "when it was saved"),
+        },
+    ),
     "interventions": TableSchema(
         "one row per intervention run (steer)",
         {

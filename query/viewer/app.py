@@ -1,4 +1,4 @@
-"""`circuitdb serve`: a small read-only web app over the store.
+"""`circuitdb serve`: a small web app over the store, read-only but for the supernodes people group.
 
 Pages are thin HTML shells; their data comes from the JSON API under `/api/` (the same calls the CLI
 makes, in query/questions.py), and their drawing from plotly.js, which the `plotly` wheel ships: nothing
@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store
-from query.questions import dictionary_metrics, feature_page, graph_document, graph_listing
+from query.questions import dictionary_metrics, feature_page, graph_document, graph_listing, save_supernode
 
 STATIC = Path(__file__).parent / "static"
 MAX_EDGES = 5000
@@ -45,7 +45,8 @@ def _page(title: str, body: str, scripts: list[str]) -> str:
 
 def _graph_body(slug: str) -> str:
     return (
-        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div><aside id="panel"></aside></main>'
+        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div>'
+        '<aside id="side"><div id="controls"></div><div id="panel"></div></aside></main>'
     )
 
 
@@ -112,6 +113,15 @@ def make_app(store: Store) -> Starlette:
             return _error(exc)
         return _json({**row, "exemplars": exemplars})
 
+    async def api_supernodes(request: Request) -> Response:
+        """The viewer's only write: a named group of nodes, into the graph's `graph_annotations` partition."""
+        try:
+            body = await request.json()
+            saved = save_supernode(store, request.path_params["slug"], str(body["name"]), list(body["node_ids"]))
+        except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return _json({"supernodes": saved})
+
     def plotly(_: Request) -> Response:
         return Response(plotly_js(), media_type="application/javascript")
 
@@ -122,6 +132,7 @@ def make_app(store: Store) -> Starlette:
             Route("/feature/{feature_id:path}", feature),
             Route("/api/index", api_index),
             Route("/api/graph/{slug}", api_graph),
+            Route("/api/graph/{slug}/supernodes", api_supernodes, methods=["POST"]),
             Route("/api/feature/{feature_id:path}", api_feature),
             Route("/static/plotly.js", plotly),
             Route("/favicon.ico", lambda _: Response(status_code=204)),

@@ -74,7 +74,12 @@ function edgeTrace(edges, at, sign, width, opacity) {
     });
     panel.innerHTML = `<div id="node" data-node="${escapeHTML(node.node_id)}"><h3>${escapeHTML(node.feature_id || node.kind)}</h3>
       <p>@${node.position} ${escapeHTML(node.token)} · influence ${Number(node.influence).toFixed(4)}</p>
+      <button id="select">add to group</button>
       <ul>${lines.join("")}</ul></div><div id="card"></div>`;
+    document.getElementById("select").addEventListener("click", () => {
+      if (!selected.includes(node.node_id)) selected.push(node.node_id);
+      showGroups();
+    });
     if (node.kind === "feature" && window.PAGE_DATA) {  // a file opened from disk: what the graph holds
       document.getElementById("card").innerHTML = `<h3>${escapeHTML(node.feature_id)}</h3><p>${escapeHTML(node.label)}</p>`;
     } else if (node.kind === "feature") {
@@ -86,11 +91,9 @@ function edgeTrace(edges, at, sign, width, opacity) {
     }
   });
 
-  const controls = document.createElement("div");
+  const controls = document.getElementById("controls");
   controls.innerHTML = `<label>edges shown <input id="edges" type="range" min="0" max="${edges.length}" value="${shown}">
     <span id="edges-count">${shown}</span></label><br><input id="search" placeholder="search labels" size="30">`;
-  panel.parentElement.insertBefore(controls, panel);
-  controls.id = "controls";
   document.getElementById("edges").addEventListener("input", event => {
     shown = Number(event.target.value);
     document.getElementById("edges-count").textContent = shown;
@@ -103,6 +106,33 @@ function edgeTrace(edges, at, sign, width, opacity) {
     const hit = nodes.map(n => needle && (n.label || "").toLowerCase().includes(needle));
     Plotly.restyle(plot, { "marker.line.width": [hit.map(h => (h ? 3 : 0))], "marker.size": [hit.map(h => (h ? 14 : 8))] }, [4]);
   });
+  // Supernodes: nodes added to the group, then named and saved (the viewer's only write); saved ones
+  // come back with the graph, so they survive a reload.
+  const selected = [];
+  let groups = data.supernodes || [];
+  const groupsBox = document.createElement("div");
+  groupsBox.id = "groups";
+  controls.appendChild(groupsBox);
+  function showGroups() {
+    const saved = groups.map(g => `<li class="supernode"><b>${escapeHTML(g.name)}</b>: ${g.node_ids.map(escapeHTML).join(", ")}</li>`);
+    const saving = window.PAGE_DATA ? "" : `<input id="group-name" placeholder="supernode name"> <button id="save-group">group ${selected.length}</button>`;
+    groupsBox.innerHTML = `<h4>supernodes</h4><ul>${saved.join("")}</ul>
+      <p>selected: <span id="selected">${selected.map(escapeHTML).join(", ")}</span></p>${saving}`;
+    const button = document.getElementById("save-group");
+    if (button) button.addEventListener("click", saveGroup);
+  }
+  async function saveGroup() {
+    const name = document.getElementById("group-name").value;
+    const response = await fetch(`/api/graph/${encodeURIComponent(graph.slug)}/supernodes`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name, node_ids: selected }) });
+    const body = await response.json();
+    if (!response.ok) { groupsBox.insertAdjacentHTML("beforeend", `<p class="muted">${escapeHTML(body.error)}</p>`); return; }
+    groups = body.supernodes;
+    selected.length = 0;
+    showGroups();
+  }
+  showGroups();
+
   plot.dataset.nodes = String(nodeTrace.x.length);
   plot.dataset.ready = "1";
 })();
