@@ -472,11 +472,13 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Browse the store: graphs drawn by layer and position, feature pages, dictionaries' metrics (read-only)."""
+    from query.viewer.app import Model
     from query.viewer.app import serve as serve_store
 
-    opened = _store(store, config)
+    project = _config(config, store=store)
+    opened = Store.open_existing(project.store)
     typer.echo(f"serving {opened.root} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    serve_store(opened, host, port)
+    serve_store(opened, Model(project.model.spec, project.model.device, project.dictionaries.name), host, port)
 
 
 @app.command()

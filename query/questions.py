@@ -47,6 +47,17 @@ def feature_page(store: Store, feature_id: str, n_top: int) -> tuple[dict, list[
     return found[0], _dicts(run_sql(store, query))
 
 
+def graphs_with(store: Store, feature_id: str) -> list[str]:
+    """The graphs whose pruned nodes include `feature_id`, newest first."""
+    if "graphs" not in store.table_names():
+        return []
+    query = (
+        "SELECT g.slug FROM graphs g WHERE g.slug IN (SELECT slug FROM graph_nodes "
+        f"WHERE feature_id = {sql_literal(feature_id)}) ORDER BY g.created_at DESC"
+    )
+    return [row[0] for row in run_sql(store, query).rows]
+
+
 def top_features(store: Store, layer: int | None, by: str, k: int) -> QueryResult:
     """The `k` live features of highest `by` (density or max_act), of one layer or all."""
     if by not in ("density", "max_act"):

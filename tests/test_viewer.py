@@ -4,6 +4,7 @@ feature page shows the store's exemplars, and no request leaves the machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -47,6 +48,40 @@ def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: P
     assert client.get("/api/graph/no-such-graph").json()["error"].startswith("unknown graph")
 
 
+def test_texts_run_through_the_model(built_store: Path, llama_dir: Path, cli) -> None:
+    """'Try your text' gives the feature's value on every token (the same as text search's per-token rows);
+    the index's text search ranks as `circuitdb search text` does."""
+    from query.viewer.app import Model
+
+    client = TestClient(make_app(Store(built_store), Model(str(llama_dir), "cpu", "plt")))
+    text = "The quick brown fox jumps over the lazy dog"
+    code, out, _ = cli(
+        "search",
+        "text",
+        text,
+        "--per-token",
+        "--k",
+        "3",
+        "-f",
+        "json",
+        "--store",
+        str(built_store),
+        "--config",
+        str(built_store.parent / "circuitdb.yaml"),
+    )
+    strongest = json.loads(out)[0]
+    result = client.post(f"/api/feature/{strongest['feature_id']}/text", json={"text": text}).json()
+    assert result["tokens"][strongest["position"]] == strongest["token"]
+    assert result["values"][strongest["position"]] == pytest.approx(strongest["activation"], rel=1e-5)
+    assert result["values"][0] == 0.0 and len(result["tokens"]) == len(result["values"])
+    code, out, _ = cli("search", "text", text, "-f", "json", "--config", str(built_store.parent / "circuitdb.yaml"))
+    assert [r["feature_id"] for r in client.get("/api/search", params={"text": text}).json()["features"]] == [
+        r["feature_id"] for r in json.loads(out)
+    ]
+    assert client.post("/api/feature/plt/1/99999/text", json={"text": text}).status_code == 400
+    assert client.get("/api/search", params={"text": "  "}).json()["error"].startswith("empty text")
+
+
 @pytest.fixture(scope="module")
 def viewed(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the built store for the browser tests (the viewer writes supernodes into it)."""
@@ -54,13 +89,22 @@ def viewed(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(viewed: Path):
+def served(viewed: Path, llama_dir: Path):
     import uvicorn
+
+    from query.viewer.app import Model
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(Store(viewed)), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            make_app(Store(viewed), Model(str(llama_dir), "cpu", "plt")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -125,7 +169,12 @@ def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pyt
         stored = read_table(store, "exemplars").filter(pl.col("feature_id") == feature)
         expected = stored.filter((pl.col("kind") == "top") & (pl.col("rank") < 8)).height
         expected += stored.filter((pl.col("kind") == "quantile") & (pl.col("rank") == 0)).height
-        assert page.locator(".exemplar").count() == expected > 0
+        assert page.locator("#exemplars .exemplar").count() == expected > 0
+        page.fill("#text", "The quick brown fox")
+        page.click("#run")
+        page.wait_for_selector("#text-result span", timeout=60_000)
+        assert page.locator("#text-result span").count() == 5  # BOS + four words of the tiny tokenizer
+        assert page.locator("a.graph").count() >= 1  # the graph it was clicked in
         page.screenshot(path=str(shots / "feature.png"), full_page=True)
 
         page.goto(f"{served}/")

@@ -6,19 +6,37 @@ import polars as pl
 import torch
 
 from circuitdb.dictionaries.formats import DictionarySet
+from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store import Store, feature_ids, read_table
 
 
-@torch.no_grad()
-def active_features(lm: LoadedModel, dictionaries: DictionarySet, text: str) -> pl.DataFrame:
-    """Every (feature, position) active when the model reads `text` (BOS added, position 0 left out)."""
+def _token_ids(lm: LoadedModel, text: str) -> list[int]:
     if not text.strip():
         raise CircuitDBError("empty text: give some words to search with")
     ids = lm.encode(text)
     if len(ids) > lm.max_context:
         raise CircuitDBError(f"text is {len(ids)} tokens, longer than the model's context of {lm.max_context}")
+    return ids
+
+
+@torch.no_grad()
+def feature_on_text(lm: LoadedModel, coder: SparseCoder, hook: str, index: int, text: str) -> pl.DataFrame:
+    """One latent's activation on every token of `text` (BOS added and shown at 0, as training leaves it out)."""
+    ids = _token_ids(lm, text)
+    if not 0 <= index < coder.cfg.n_latents:
+        raise CircuitDBError(f"latent {index} out of range: the dictionary has {coder.cfg.n_latents}")
+    acts = capture(lm, torch.tensor([ids]), resolve_hooks(lm, [hook]))
+    values = coder.to(lm.device).encode(acts[hook][0])[:, index].float().cpu()
+    values[0] = 0.0
+    return pl.DataFrame({"token": lm.token_strings(ids), "activation": values.numpy()})
+
+
+@torch.no_grad()
+def active_features(lm: LoadedModel, dictionaries: DictionarySet, text: str) -> pl.DataFrame:
+    """Every (feature, position) active when the model reads `text` (BOS added, position 0 left out)."""
+    ids = _token_ids(lm, text)
     if dictionaries.clt is not None:
         raise CircuitDBError(f"{dictionaries.name} is a cross-layer transcoder; text search reads per-layer sets")
     hooks = {layer: f"{dictionaries.input_kind}.{layer}" for layer in dictionaries.layers}

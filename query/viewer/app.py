@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -20,7 +21,14 @@ from starlette.staticfiles import StaticFiles
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store
-from query.questions import dictionary_metrics, feature_page, graph_document, graph_listing, save_supernode
+from query.questions import (
+    dictionary_metrics,
+    feature_page,
+    graph_document,
+    graph_listing,
+    graphs_with,
+    save_supernode,
+)
 
 STATIC = Path(__file__).parent / "static"
 MAX_EDGES = 5000
@@ -77,8 +85,25 @@ def _json(document: dict) -> Response:
     return Response(json.dumps(document, default=str), media_type="application/json")
 
 
-def make_app(store: Store) -> Starlette:
-    """The app over `store` (opened once; every request reads the tables as they are now)."""
+class Model:
+    """The model, loaded on the first request that runs it (text search, "try your text"): pages that only
+    read the store never wait for it."""
+
+    def __init__(self, spec: str, device: str, dictionaries: str) -> None:
+        self.spec, self.device, self.dictionaries = spec, device, dictionaries
+        self._lm = None
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            from circuitdb.models import load_model
+
+            self._lm = load_model(self.spec, self.device)
+        return self._lm
+
+
+def make_app(store: Store, model: Model | None = None) -> Starlette:
+    """The app over `store` (every request reads the tables as they are now); `model` runs texts."""
 
     def index(_: Request) -> HTMLResponse:
         return HTMLResponse(_page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))
@@ -111,7 +136,7 @@ def make_app(store: Store) -> Starlette:
             row, exemplars = feature_page(store, request.path_params["feature_id"], 8)
         except CircuitDBError as exc:
             return _error(exc)
-        return _json({**row, "exemplars": exemplars})
+        return _json({**row, "exemplars": exemplars, "graphs": graphs_with(store, row["feature_id"])})
 
     async def api_supernodes(request: Request) -> Response:
         """The viewer's only write: a named group of nodes, into the graph's `graph_annotations` partition."""
@@ -121,6 +146,38 @@ def make_app(store: Store) -> Starlette:
         except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return _json({"supernodes": saved})
+
+    async def api_feature_text(request: Request) -> Response:
+        """The feature's activation on each token of a text the reader types."""
+        from circuitdb.dictionaries.stored import stored_dictionary
+        from circuitdb.features import feature_on_text
+        from circuitdb.store import parse_feature_id
+
+        if model is None:
+            return JSONResponse({"error": "this viewer runs no model"}, status_code=400)
+        try:
+            name, layer, index = parse_feature_id(request.path_params["feature_id"])
+            coder, meta = stored_dictionary(store, name, layer)
+            text = str((await request.json())["text"])
+            found = await run_in_threadpool(feature_on_text, model.lm, coder, meta["input_hook"], index, text)
+        except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return _json({"tokens": found["token"].to_list(), "values": found["activation"].to_list()})
+
+    async def api_search(request: Request) -> Response:
+        """The features most active on a text (pooled over its tokens), as `circuitdb search text` ranks them."""
+        from circuitdb.dictionaries.stored import stored_set
+        from circuitdb.features import ranked_text_matches
+
+        if model is None:
+            return JSONResponse({"error": "this viewer runs no model"}, status_code=400)
+        try:
+            text = request.query_params.get("text", "")
+            dictionaries = stored_set(store, model.dictionaries)
+            found = await run_in_threadpool(ranked_text_matches, store, model.lm, dictionaries, text, 10, False)
+        except CircuitDBError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return _json({"features": found.to_dicts()})
 
     def plotly(_: Request) -> Response:
         return Response(plotly_js(), media_type="application/javascript")
@@ -133,7 +190,9 @@ def make_app(store: Store) -> Starlette:
             Route("/api/index", api_index),
             Route("/api/graph/{slug}", api_graph),
             Route("/api/graph/{slug}/supernodes", api_supernodes, methods=["POST"]),
+            Route("/api/feature/{feature_id:path}/text", api_feature_text, methods=["POST"]),
             Route("/api/feature/{feature_id:path}", api_feature),
+            Route("/api/search", api_search),
             Route("/static/plotly.js", plotly),
             Route("/favicon.ico", lambda _: Response(status_code=204)),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -141,8 +200,8 @@ def make_app(store: Store) -> Starlette:
     )
 
 
-def serve(store: Store, host: str, port: int) -> None:
+def serve(store: Store, model: Model, host: str, port: int) -> None:
     """Serve until Ctrl-C (127.0.0.1 by default: this machine only)."""
     import uvicorn
 
-    uvicorn.run(make_app(store), host=host, port=port, log_level="warning")
+    uvicorn.run(make_app(store, model), host=host, port=port, log_level="warning")

@@ -18,8 +18,22 @@
   main.innerHTML = `${featureCard(f)}
     <p>suppresses: ${(f.bottom_logits || []).slice(0, 8).map(escapeHTML).join(", ")}</p>
     <p>neighbours: ${neighbours.join(", ")}</p>
+    <p>in graphs: ${(f.graphs || []).map(g => `<a class="graph" href="/graph/${encodeURIComponent(g)}">${escapeHTML(g)}</a>`).join(", ") || "none"}</p>
     <div id="histogram" style="height:220px"></div>
+    <h3>Try your text</h3><textarea id="text" rows="2" cols="80"></textarea> <button id="run">run</button>
+    <div id="text-result" class="exemplar"></div>
     <h3>Exemplars</h3><div id="exemplars">${exemplars.join("")}</div>`;
+  document.getElementById("run").addEventListener("click", async () => {
+    const out = document.getElementById("text-result");
+    const response = await fetch(`/api/feature/${encodeURI(f.feature_id)}/text`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: document.getElementById("text").value }) });
+    const body = await response.json();
+    if (!response.ok) { out.textContent = body.error; return; }
+    out.innerHTML = body.tokens.map((t, i) =>
+      `<span style="background:${heat(body.values[i], f.max_act || 1)}" title="${body.values[i].toFixed(3)}">${escapeHTML(t)}</span>`).join("");
+    out.dataset.values = JSON.stringify(body.values);
+  });
   const counts = f.histogram || [];
   const width = (f.max_act || 1) / Math.max(counts.length, 1);
   Plotly.newPlot("histogram", [{ type: "bar", x: counts.map((_, i) => (i + 0.5) * width), y: counts }],

@@ -6,11 +6,22 @@
     <td>${g.nodes}</td><td>${g.edges}</td><td>${g.replacement}</td><td>${g.completeness}</td><td>${escapeHTML(g.top_logit)}</td></tr>`);
   main.innerHTML = `<h2>Graphs</h2><table id="graphs"><tr><th>graph</th><th>nodes</th><th>edges</th>
     <th>replacement</th><th>completeness</th><th>top logit</th></tr>${rows.join("")}</table>
-    <h2>Feature</h2><form id="go"><input id="feature-id" placeholder="plt/12/345" size="24"> <button>show</button></form>
+    <h2>Features</h2><form id="go"><input id="query" placeholder="a feature id (plt/12/345) or a text" size="50">
+    <button>find</button></form><div id="found"></div>
     <h2>Dictionaries</h2><div id="metrics" style="height:320px"></div>`;
-  document.getElementById("go").addEventListener("submit", event => {
+  document.getElementById("go").addEventListener("submit", async event => {
     event.preventDefault();
-    location.href = "/feature/" + document.getElementById("feature-id").value.trim();
+    const query = document.getElementById("query").value.trim();
+    if (/^[^/\s]+\/\d+\/\d+$/.test(query)) { location.href = "/feature/" + query; return; }
+    const found = document.getElementById("found");
+    found.textContent = "running the model…";
+    try {
+      const body = await getJSON("/api/search?text=" + encodeURIComponent(query));
+      found.innerHTML = "<ol>" + body.features.map(r => `<li><a href="/feature/${encodeURI(r.feature_id)}">${escapeHTML(r.feature_id)}</a>
+        on ${escapeHTML(r.token)} (${Number(r.activation).toFixed(2)}) ${escapeHTML(r.label)}</li>`).join("") + "</ol>";
+    } catch (error) {
+      found.textContent = error.message;
+    }
   });
   const byName = {};
   for (const d of data.dictionaries) (byName[d.name] = byName[d.name] || []).push(d);
