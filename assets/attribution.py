@@ -46,10 +46,12 @@ def partition_prompt(config: ProjectConfig, key: str) -> str:
     return prompt
 
 
-def graph_metadata(row: dict) -> dict:
-    """What the UI shows of a built graph (also for graphs built by the CLI, reported without a run)."""
+def graph_metadata(row: dict, viewer_url: str) -> dict:
+    """What the UI shows of a built graph (also for graphs built by the CLI, reported without a run), with a
+    link to its page in `circuitdb serve`."""
     return {
         "slug": row["slug"],
+        "page": dg.MetadataValue.url(f"{viewer_url.rstrip('/')}/graph/{row['slug']}"),
         "prompt": row["prompt"],
         "top_logits": ", ".join(repr(t) for t in row["top_logits"]),
         "n_active_features": row["n_active_features"],
@@ -88,7 +90,7 @@ def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectResour
     row, validation = build_graph(Store(config.store), lm, prompt, config.attribution, validate=True)
     worst = max((v["relative_error"] for v in validation), default=0.0)
     return dg.MaterializeResult(
-        metadata=graph_metadata(row),
+        metadata=graph_metadata(row, config.viewer_url),
         check_results=[
             dg.AssetCheckResult(
                 check_name="graph_validation",

@@ -65,6 +65,14 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
                 "loss_curves": dg.MetadataValue.md(curves),
                 "mean_fvu_excl_pos0": sum(r["fvu_excl_pos0"] for r in rows) / len(rows),
                 "layers_in_run": len(rows),
+                "pages": dg.MetadataValue.md(
+                    "\n".join(
+                        f"- [layer {r['layer']}: {cfg.name}/{r['layer']}/0 …]"
+                        f"({config.viewer_url.rstrip('/')}/feature/{cfg.name}/{r['layer']}/0)"
+                        for r in rows
+                    )
+                    + f"\n\nAll dictionaries: {config.viewer_url.rstrip('/')}/"
+                ),
                 "dagster/row_count": count_rows(store, "dictionaries"),
             },
             check_results=[

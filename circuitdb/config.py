@@ -265,6 +265,8 @@ class ProjectConfig:
     """An optional cross-layer transcoder over the same activations."""
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     """Attribution graphs: which transcoders, which prompts, how much to keep."""
+    viewer_url: str = "http://127.0.0.1:8080"
+    """Where `circuitdb serve` answers: Dagster's metadata links each graph and dictionary to its page there."""
 
     @property
     def store_path(self) -> Path:

@@ -46,7 +46,7 @@ def add_graph_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
         instance.add_dynamic_partitions(prompt_partitions.name, new)
 
 
-def record_graph(store: Path, row: dict) -> None:
+def record_graph(store: Path, row: dict, viewer_url: str) -> None:
     """A graph built outside a run (`circuitdb graph build`): its partition, materialized with its metadata."""
     instance = project_instance(store)
     add_graph_partitions(instance, [row["slug"]])
@@ -54,6 +54,6 @@ def record_graph(store: Path, row: dict) -> None:
         asset_key="attribution_graphs",
         partition=row["slug"],
         description="built by `circuitdb graph build`",
-        metadata=graph_metadata(row),
+        metadata=graph_metadata(row, viewer_url),
     )
     instance.report_runless_asset_event(event)

@@ -360,7 +360,7 @@ def graph_build(
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
     row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr)
-    record_graph(opened.root, row)  # its partition in the UI, materialized
+    record_graph(opened.root, row, project.viewer_url)  # its partition in the UI, materialized
     keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]
     if fmt is OutputFormat.table:

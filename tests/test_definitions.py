@@ -142,6 +142,11 @@ def test_build_all_runs_the_pipeline(
     intact = {c.asset_key.to_user_string() for c in checks if c.check_name == "files_intact" and c.passed}
     assert intact == {"corpus_tokens", "activations", "dictionaries", "feature_stats", "attribution_graphs"}
     slug = graphs["slug"][0]
+    from orchestration.instance import project_instance
+
+    records = project_instance(config.store_path).fetch_materializations(dg.AssetKey("attribution_graphs"), limit=10)
+    pages = {r.event_log_entry.asset_materialization.metadata["page"].value for r in records.records}
+    assert pages == {f"http://127.0.0.1:8080/graph/{slug}" for slug in graphs["slug"]}
     code, out, err = cli(
         "sql",
         f"SELECT count(*) AS n FROM graph_edges WHERE slug = '{slug}'",
