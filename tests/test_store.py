@@ -113,3 +113,23 @@ def test_queries_run_while_partitions_are_rewritten(store: Store) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_kept_catalog_sees_every_change_of_the_files(store: Store) -> None:
+    """The viewer's catalog binds a table once and again only when its files change: a rewritten or a new
+    partition is seen by the next query, a damaged one is named."""
+    from query import engine
+
+    engine.keep_catalog(store)
+    try:
+        assert run_sql(store, "SELECT sum(n_blocks) FROM corpora").rows == [(3,)]
+        write_partition(store, "corpora", "a", _corpora_row("a", 7))
+        assert run_sql(store, "SELECT sum(n_blocks) FROM corpora").rows == [(9,)]
+        write_partition(store, "corpora", "c", _corpora_row("c", 1))
+        assert run_sql(store, "SELECT sum(n_blocks) FROM corpora").rows == [(10,)]
+        path = store.table_file("corpora", "c")
+        path.write_bytes(path.read_bytes()[:-30])
+        with pytest.raises(CircuitDBError, match="damaged file tables/corpora/c.parquet"):
+            run_sql(store, "SELECT sum(n_blocks) FROM corpora")
+    finally:
+        engine._catalogs.pop(store.root)

@@ -29,24 +29,33 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 more, which is harmless). DuckDB's own `get_table_names` binds the query and fails on joins USING columns."""
 
 
+def named_tables(store: Store, query: str | None) -> list[str]:
+    """The store's tables among `query`'s words."""
+    words = {word.lower() for word in _WORD.findall(query or "")}
+    return [table for table in store.table_names() if table in words]
+
+
+def bind(con: duckdb.DuckDBPyConnection, store: Store, table: str, named: bool) -> None:
+    """(Re)make `table`'s view over its partition files, once they verify. A damaged table the query does
+    not name is left unbound, so it does not stop the query."""
+    try:
+        if named:
+            for path in store.partition_files(table):
+                verify(store.root, path)
+        pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))
+        con.execute(f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM read_parquet({pattern}, union_by_name=true)')
+    except (duckdb.Error, CircuitDBError) as exc:
+        if named:
+            raise damaged_file_error(store, exc) if isinstance(exc, duckdb.Error) else exc from None
+
+
 def connect(store: Store, query: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per table of `store` that `query` names (every table
     when it names none, as `SHOW TABLES` does)."""
     con = duckdb.connect(":memory:")
-    tables = store.table_names()
-    named = set(tables) & {word.lower() for word in _WORD.findall(query or "")}
-    bound = [table for table in tables if table in named] or tables
-    for table in named:  # the files the query will read are whole
-        for path in store.partition_files(table):
-            verify(store.root, path)
-    for table in bound:
-        pattern = sql_literal(str(store.tables_dir / table / "*.parquet"))
-        try:
-            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({pattern}, union_by_name=true)')
-        except duckdb.Error as exc:
-            if table in named:
-                raise damaged_file_error(store, exc) from None
-            # a damaged table left unbound does not stop a query that does not read it
+    named = named_tables(store, query)
+    for table in named or store.table_names():
+        bind(con, store, table, table in named)
     return con
 
 

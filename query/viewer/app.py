@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store
+from query.engine import keep_catalog
 from query.questions import (
     dictionary_metrics,
     feature_page,
@@ -104,6 +105,7 @@ class Model:
 
 def make_app(store: Store, model: Model | None = None) -> Starlette:
     """The app over `store` (every request reads the tables as they are now); `model` runs texts."""
+    keep_catalog(store)  # views made once, remade when a table's files change
 
     def index(_: Request) -> HTMLResponse:
         return HTMLResponse(_page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))

@@ -1,0 +1,102 @@
+"""How fast the viewer answers on a built store, in headless Chromium (Debian's, driven by Playwright).
+
+    python benchmarks/viewer.py [--store DIR] [--repeats N]
+
+Prints one JSON line: first_render_s (the largest graph's page, from navigation until it is fully drawn,
+median of N fresh pages), graph_nodes_rendered, feature_page_s (a feature page until its exemplars are
+drawn, median), api_p50_ms (median over the index, feature and graph API calls, each N times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+# benchmarks/query.py shadows the `query` package when a script here runs: leave this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+import polars as pl  # noqa: E402
+import uvicorn  # noqa: E402
+
+from circuitdb.config import load_config  # noqa: E402
+from circuitdb.store import Store, read_table  # noqa: E402
+from query.viewer.app import make_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _serve(store: Store) -> tuple[str, uvicorn.Server]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+def _timed_ms(url: str) -> float:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url) as response:
+        response.read()
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=None, help="a store built by `make demo` (default: the configured one)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    store = Store.open_existing(load_config(None, {"store": args.store}).store)
+    nodes = read_table(store, "graph_nodes", ["slug", "kind", "feature_id"])
+    slug = nodes.group_by("slug").len().sort("len", descending=True)["slug"][0]
+    feature = nodes.filter((pl.col("slug") == slug) & (pl.col("kind") == "feature"))["feature_id"][0]
+    url, server = _serve(store)
+    renders, features, rendered = [], [], 0
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        for _ in range(args.repeats):
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            start = time.perf_counter()
+            page.goto(f"{url}/graph/{slug}")
+            page.wait_for_selector("#plot[data-ready='1']", timeout=120_000)
+            renders.append(time.perf_counter() - start)
+            rendered = int(page.get_attribute("#plot", "data-nodes"))
+            start = time.perf_counter()
+            page.goto(f"{url}/feature/{feature}")
+            page.wait_for_selector("#feature-page[data-ready='1']", timeout=120_000)
+            features.append(time.perf_counter() - start)
+            page.close()
+        browser.close()
+    calls = [f"{url}/api/index", f"{url}/api/feature/{feature}", f"{url}/api/graph/{slug}"]
+    api = [_timed_ms(call) for call in calls for _ in range(args.repeats)]
+    server.should_exit = True
+    print(
+        json.dumps(
+            {
+                "first_render_s": round(statistics.median(renders), 3),
+                "graph_nodes_rendered": rendered,
+                "feature_page_s": round(statistics.median(features), 3),
+                "api_p50_ms": round(statistics.median(api), 1),
+                "api_ms_by_call": {
+                    c.split("/api/")[1].split("/")[0]: round(statistics.median(api[i::3]), 1)
+                    for i, c in enumerate(calls)
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
