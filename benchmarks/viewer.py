@@ -1,6 +1,6 @@
 """How fast the viewer answers on a built store, in headless Chromium (Debian's, driven by Playwright).
 
-    python benchmarks/viewer.py [--store DIR] [--repeats N]
+    python benchmarks/viewer.py [--store DIR] [--repeats N] [--screenshots DIR]
 
 Prints one JSON line: first_render_s (the largest graph's page, from navigation until it is fully drawn,
 median of N fresh pages), graph_nodes_rendered, feature_page_s (a feature page until its exemplars are
@@ -51,12 +51,34 @@ def _timed_ms(url: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def _screenshots(browser, url: str, slug: str, feature: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{url}/graph/{slug}")
+    page.wait_for_selector("#plot[data-ready='1']", timeout=120_000)
+    page.evaluate(
+        "() => document.getElementById('plot').emit('plotly_click', {points: [{customdata: "
+        "document.getElementById('plot').data[4].text.findIndex(t => t.startsWith('plt/'))}]})"
+    )
+    page.wait_for_selector("#card h3", timeout=30_000)
+    page.screenshot(path=str(folder / "graph.png"))
+    page.goto(f"{url}/feature/{feature}")
+    page.wait_for_selector("#feature-page[data-ready='1']", timeout=120_000)
+    page.screenshot(path=str(folder / "feature.png"))
+    page.goto(f"{url}/")
+    page.wait_for_selector("#graphs tr >> nth=1", timeout=120_000)
+    page.wait_for_timeout(500)  # the metrics plot
+    page.screenshot(path=str(folder / "index.png"))
+    page.close()
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="a store built by `make demo` (default: the configured one)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--screenshots", default=None, help="also save the index, graph and feature pages here")
     args = parser.parse_args()
     store = Store.open_existing(load_config(None, {"store": args.store}).store)
     nodes = read_table(store, "graph_nodes", ["slug", "kind", "feature_id"])
@@ -78,6 +100,8 @@ def main() -> None:
             page.wait_for_selector("#feature-page[data-ready='1']", timeout=120_000)
             features.append(time.perf_counter() - start)
             page.close()
+        if args.screenshots:
+            _screenshots(browser, url, slug, feature, Path(args.screenshots))
         browser.close()
     calls = [f"{url}/api/index", f"{url}/api/feature/{feature}", f"{url}/api/graph/{slug}"]
     api = [_timed_ms(call) for call in calls for _ in range(args.repeats)]

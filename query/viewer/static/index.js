@@ -1,4 +1,6 @@
-// Index: the graphs, and the dictionaries' held-out metrics across layers.
+// Index: the graphs, a feature finder (by id, or by a text run through the model), and the dictionaries'
+// held-out metrics across layers.
+const fixed = (value, digits = 3) => (value == null ? "" : Number(value).toFixed(digits));
 (async function () {
   const main = document.getElementById("index");
   const data = await getJSON("/api/index");
@@ -8,7 +10,11 @@
     <th>replacement</th><th>completeness</th><th>top logit</th></tr>${rows.join("")}</table>
     <h2>Features</h2><form id="go"><input id="query" placeholder="a feature id (plt/12/345) or a text" size="50">
     <button>find</button></form><div id="found"></div>
-    <h2>Dictionaries</h2><div id="metrics" style="height:320px"></div>`;
+    <h2>Dictionaries</h2><div id="metrics" style="height:320px"></div>
+    <table id="dictionaries"><tr><th>set</th><th>layer</th><th>latents</th><th>FVU</th><th>FVU excl. pos 0</th>
+    <th>L0</th><th>dead</th><th>ΔCE</th></tr>${data.dictionaries.map(d => `<tr><td>${escapeHTML(d.name)}</td>
+    <td>${d.layer}</td><td>${d.n_latents}</td><td>${fixed(d.fvu)}</td><td>${fixed(d.fvu_excl_pos0)}</td>
+    <td>${fixed(d.l0, 1)}</td><td>${fixed(d.dead_frac)}</td><td>${fixed(d.delta_ce)}</td></tr>`).join("")}</table>`;
   document.getElementById("go").addEventListener("submit", async event => {
     event.preventDefault();
     const query = document.getElementById("query").value.trim();
