@@ -56,10 +56,12 @@ def _screenshots(browser, url: str, slug: str, feature: str, folder: Path) -> No
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(f"{url}/graph/{slug}")
     page.wait_for_selector("#plot[data-ready='1']", timeout=120_000)
-    page.evaluate(
-        "() => document.getElementById('plot').emit('plotly_click', {points: [{customdata: "
-        "document.getElementById('plot').data[4].text.findIndex(t => t.startsWith('plt/'))}]})"
+    click_first_feature = (
+        "() => { const gd = document.getElementById('plot');"
+        " const nodes = gd.data.find(t => t.name === 'nodes');"
+        " gd.emit('plotly_click', {points: [{customdata: nodes.text.findIndex(t => t.startsWith('plt/'))}]}); }"
     )
+    page.evaluate(click_first_feature)
     page.wait_for_selector("#card h3", timeout=30_000)
     page.screenshot(path=str(folder / "graph.png"))
     page.goto(f"{url}/feature/{feature}")

@@ -136,7 +136,7 @@ def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pyt
         assert int(page.get_attribute("#plot", "data-nodes")) == nodes.height
         feature_index = page.evaluate(
             "() => { const gd = document.getElementById('plot');"
-            " return gd.data[4].text.findIndex(t => t.startsWith('plt/')); }"
+            " return gd.data.find(t => t.name === 'nodes').text.findIndex(t => t.startsWith('plt/')); }"
         )
         page.evaluate(
             f"() => document.getElementById('plot').emit('plotly_click', {{points: [{{customdata: {feature_index}}}]}})"

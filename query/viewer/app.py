@@ -182,7 +182,8 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
         return _json({"features": found.to_dicts()})
 
     def plotly(_: Request) -> Response:
-        return Response(plotly_js(), media_type="application/javascript")
+        """plotly.js (4.8 MB) changes only with the installed wheel: browsers keep it for a day."""
+        return Response(plotly_js(), media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
 
     return Starlette(
         routes=[

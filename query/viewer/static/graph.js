@@ -1,6 +1,6 @@
 // Graph page: nodes by prompt position (x) and layer (y); the strongest edges, blue when they excite and
-// red when they inhibit; hover a node to light up its edges, click it for its card; the slider keeps the
-// N strongest edges; the search box rings the nodes whose label matches.
+// red when they inhibit, wider when stronger; hover a node to light up its edges, click it for its card;
+// the slider is an edge threshold; the search box rings the nodes whose label matches.
 const COLORS = { feature: "#1f77b4", error: "#aaaaaa", token: "#2ca02c", logit: "#d62728" };
 
 function place(nodes, nLayers) {
@@ -21,7 +21,7 @@ function edgeTrace(edges, at, sign, width, opacity) {
     ys.push(at[source].y, at[target].y, null);
   }
   const color = sign > 0 ? "rgba(31,119,180," + opacity + ")" : "rgba(214,39,40," + opacity + ")";
-  return { x: xs, y: ys, mode: "lines", type: "scattergl", hoverinfo: "skip", line: { color, width }, showlegend: false };
+  return { x: xs, y: ys, mode: "lines", type: "scatter", hoverinfo: "skip", line: { color, width }, showlegend: false };
 }
 
 (async function () {
@@ -36,14 +36,30 @@ function edgeTrace(edges, at, sign, width, opacity) {
   nodes.forEach((n, i) => (at[n.node_id] = points[i]));
   const byId = Object.fromEntries(nodes.map(n => [n.node_id, n]));
   const nodeTrace = {
-    x: points.map(p => p.x), y: points.map(p => p.y), customdata: nodes.map((_, i) => i),
+    name: "nodes", x: points.map(p => p.x), y: points.map(p => p.y), customdata: nodes.map((_, i) => i),
     text: nodes.map(n => `${n.feature_id || n.kind} @${n.position} ${n.token}<br>${n.label || ""}`),
-    mode: "markers", type: "scattergl", hoverinfo: "text", showlegend: false,
+    mode: "markers", type: "scatter", hoverinfo: "text", showlegend: false,
     marker: { size: 8, color: nodes.map(n => COLORS[n.kind]), line: { width: 0, color: "#000" } },
   };
-  let shown = Math.min(edges.length, 2000);
-  const traces = () => [edgeTrace(edges.slice(0, shown), at, 1, 1, 0.25), edgeTrace(edges.slice(0, shown), at, -1, 1, 0.25),
-    edgeTrace([], at, 1, 3, 0.9), edgeTrace([], at, -1, 3, 0.9), nodeTrace];
+  // The slider keeps the strongest edges that carry a share of the loaded edges' total |weight| (a client-side
+  // edge threshold over the stored edges); widths in three classes by |weight|.
+  const total = edges.reduce((sum, e) => sum + Math.abs(e[2]), 0);
+  const cumulative = [];
+  edges.reduce((sum, e, i) => (cumulative[i] = sum + Math.abs(e[2]) / (total || 1)), 0);
+  const keptFor = share => (share >= 1 ? edges.length : cumulative.findIndex(c => c >= share) + 1);
+  let share = 0.8;
+  const peak = edges.length ? Math.abs(edges[0][2]) : 1;
+  function background() {
+    const kept = edges.slice(0, keptFor(share));
+    const classes = [[0.3, 3], [0.1, 1.5], [0, 0.6]];
+    return classes.flatMap(([floor, width], i) => {
+      const ceiling = i === 0 ? Infinity : classes[i - 1][0];
+      const mine = kept.filter(e => Math.abs(e[2]) >= floor * peak && Math.abs(e[2]) < ceiling * peak);
+      return [edgeTrace(mine, at, 1, width, 0.3), edgeTrace(mine, at, -1, width, 0.3)];
+    });
+  }
+  const HIGHLIGHT = [6, 7], NODES = 8;
+  const traces = () => [...background(), edgeTrace([], at, 1, 3, 0.9), edgeTrace([], at, -1, 3, 0.9), nodeTrace];
   const tokens = graph.tokens || [];
   const layout = {
     margin: { t: 30, l: 50, r: 10, b: 80 }, hovermode: "closest", dragmode: "pan",
@@ -62,7 +78,7 @@ function edgeTrace(edges, at, sign, width, opacity) {
     if (node === undefined) return;
     const mine = incident(node.node_id);
     Plotly.restyle(plot, { x: [edgeTrace(mine, at, 1, 3, 0.9).x, edgeTrace(mine, at, -1, 3, 0.9).x],
-      y: [edgeTrace(mine, at, 1, 3, 0.9).y, edgeTrace(mine, at, -1, 3, 0.9).y] }, [2, 3]);
+      y: [edgeTrace(mine, at, 1, 3, 0.9).y, edgeTrace(mine, at, -1, 3, 0.9).y] }, HIGHLIGHT);
   });
   plot.on("plotly_click", async event => {
     const node = nodes[event.points[0].customdata];
@@ -92,19 +108,20 @@ function edgeTrace(edges, at, sign, width, opacity) {
   });
 
   const controls = document.getElementById("controls");
-  controls.innerHTML = `<label>edges shown <input id="edges" type="range" min="0" max="${edges.length}" value="${shown}">
-    <span id="edges-count">${shown}</span></label><br><input id="search" placeholder="search labels" size="30">`;
+  controls.innerHTML = `<label>edges carrying <input id="edges" type="range" min="0.05" max="1" step="0.01" value="${share}">
+    <span id="edges-share">${Math.round(100 * share)}%</span> of the weight (<span id="edges-count">${keptFor(share)}</span> edges)</label>
+    <br><input id="search" placeholder="search labels" size="30">`;
   document.getElementById("edges").addEventListener("input", event => {
-    shown = Number(event.target.value);
-    document.getElementById("edges-count").textContent = shown;
-    const strong = edges.slice(0, shown);
-    Plotly.restyle(plot, { x: [edgeTrace(strong, at, 1, 1, 0.25).x, edgeTrace(strong, at, -1, 1, 0.25).x],
-      y: [edgeTrace(strong, at, 1, 1, 0.25).y, edgeTrace(strong, at, -1, 1, 0.25).y] }, [0, 1]);
+    share = Number(event.target.value);
+    document.getElementById("edges-share").textContent = `${Math.round(100 * share)}%`;
+    document.getElementById("edges-count").textContent = keptFor(share);
+    const lines = background();
+    Plotly.restyle(plot, { x: lines.map(t => t.x), y: lines.map(t => t.y) }, [0, 1, 2, 3, 4, 5]);
   });
   document.getElementById("search").addEventListener("input", event => {
     const needle = event.target.value.toLowerCase();
     const hit = nodes.map(n => needle && (n.label || "").toLowerCase().includes(needle));
-    Plotly.restyle(plot, { "marker.line.width": [hit.map(h => (h ? 3 : 0))], "marker.size": [hit.map(h => (h ? 14 : 8))] }, [4]);
+    Plotly.restyle(plot, { "marker.line.width": [hit.map(h => (h ? 3 : 0))], "marker.size": [hit.map(h => (h ? 14 : 8))] }, [NODES]);
   });
   // Supernodes: nodes added to the group, then named and saved (the viewer's only write); saved ones
   // come back with the graph, so they survive a reload.
