@@ -210,3 +210,12 @@ def test_the_html_export_opens_from_disk_offline(built_store: Path, tmp_path: Pa
         assert int(page.get_attribute("#plot", "data-nodes")) == nodes.height
         browser.close()
     assert errors == [] and [url for url in requests if not url.startswith(("file://", "data:"))] == []
+
+
+def test_only_json_posts_write(client: TestClient, built_store: Path) -> None:
+    """A form or text/plain POST (what another site's page can send without asking) writes nothing."""
+    slug = read_table(Store(built_store), "graphs")["slug"][0]
+    body = '{"name": "x", "node_ids": ["a", "b"]}'
+    response = client.post(f"/api/graph/{slug}/supernodes", content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 400 and "application/json" in response.json()["error"]
+    assert "graph_annotations" not in Store(built_store).table_names()

@@ -77,6 +77,17 @@ def graph_html(document: dict) -> str:
     )
 
 
+async def _json_body(request: Request) -> dict:
+    """A POST's JSON body. Only `application/json` is read: another site's page cannot send that type
+    without the browser asking this server first (CORS), so it cannot write supernodes here."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ValueError("send the body as application/json")
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
 def _error(exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=404)
 
@@ -143,7 +154,7 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
     async def api_supernodes(request: Request) -> Response:
         """The viewer's only write: a named group of nodes, into the graph's `graph_annotations` partition."""
         try:
-            body = await request.json()
+            body = await _json_body(request)
             saved = save_supernode(store, request.path_params["slug"], str(body["name"]), list(body["node_ids"]))
         except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -160,7 +171,7 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
         try:
             name, layer, index = parse_feature_id(request.path_params["feature_id"])
             coder, meta = stored_dictionary(store, name, layer)
-            text = str((await request.json())["text"])
+            text = str((await _json_body(request))["text"])
             found = await run_in_threadpool(feature_on_text, model.lm, coder, meta["input_hook"], index, text)
         except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
