@@ -222,6 +222,48 @@ def dictionary_import(
     )
 
 
+@dictionary_app.command("sweep")
+def dictionary_sweep(
+    layer: Annotated[int, typer.Option(min=0, help="Layer whose stored activations to train on.")],
+    k: Annotated[str, typer.Option("--k", help="Comma-separated k values, e.g. 8,16,32,64,128.")],
+    seeds: Annotated[int, typer.Option(min=1, max=10, help="Seeds per k (the interval is over them).")] = 3,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train the configured recipe at several sparsities (and seeds) on one layer; held-out metrics per
+    point in the `sweeps` table, and per k their mean ± 95% interval."""
+    from circuitdb.corpus import load_stored_corpus
+    from circuitdb.dictionaries.sweep import summary, sweep_layer
+    from circuitdb.models import load_model
+
+    try:
+        ks = sorted({int(value) for value in k.split(",")})
+    except ValueError:
+        raise CircuitDBError(f"--k must be comma-separated integers, got {k!r}") from None
+    project = _config(config, store=store)
+    opened = Store.open_existing(project.store)
+    lm = load_model(project.model.spec, project.model.device)
+    corpus = load_stored_corpus(opened, project.corpus.name)
+    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)))
+    table = summary(rows)
+    if fmt is not OutputFormat.table:
+        render(QueryResult(table.columns, [], table.rows()), fmt)
+        return
+    shown = ["fvu_excl_pos0", "delta_ce", "kl"]
+    rows_shown = [
+        (
+            r["k"],
+            r["seeds"],
+            *(f"{r[m]:.4f} ± {r[m + '_ci95']:.4f}" for m in shown),
+            f"{r['l0']:.1f}",
+            f"{r['dead_frac']:.3f}",
+        )
+        for r in table.iter_rows(named=True)
+    ]
+    render(QueryResult(["k", "seeds", *shown, "l0", "dead_frac"], [], rows_shown), fmt)
+
+
 feature_app = typer.Typer(help="Features of the trained dictionaries.", no_args_is_help=True)
 app.add_typer(feature_app, name="feature")
 

@@ -188,3 +188,16 @@ def dictionary_metrics(store: Store) -> list[dict]:
         return []
     columns = "name, kind, layer, n_latents, fvu, fvu_excl_pos0, l0, dead_frac, delta_ce"
     return _dicts(run_sql(store, f"SELECT {columns} FROM dictionaries ORDER BY name, layer"))
+
+
+def sweep_summaries(store: Store) -> list[dict]:
+    """Each swept (dictionary, layer): per k the mean ± 95% interval of its held-out metrics over seeds."""
+    from circuitdb.dictionaries.sweep import summary
+
+    if "sweeps" not in store.table_names():
+        return []
+    rows = read_table(store, "sweeps")
+    out = []
+    for (dictionary, layer), group in sorted(rows.group_by("dictionary", "layer"), key=lambda item: item[0]):
+        out.append({"dictionary": dictionary, "layer": layer, "points": summary(group).to_dicts()})
+    return out

@@ -25,6 +25,7 @@ from circuitdb.dictionaries.metrics import (
     spliced_metrics,
     summarize,
 )
+from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
@@ -81,13 +82,10 @@ def build_layer_dictionary(
     else:
         result, provenance = train_dictionary(cfg.dictionary, train_source, cfg.train, checkpoint, progress), {}
     seconds = time.perf_counter() - started
-    inputs, targets = eval_source.sequences()
-    metrics = reconstruction_metrics(result.coder, inputs[:, :, 0], targets[:, :, 0])
-    splice = dictionary_splice(lm, result.coder.to(lm.device), input_hook)
-    delta_ce, kl = spliced_metrics(lm, splice, corpus.split("eval")[: cfg.ce_eval_blocks])
     path = str(Path("dictionaries") / cfg.name / f"layer_{layer}")
     row = _row(cfg, layer, lm, corpus, result, seconds, path)
-    row |= {"input_hook": input_hook, "target_hook": target_hook, **metrics, "delta_ce": delta_ce, "kl": kl}
+    row |= {"input_hook": input_hook, "target_hook": target_hook}
+    row |= held_out_metrics(result.coder, lm, corpus, eval_source, input_hook, cfg.ce_eval_blocks)
     meta = {k: v for k, v in row.items() if k not in ("fvu_curve", "created_at", "path")} | provenance
     folder = store.dictionary_dir(cfg.name, layer)
     save_dictionary(result.coder, folder, meta)
@@ -96,6 +94,18 @@ def build_layer_dictionary(
     outputs = [folder / "weights.safetensors", folder / "config.json", store.table_file("dictionaries", partition)]
     record_finished(store, "dictionaries", partition, recipe, outputs)
     return row
+
+
+def held_out_metrics(
+    coder: SparseCoder, lm: LoadedModel, corpus: TokenizedCorpus, source: ActivationSource, hook: str, ce_blocks: int
+) -> dict:
+    """FVU (both ways), L0, dead fraction on the held-out activations, and ΔCE/KL with the dictionary
+    spliced in on `ce_blocks` held-out blocks."""
+    inputs, targets = source.sequences()
+    metrics = reconstruction_metrics(coder, inputs[:, :, 0], targets[:, :, 0])
+    splice = dictionary_splice(lm, coder.to(lm.device), hook)
+    delta_ce, kl = spliced_metrics(lm, splice, corpus.split("eval")[:ce_blocks])
+    return {**metrics, "delta_ce": delta_ce, "kl": kl}
 
 
 def _imported(store: Store, name: str, layer: int, input_hook: str, target_hook: str):

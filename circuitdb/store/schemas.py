@@ -183,6 +183,25 @@ TABLES: dict[str, TableSchema] = {
             "weight": (pl.Float32(), "direct effect on the target's pre-activation (or demeaned logit)"),
         },
     ),
+    "sweeps": TableSchema(
+        "one row per point of a sparsity sweep: the recipe trained at one k and seed on one layer",
+        {
+            "dictionary": (pl.String(), "dictionary set whose recipe was swept"),
+            "layer": (pl.Int32(), "layer trained on"),
+            "kind": (pl.String(), "'sae', 'plt' or 'clt'"),
+            "skip": (pl.Boolean(), "linear skip connection (skip transcoder)"),
+            "n_latents": (pl.Int64(), "dictionary width"),
+            "k": (pl.Int64(), "active latents per token"),
+            "seed": (pl.Int64(), "seed of initialization and data order"),
+            "fvu": (pl.Float64(), "held-out fraction of variance unexplained"),
+            "fvu_excl_pos0": (pl.Float64(), "the same without position 0"),
+            "l0": (pl.Float64(), "mean active latents per held-out token"),
+            "dead_frac": (pl.Float64(), "share of latents never active on the held-out split"),
+            "delta_ce": (pl.Float64(), "next-token loss increase with the dictionary spliced in"),
+            "kl": (pl.Float64(), "KL of the spliced model from the original"),
+            "created_at": (pl.Datetime("us", "UTC"), "when the point was trained"),
+        },
+    ),
     "graph_annotations": TableSchema(
         "one row per supernode a person grouped in the viewer (the only thing the viewer writes)",
         {

@@ -29,6 +29,7 @@ from query.questions import (
     graph_listing,
     graphs_with,
     save_supernode,
+    sweep_summaries,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -133,7 +134,9 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
     def api_index(_: Request) -> JSONResponse:
         listing = graph_listing(store) if "graphs" in store.table_names() else None
         graphs = [dict(zip(listing.columns, row, strict=True)) for row in listing.rows] if listing else []
-        return JSONResponse({"graphs": graphs, "dictionaries": dictionary_metrics(store)})
+        return JSONResponse(
+            {"graphs": graphs, "dictionaries": dictionary_metrics(store), "sweeps": sweep_summaries(store)}
+        )
 
     def api_graph(request: Request) -> Response:
         try:

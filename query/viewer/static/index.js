@@ -36,6 +36,16 @@ const fixed = (value, digits = 3) => (value == null ? "" : Number(value).toFixed
     traces.push({ x: ds.map(d => d.layer), y: ds.map(d => d.fvu_excl_pos0), name: `${name} FVU (excl. pos 0)`, mode: "lines+markers" });
     traces.push({ x: ds.map(d => d.layer), y: ds.map(d => d.delta_ce), name: `${name} ΔCE`, mode: "lines+markers", yaxis: "y2" });
   }
+  if (data.sweeps.length) {
+    main.insertAdjacentHTML("beforeend", '<h2>Sparsity sweeps</h2><div id="sweeps" style="height:320px"></div>');
+    const curves = data.sweeps.map(s => ({
+      x: s.points.map(p => p.l0), y: s.points.map(p => p.fvu_excl_pos0), text: s.points.map(p => `k=${p.k}, ${p.seeds} seeds`),
+      error_y: { type: "data", array: s.points.map(p => p.fvu_excl_pos0_ci95), visible: true },
+      mode: "lines+markers", name: `${s.dictionary} layer ${s.layer}`,
+    }));
+    Plotly.newPlot("sweeps", curves, { margin: { t: 10 }, xaxis: { title: "L0", type: "log" },
+      yaxis: { title: "FVU (excl. pos 0), mean ± 95%" } });
+  }
   Plotly.newPlot("metrics", traces, { margin: { t: 10 }, xaxis: { title: "layer" },
     yaxis: { title: "FVU" }, yaxis2: { title: "ΔCE", overlaying: "y", side: "right" } });
 })();

@@ -1,0 +1,55 @@
+"""Sparsity sweeps: every k × seed trained and evaluated, and intervals that are what Student's t says."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from circuitdb.dictionaries.sweep import interval, summary
+
+
+def test_the_interval_is_students_t() -> None:
+    mean, half = interval([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2 df) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    assert interval([5.0]) == (5.0, 0.0)
+    values = [0.31, 0.29, 0.35, 0.30, 0.33]
+    assert interval(values)[1] == pytest.approx(2.776 * statistics.stdev(values) / math.sqrt(5))
+
+
+def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_path: Path, cli) -> None:
+    store = shutil.copytree(built_store, tmp_path / "store")
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text((built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store)))
+    code, out, err = cli(
+        "dictionary", "sweep", "--layer", "1", "--k", "4,2", "--seeds", "2", "-f", "json", "--config", str(config)
+    )
+    assert code == 0, err
+    table = json.loads(out)
+    code, out, _ = cli(
+        "sql", "SELECT k, seed, fvu, l0 FROM sweeps ORDER BY k, seed", "-f", "json", "--config", str(config)
+    )
+    rows = pl.DataFrame(json.loads(out))
+    assert rows.select("k", "seed").rows() == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    assert rows["l0"].to_list() == pytest.approx([2, 2, 4, 4])  # TopK: exactly k active on every token
+    assert rows.filter(pl.col("k") == 2)["fvu"].n_unique() == 2  # the seeds train different dictionaries
+    assert [entry["k"] for entry in table] == [2, 4] and all(entry["seeds"] == 2 for entry in table)
+    expected = summary(rows.with_columns(**{m: pl.lit(0.0) for m in ("fvu_excl_pos0", "dead_frac", "delta_ce", "kl")}))
+    assert [round(entry["fvu"], 4) for entry in table] == [round(v, 4) for v in expected["fvu"].to_list()]
+    from starlette.testclient import TestClient
+
+    from circuitdb.store import Store
+    from query.viewer.app import make_app
+
+    (swept,) = TestClient(make_app(Store(store))).get("/api/index").json()["sweeps"]
+    assert (swept["dictionary"], swept["layer"]) == ("plt", 1)
+    assert [p["fvu"] for p in swept["points"]] == pytest.approx([entry["fvu"] for entry in table])
+    code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "4,x", "--config", str(config))
+    assert code == 1 and "--k must be comma-separated integers" in err
+    code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "999", "--config", str(config))
+    assert code == 1 and "k must be in 1..64" in err
