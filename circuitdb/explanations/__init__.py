@@ -1,0 +1,1 @@
+"""Explanations of features and how well they hold: scoring arithmetic first (`scoring`), explainers next."""
