@@ -82,8 +82,8 @@ class Catalog:
     def cursor(self, query: str) -> duckdb.DuckDBPyConnection:
         with self._lock:
             for table in named_tables(self.store, query):
-                files = self.store.partition_files(table)
-                signature = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size, f.stat().st_ino) for f in files)
+                stats = [(f.name, f.stat()) for f in self.store.partition_files(table)]
+                signature = tuple((name, st.st_mtime_ns, st.st_size, st.st_ino) for name, st in stats)
                 if self._bound.get(table) != signature:
                     bind(self._con, self.store, table, named=True)
                     self._bound[table] = signature
