@@ -111,7 +111,9 @@ def save_supernode(store: Store, slug: str, name: str, node_ids: list[str]) -> l
     name = name.strip()
     if not name or len(name) > 100:
         raise CircuitDBError("a supernode needs a name of 1 to 100 characters")
-    known = {node["node_id"] for node in graph_tree(store, slug)[1]}
+    graph_row(require(store, "graphs"), slug)
+    nodes = run_sql(store, f"SELECT node_id FROM graph_nodes WHERE slug = {sql_literal(slug)}")
+    known = {node_id for (node_id,) in nodes.rows}
     unknown = sorted(set(node_ids) - known)
     if len(set(node_ids)) < 2 or unknown:
         raise CircuitDBError(f"a supernode groups two or more of the graph's nodes (unknown: {unknown})")

@@ -51,18 +51,22 @@ def ordinary_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_checksum(path: Path, digest: str | None = None) -> None:
-    """Record `path`'s checksum (`digest`, when the writer already has it) beside it, atomically."""
-    digest = digest or digest_file(path)
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` beside `path` and rename it over `path`: readers see the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(digest + "\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.chmod(tmp, ordinary_mode())
-        os.replace(tmp, checksum_path(path))
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_checksum(path: Path, digest: str | None = None) -> None:
+    """Record `path`'s checksum (`digest`, when the writer already has it) beside it, atomically."""
+    replace_atomically(checksum_path(path), ((digest or digest_file(path)) + "\n").encode())
 
 
 class Problem(NamedTuple):
@@ -168,10 +172,7 @@ def _compact(root: Path, cache: Path) -> None:
         path = root / key.split(" ", 4)[-1]
         if path.is_file() and _stat_key(root, path) == key:
             current.add(key)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f"{_CACHE}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write("".join(f"{key}\n" for key in sorted(current)))
-    os.replace(tmp, cache)
+    replace_atomically(cache, "".join(f"{key}\n" for key in sorted(current)).encode())
 
 
 ARTIFACT_FOLDERS = ("tables", "activations", "dictionaries", "graphs")

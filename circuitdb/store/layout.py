@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store.integrity import ordinary_mode, write_checksum
+from circuitdb.store.integrity import replace_atomically, write_checksum
 
 
 class Store:
@@ -57,14 +55,6 @@ def atomic_write_bytes(path: Path, data: bytes, checksum: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a partial one; its
     checksum is recorded beside it (verified where it is read), unless the file is not the store's."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, ordinary_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, data)
     if checksum:
         write_checksum(path, hashlib.sha256(data).hexdigest())
