@@ -55,6 +55,11 @@ class ActivationSource:
         self._layouts: dict[tuple[str, str], _ShardLayout] = {}
 
     @property
+    def shard_checksums(self) -> list[str]:
+        """The sha256 of every shard this source reads (what results trained on it depend on)."""
+        return [shard["sha256"] for manifest in self.manifests.values() for shard in manifest["shards"]]
+
+    @property
     def n_tokens(self) -> int:
         """Training tokens per epoch (after dropping position 0 if configured)."""
         fp = next(iter(self.manifests.values()))["fingerprint"]

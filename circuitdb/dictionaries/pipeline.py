@@ -64,9 +64,7 @@ def build_layer_dictionary(
     checkpoint = store.root / "checkpoints" / cfg.name / f"layer_{layer}.pt"
     partition = f"{cfg.name}-layer-{layer:03d}"
     imported = _imported(store, cfg.name, layer, input_hook, target_hook)
-    shards = [
-        s["sha256"] for source in (train_source, eval_source) for m in source.manifests.values() for s in m["shards"]
-    ]
+    shards = train_source.shard_checksums + eval_source.shard_checksums
     recipe = fingerprint(
         asdict(cfg.dictionary), asdict(cfg.train), cfg.ce_eval_blocks, input_hook, target_hook, lm.name, shards
     )

@@ -228,8 +228,9 @@ def build_layer_features(
     source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
     partition = f"{name}-layer-{layer:03d}"
     weights = store.dictionary_dir(name, layer) / "weights.safetensors"
-    shards = [s["sha256"] for m in source.manifests.values() for s in m["shards"]]
-    inputs = fingerprint(recorded_checksum(weights), asdict(cfg or FeatureStatsConfig()), lm.name, shards)
+    inputs = fingerprint(
+        recorded_checksum(weights), asdict(cfg or FeatureStatsConfig()), lm.name, source.shard_checksums
+    )
     outputs = [store.table_file("exemplars", partition), store.table_file("features", partition)]
     if is_finished(store, "feature_stats", partition, inputs):
         return pq.read_metadata(outputs[1]).num_rows, pq.read_metadata(outputs[0]).num_rows
