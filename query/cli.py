@@ -234,8 +234,9 @@ def dictionary_sweep(
     """Train the configured recipe at several sparsities (and seeds) on one layer; held-out metrics per
     point in the `sweeps` table, and per k their mean ± 95% interval."""
     from circuitdb.corpus import load_stored_corpus
-    from circuitdb.dictionaries.sweep import summary, sweep_layer
+    from circuitdb.dictionaries.sweep import sweep_layer
     from circuitdb.models import load_model
+    from circuitdb.store.sweeps import summary
 
     try:
         ks = sorted({int(value) for value in k.split(",")})

@@ -13,6 +13,7 @@ from circuitdb.store import Store, parse_feature_id, read_table, sql_literal, wr
 from circuitdb.store.graphs import graph_json_path, graph_row
 from circuitdb.store.integrity import verify
 from circuitdb.store.layout import atomic_write_bytes
+from circuitdb.store.sweeps import summary
 from query.engine import QueryResult, run_sql
 
 NOT_BUILT = {
@@ -194,8 +195,6 @@ def dictionary_metrics(store: Store) -> list[dict]:
 
 def sweep_summaries(store: Store) -> list[dict]:
     """Each swept (dictionary, layer): per k the mean ± 95% interval of its held-out metrics over seeds."""
-    from circuitdb.dictionaries.sweep import summary
-
     if "sweeps" not in store.table_names():
         return []
     rows = read_table(store, "sweeps")

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from circuitdb.dictionaries.sweep import interval, summary
+from circuitdb.store.sweeps import interval, summary
 
 
 def test_the_interval_is_students_t() -> None:

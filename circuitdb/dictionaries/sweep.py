@@ -1,12 +1,10 @@
 """Sparsity sweeps: the same recipe trained at several k (and seeds) on the stored activations of one
-layer, each point evaluated on the held-out split; a summary per k gives the mean and a 95% interval
-over seeds (Student's t), as comparisons of dictionaries at equal L0 need."""
+layer, each point evaluated on the held-out split into the `sweeps` table (summarized per k by
+circuitdb/store/sweeps.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics
 from datetime import UTC, datetime
 
 import polars as pl
@@ -20,11 +18,7 @@ from circuitdb.dictionaries.train import train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, write_partition
-
-METRICS = ("fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
-"""What each sweep point records, and the summary averages."""
-_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-"""Student's t at 97.5% by degrees of freedom (a two-sided 95% interval); 1.96 past 9."""
+from circuitdb.store.sweeps import METRICS
 
 
 def sweep_layer(
@@ -68,25 +62,3 @@ def sweep_layer(
     frame = pl.DataFrame(rows)
     write_partition(store, "sweeps", f"{cfg.name}-layer-{layer:03d}", frame)
     return frame
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the two-sided 95% interval) of independent runs; 0 width for a single run."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    t = _T_975.get(len(values) - 1, 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def summary(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per k: the number of seeds and each metric's mean and 95% half-width, by increasing k."""
-    out = []
-    for k in sorted(rows["k"].unique().to_list()):
-        at_k = rows.filter(pl.col("k") == k)
-        entry = {"k": k, "seeds": at_k.height}
-        for metric in METRICS:
-            mean, half = interval(at_k[metric].to_list())
-            entry |= {metric: mean, f"{metric}_ci95": half}
-        out.append(entry)
-    return pl.DataFrame(out)
