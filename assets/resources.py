@@ -16,7 +16,7 @@ class ProjectResource(dg.ConfigurableResource):
     config_file: str | None = None
     """Path of a circuitdb.yaml; None reads ./circuitdb.yaml when present, else the embedded default."""
     store: str | None = None
-    """Overrides `store`: the folder every asset writes to."""
+    """Overrides `store`: the folder or object-store URI (s3://bucket/prefix) every asset writes to."""
     model: str | None = None
     """Overrides `model.spec`."""
     device: str | None = None
@@ -25,6 +25,15 @@ class ProjectResource(dg.ConfigurableResource):
     def load(self) -> ProjectConfig:
         overrides = {"store": self.store, "model.spec": self.model, "model.device": self.device}
         return load_config(self.config_file, overrides)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A store on object storage: its local mirror is brought in step before the step runs."""
+        Store(self.load().store).pull()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """...and what the step wrote is published after it, also when it failed: every file is whole, and
+        a later step resumes from it (shards, checkpoints, finished layers)."""
+        Store(self.load().store).push()
 
     def open_stage(self) -> tuple[ProjectConfig, Store, LoadedModel, TokenizedCorpus]:
         """What every model-running stage after the corpus starts from: config, store, model, stored corpus."""

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.remote import cache_folder, is_remote
 
 HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 """Hook points per layer, in the order the residual stream passes them."""
@@ -270,7 +271,13 @@ class ProjectConfig:
 
     @property
     def store_path(self) -> Path:
-        return Path(self.store).expanduser().resolve()
+        """The store's local folder (for a store on object storage, its local mirror)."""
+        return cache_folder(self.store) if is_remote(self.store) else Path(self.store).expanduser().resolve()
+
+    @property
+    def store_location(self) -> str:
+        """The store as written into an effective configuration: a resolved folder, or the URI."""
+        return self.store if is_remote(self.store) else str(self.store_path)
 
 
 CONFIG_FILE = "circuitdb.yaml"

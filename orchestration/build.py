@@ -32,7 +32,7 @@ def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     reads exactly it, and it records how the store was built.
     """
     layers = project_layers(config)  # validates model and layers before anything is written
-    config = dataclasses.replace(config, store=str(config.store_path))
+    config = dataclasses.replace(config, store=config.store_location)
     effective = config.store_path / EFFECTIVE_CONFIG
     atomic_write_bytes(effective, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
     project = ProjectResource(config_file=str(effective))

@@ -116,7 +116,7 @@ def build(
 
     checks = build_all(project)
     opened = Store.open_existing(_config(config, store=store).store)
-    typer.echo(f"store ready at {opened.root}")
+    typer.echo(f"store ready at {opened.location}")
     for table in opened.table_names():
         typer.echo(f"  {table}: {count_rows(opened, table)} rows")
     failed = [c for c in checks if not c.passed]
@@ -132,6 +132,7 @@ def check(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, con
     from circuitdb.store.integrity import check_files, rebuild_target
 
     opened = _store(store, config)
+    opened.pull(large=True)  # on object storage: every file, to hash it
     report = check_files(opened.root, progress=True)
     rows = [
         (str(p.path.relative_to(opened.root)), p.problem, rebuild_target(opened.root, p.path)) for p in report.problems
@@ -214,7 +215,9 @@ def dictionary_import(
     dictionaries = read_dictionaries(folder, fmt.value if fmt else None, hint)
     project = _config(config, store=store)
     lm = load_model(project.model.spec, project.model.device)
-    rows = import_dictionary_set(Store(project.store), lm, dictionaries)
+    opened = Store(project.store)
+    rows = import_dictionary_set(opened, lm, dictionaries)
+    opened.push()
     typer.echo(
         f"imported {dictionaries.name!r} ({dictionaries.format}, {dictionaries.kind}, "
         f"{rows[0]['input_hook'].split('.')[0]} → {rows[0]['target_hook'].split('.')[0]}): "
@@ -247,6 +250,7 @@ def dictionary_sweep(
     lm = load_model(project.model.spec, project.model.device)
     corpus = load_stored_corpus(opened, project.corpus.name)
     rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)))
+    opened.push()
     table = summary(rows)
     if fmt is not OutputFormat.table:
         render(QueryResult(table.columns, [], table.rows()), fmt)
@@ -403,6 +407,7 @@ def graph_build(
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
     row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr)
+    opened.push()
     record_graph(opened.root, row, project.viewer_url)  # its partition in the UI, materialized
     keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]
@@ -498,6 +503,7 @@ def steer(
     row, changes = steer_prompt(
         opened, lm, project.attribution, prompt, feature, mode, value, where, freeze_attention, generate, k
     )
+    opened.push()
     if fmt is OutputFormat.table:
         typer.echo(f"top token: {row['top_token_before']!r} → {row['top_token_after']!r}")
         if row["generated"]:
@@ -520,7 +526,7 @@ def serve(
 
     project = _config(config, store=store)
     opened = Store.open_existing(project.store)
-    typer.echo(f"serving {opened.root} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    typer.echo(f"serving {opened.location} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     serve_store(opened, Model(project.model.spec, project.model.device, project.dictionaries.name), host, port)
 
 

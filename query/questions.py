@@ -155,7 +155,7 @@ def export_graph_json(store: Store, slug: str, out: Path) -> None:
     """Write the graph's circuit-tracer JSON to `out` (a file; whole or not at all), once it verifies."""
     graph_row(require(store, "graphs"), slug)
     source = graph_json_path(store, slug)
-    if not source.is_file():
+    if not store.fetch(source):
         raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
     _check_target(out)
     verify(store.root, source)

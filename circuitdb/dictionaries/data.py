@@ -22,6 +22,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.harvest import read_manifest
 from circuitdb.models import LoadedModel, capture, resolve_hooks
 from circuitdb.store.integrity import verify
+from circuitdb.store.remote import prefetch
 
 
 @dataclass
@@ -53,6 +54,9 @@ class ActivationSource:
         self.files = shards[0]
         self.d = widths.pop()
         self._layouts: dict[tuple[str, str], _ShardLayout] = {}
+        # a store on object storage: every shard downloads in the background, a read waits for its own
+        shards = [self.run_dir / hook / file for hook in self.manifests for file in self.files]
+        prefetch(self.run_dir.parent.parent, shards)
 
     @property
     def shard_checksums(self) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.remote import mirror_at
 
 _CHUNK = 1 << 22
 _CACHE = ".verified"
@@ -96,6 +97,9 @@ def problem_with(path: Path) -> Problem | None:
 def verify(root: Path, path: Path) -> None:
     """Raise one line naming `path` when it no longer matches the checksum recorded when it was written.
     Cheap after the first time: a verified file is remembered until it changes."""
+    mirror = mirror_at(root)
+    if mirror is not None:
+        mirror.fetch(path)  # a store on object storage: large files come when first read
     sidecar = checksum_path(path)
     if not sidecar.is_file():
         return  # written before checksums: read as before (`circuitdb check` lists it)

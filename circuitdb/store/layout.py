@@ -5,6 +5,8 @@
 <store>/activations/<run>/<hook>/shard-*.safetensors + manifest.json
 <store>/dictionaries/<name>/    <store>/vectors/    <store>/graphs/<slug>.json
 ```
+A store may live on object storage (`s3://bucket/prefix`): `root` is then its local mirror
+(store/remote.py), brought in step by `pull` and published by `push`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,43 @@ from pathlib import Path
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store.integrity import replace_atomically, write_checksum
+from circuitdb.store.remote import Mirror, is_remote, open_mirror
 
 
 class Store:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.mirror: Mirror | None = open_mirror(str(root)) if is_remote(root) else None
+        self.root = self.mirror.root if self.mirror else Path(root).expanduser().resolve()
+        self.location = self.mirror.uri if self.mirror else str(self.root)
+        """Where the store lives: its folder, or its object-store URI."""
 
     @classmethod
     def open_existing(cls, root: str | Path) -> Store:
         """A store that must already hold tables (for readers such as the query CLI)."""
         store = cls(root)
+        store.pull()
         if not store.tables_dir.is_dir():
-            raise CircuitDBError(f"store not found: {store.root} has no tables (run `circuitdb build` first)")
+            raise CircuitDBError(f"store not found: {store.location} has no tables (run `circuitdb build` first)")
         return store
+
+    def pull(self, under: str = "", large: bool = False) -> None:
+        """On object storage: bring the local mirror in step (large files only when `large`). Else nothing."""
+        if self.mirror:
+            self.mirror.pull(under, large)
+
+    def push(self) -> None:
+        """On object storage: publish what this process wrote. Else nothing."""
+        if self.mirror:
+            self.mirror.push()
+
+    def fetch(self, path: Path) -> bool:
+        """Whether `path` (inside the store) exists, downloading it first on object storage."""
+        return self.mirror.fetch(path) if self.mirror else path.exists()
+
+    def prefetch(self, paths: list[Path]) -> None:
+        """On object storage: start downloading `paths` in the background, so a reader does not wait."""
+        if self.mirror:
+            self.mirror.prefetch(paths)
 
     @property
     def tables_dir(self) -> Path:

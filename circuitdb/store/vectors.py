@@ -33,6 +33,7 @@ INDEX_MIN_ROWS = 50_000
 
 
 def _connect(store: Store) -> lancedb.DBConnection:
+    store.pull("vectors/", large=True)
     return _connection(str(store.root / "vectors"))
 
 
