@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -218,3 +224,70 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     )
     build_all(load_config(config))
     return folder / "store"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3-compatible server (moto's standalone mode) on 127.0.0.1 for the session; the AWS
+    environment points at it while the session lasts."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    settings["AWS_REGION"] = "us-east-1"
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    yield endpoint
+    server.terminate()
+    server.wait()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URI of an empty store in a fresh bucket, read through a fresh local mirror."""
+    import boto3
+
+    bucket = f"lab-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("CIRCUITDB_CACHE", str(tmp_path / "mirror"))
+    return f"s3://{bucket}/stores/tiny"
+
+
+def upload_store(folder: Path, uri: str, staging: Path) -> None:
+    """Publish a built store folder at `uri` as a writer would (through a mirror of its own)."""
+    from circuitdb.store.remote import Mirror
+
+    saved = os.environ.get("CIRCUITDB_CACHE")
+    os.environ["CIRCUITDB_CACHE"] = str(staging)
+    try:
+        writer = Mirror(uri)
+        shutil.copytree(folder, writer.root, dirs_exist_ok=True)
+        writer.push()
+    finally:
+        os.environ.pop("CIRCUITDB_CACHE")
+        if saved is not None:
+            os.environ["CIRCUITDB_CACHE"] = saved

@@ -15,13 +15,20 @@ from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.dictionaries.formats import read_dictionaries
 from circuitdb.dictionaries.formats.circuit_tracer import export_transcoders
+from tests.conftest import upload_store
+
+
+@pytest.fixture(params=["folder", "s3"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test taking it runs twice: on a store folder and on a store in an S3 bucket (a local server)."""
+    return str(tmp_path / "store") if request.param == "folder" else request.getfixturevalue("s3_store")
 
 
 @pytest.fixture
-def project(tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str) -> Path:
+def project(tmp_path: Path, store_location: str, llama_dir: Path, text_file: Path, tiny_dictionaries: str) -> Path:
     file = tmp_path / "circuitdb.yaml"
     file.write_text(
-        f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n"
+        f"store: {store_location}\nmodel:\n  spec: {llama_dir}\n"
         f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n" + tiny_dictionaries
     )
     return file
@@ -50,9 +57,14 @@ def test_build_then_query(project: Path, cli) -> None:
 
 
 @pytest.fixture
-def built(built_store: Path, tmp_path: Path, llama_dir: Path) -> tuple[str, str]:
-    """`--config` of a copy of the session's tiny store (commands that write may change it) and the tiny model."""
-    store = shutil.copytree(built_store, tmp_path / "store")
+def built(built_store: Path, store_location: str, tmp_path: Path, llama_dir: Path) -> tuple[str, str]:
+    """`--config` of a copy of the session's tiny store (commands that write may change it) and the tiny model;
+    on S3, the copy is uploaded and read through a fresh mirror."""
+    if store_location.startswith("s3://"):
+        upload_store(built_store, store_location, tmp_path / "writer")
+        store = store_location
+    else:
+        store = shutil.copytree(built_store, store_location)
     config = tmp_path / "circuitdb.yaml"
     config.write_text(f"store: {store}\nmodel:\n  spec: {llama_dir}\n")
     return ("--config", str(config))

@@ -55,8 +55,8 @@ class ActivationSource:
         self.d = widths.pop()
         self._layouts: dict[tuple[str, str], _ShardLayout] = {}
         # a store on object storage: every shard downloads in the background, a read waits for its own
-        shards = [self.run_dir / hook / file for hook in self.manifests for file in self.files]
-        prefetch(self.run_dir.parent.parent, shards)
+        shard_paths = [self.run_dir / hook / file for hook in self.manifests for file in self.files]
+        prefetch(self.run_dir.parent.parent, shard_paths)
 
     @property
     def shard_checksums(self) -> list[str]:

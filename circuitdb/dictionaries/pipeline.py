@@ -6,6 +6,7 @@ Kept out of `assets/` so the CLI, the benchmark and notebooks run exactly what t
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import torch
 from circuitdb.config import CrossLayerConfig, DictionariesConfig
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
-from circuitdb.dictionaries.formats import DictionarySet, load_dictionary, save_dictionary
+from circuitdb.dictionaries.formats import DictionarySet, save_dictionary
 from circuitdb.dictionaries.metrics import (
     clt_splice,
     dictionary_splice,
@@ -26,6 +27,7 @@ from circuitdb.dictionaries.metrics import (
     summarize,
 )
 from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.dictionaries.stored import load_stored
 from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
@@ -111,7 +113,7 @@ def _imported(store: Store, name: str, layer: int, input_hook: str, target_hook:
     folder = store.dictionary_dir(name, layer)
     if not (folder / "config.json").is_file():
         return None
-    coder, meta = load_dictionary(folder)
+    meta = json.loads((folder / "config.json").read_text())  # the weights are read only when imported
     if "imported_from" not in meta:
         return None
     if (meta["input_hook"], meta["target_hook"]) != (input_hook, target_hook):
@@ -119,6 +121,7 @@ def _imported(store: Store, name: str, layer: int, input_hook: str, target_hook:
             f"{folder} was imported as {meta['input_hook']} → {meta['target_hook']}; the configured dictionaries "
             f"map {input_hook} → {target_hook} (set dictionaries.hook_in/hook_out, or import under another name)"
         )
+    coder, _ = load_stored(store, folder.relative_to(store.root).as_posix())
     return coder, {k: meta[k] for k in ("imported_from", "imported_format")}
 
 

@@ -22,7 +22,7 @@ def _rows(store: Store, name: str) -> pl.DataFrame:
     return rows
 
 
-def _load(store: Store, folder: str) -> tuple[SparseCoder | CrossLayerTranscoder, dict]:
+def load_stored(store: Store, folder: str) -> tuple[SparseCoder | CrossLayerTranscoder, dict]:
     """A stored dictionary's folder loaded, once its files match their checksums."""
     for file in ("config.json", "weights.safetensors"):
         verify(store.root, store.root / folder / file)
@@ -34,7 +34,7 @@ def stored_dictionary(store: Store, name: str, layer: int) -> tuple[SparseCoder,
     rows = _rows(store, name).filter(pl.col("layer") == layer)
     if rows.is_empty():
         raise CircuitDBError(f"dictionary {name!r} for layer {layer} is not built yet")
-    return _load(store, rows["path"][0])
+    return load_stored(store, rows["path"][0])
 
 
 def stored_set(store: Store, name: str) -> DictionarySet:
@@ -43,7 +43,7 @@ def stored_set(store: Store, name: str) -> DictionarySet:
     first = rows.row(0, named=True)
     input_kind, output_kind = HookPoint.parse(first["input_hook"]).kind, HookPoint.parse(first["target_hook"]).kind
     if first["kind"] == "clt":
-        clt, _ = _load(store, first["path"])
+        clt, _ = load_stored(store, first["path"])
         source = {0: str(store.root / first["path"])}
         return DictionarySet(name, "circuitdb", clt=clt, sources=source, model=first["model"])
     coders, sources = {}, {}
@@ -53,6 +53,6 @@ def stored_set(store: Store, name: str) -> DictionarySet:
                 f"dictionary {name}/{row['layer']} maps {row['input_hook']} → {row['target_hook']}, "
                 f"unlike the set's {first['input_hook']} → {first['target_hook']}"
             )
-        coders[row["layer"]], _ = _load(store, row["path"])
+        coders[row["layer"]], _ = load_stored(store, row["path"])
         sources[row["layer"]] = str(store.root / row["path"])
     return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])

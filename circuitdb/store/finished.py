@@ -44,7 +44,7 @@ def is_finished(store: Store, step: str, partition: str, inputs: str) -> bool:
             return False
         for relative in record["outputs"]:
             path = store.root / relative
-            if not path.is_file() or not checksum_path(path).is_file():
+            if not store.fetch(path) or not checksum_path(path).is_file():
                 return False
             verify(store.root, path)
     except (CircuitDBError, json.JSONDecodeError, KeyError):
