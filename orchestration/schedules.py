@@ -20,6 +20,7 @@ def stale_graphs(store: Store) -> dict[str, str]:
 
 @dg.schedule(
     cron_schedule="0 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     target=[attribution_graphs],
     description="Hourly: re-attributes every graph whose transcoders were retrained after it was built.",
 )

@@ -11,6 +11,7 @@ from circuitdb.store import Store
 @dg.sensor(
     target=[attribution_graphs],
     minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,  # on wherever a daemon runs: `circuitdb ui`, a deployment
     description="Adds a graph partition for each new prompt of attribution.prompts / attribution.prompts_file, "
     "and requests a run only for prompts whose graph is not in the store yet.",
 )

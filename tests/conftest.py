@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -291,3 +292,36 @@ def upload_store(folder: Path, uri: str, staging: Path) -> None:
         os.environ.pop("CIRCUITDB_CACHE")
         if saved is not None:
             os.environ["CIRCUITDB_CACHE"] = saved
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> dict[str, str]:
+    """A real PostgreSQL server (Debian's `postgresql`, which .ci/run installs) on 127.0.0.1 for the session:
+    the DAGSTER_PG_* settings deploy/dagster.yaml reads. It runs as the `postgres` user when tests run as root."""
+    binaries = _postgres_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; .ci/run does)")
+    folder = Path(tempfile.mkdtemp(prefix="circuitdb-postgres-"))  # not under pytest's root-only folders
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", _free_port()
+    run = lambda *command: subprocess.run([*as_user, *command], check=True, capture_output=True)  # noqa: E731
+    run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dagster")
+    yield {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(port),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+    }
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+    shutil.rmtree(folder, ignore_errors=True)
