@@ -8,7 +8,7 @@ schedule that add and refresh partitions live in `orchestration/`.
 
 import dagster as dg
 
-from assets.partitions import prompt_partitions
+from assets.partitions import gpu_step, prompt_partitions
 from assets.resources import ProjectResource
 from circuitdb.attribution.pipeline import build_graph
 from circuitdb.config import ProjectConfig
@@ -69,7 +69,7 @@ def graph_metadata(row: dict, viewer_url: str) -> dict:
     deps=[dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping()) for name in ("dictionaries", "feature_stats")],
     group_name="circuits",
     kinds={"pytorch", "parquet", "json"},
-    pool="gpu",
+    **gpu_step(),
     check_specs=[
         dg.AssetCheckSpec(
             "graph_validation",

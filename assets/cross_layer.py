@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.partitions import gpu_step
 from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
 from circuitdb.store import count_rows
@@ -13,7 +14,7 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
         deps=["activations"],
         group_name="dictionaries",
         kinds={"pytorch", "safetensors", "parquet"},
-        pool="gpu",
+        **gpu_step(),
     )
     def cross_layer_transcoder(project: ProjectResource) -> dg.MaterializeResult:
         """A cross-layer transcoder reading every mlp_in.l and writing to every later mlp_out (config `clt`)."""

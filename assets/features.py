@@ -98,7 +98,7 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
     @dg.asset(
         name="feature_vectors",
         deps=["feature_stats"],
-        **per_layer_options(partitions),
+        **per_layer_options(partitions, runs_model=False),
         group_name="features",
         kinds={"lancedb"},
     )

@@ -33,10 +33,21 @@ def layer_partitions(config: ProjectConfig) -> dg.StaticPartitionsDefinition:
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
-def per_layer_options(partitions: dg.PartitionsDefinition) -> dict:
-    """Options of every per-layer model asset: a multi-layer backfill is one run (the model loads once
-    and the harvest captures all layers in one forward pass per batch), in the `gpu` pool."""
-    return {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run(), "pool": "gpu"}
+GPU_POD = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
+"""What a model-running step asks of Kubernetes when steps run as jobs (`k8s_job_executor`): one GPU."""
+
+
+def gpu_step() -> dict:
+    """Options of every model-running asset: in the `gpu` pool (the instance's pool limit caps how many run at
+    once), and one GPU per step when steps are Kubernetes jobs."""
+    return {"pool": "gpu", "op_tags": {"dagster-k8s/config": GPU_POD}}
+
+
+def per_layer_options(partitions: dg.PartitionsDefinition, runs_model: bool = True) -> dict:
+    """Options of every per-layer asset: a multi-layer backfill is one run (the model loads once and the
+    harvest captures all layers in one forward pass per batch), on a GPU when it runs the model."""
+    options = {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run()}
+    return options | (gpu_step() if runs_model else {})
 
 
 prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")

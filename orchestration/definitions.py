@@ -20,6 +20,7 @@ from assets.integrity import files_intact_checks
 from assets.partitions import layer_partitions, project_layers
 from assets.resources import ProjectResource
 from circuitdb.config import ProjectConfig, load_config
+from orchestration.executors import executor_from_environment
 from orchestration.schedules import refresh_stale_graphs
 from orchestration.sensors import prompts_file_sensor
 
@@ -43,6 +44,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         sensors=[prompts_file_sensor],
         schedules=[refresh_stale_graphs],
         resources={"project": project or ProjectResource()},
+        executor=executor_from_environment(),
     )
 
 
