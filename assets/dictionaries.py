@@ -1,88 +1,110 @@
 """Dictionary stage: one sparse dictionary per layer, trained on the stored activations.
 
-A multi-layer backfill is one run (single-run policy) that loads the model once and trains the
-layers in turn; the quality check covers every layer the run trained.
+A multi-layer backfill is one run (single-run policy) with one step per layer (assets/layer_steps.py):
+in-process they train in turn on the once-loaded model, with the multiprocess or Kubernetes executor in
+parallel, one GPU each. The quality check covers every layer the run trained.
 """
 
 import dagster as dg
+import polars as pl
 
+from assets.layer_steps import layer_fan_out, layer_step, run_layer_bounds
 from assets.partitions import per_layer_options
 from assets.plots import svg_lines
 from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
-from circuitdb.store import count_rows
+from circuitdb.store import Store, count_rows, read_table
 
 METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 
 
+def _train_layer(project: ProjectResource, layer: int, device: str) -> None:
+    config, store, lm, corpus = project.open_stage(device)
+    build_layer_dictionary(store, lm, corpus, layer, config.dictionaries)
+
+
+def _rows(project: ProjectResource, first: int, last: int) -> list[dict]:
+    """The `dictionaries` rows of the configured set for layers first..last."""
+    config = project.load()
+    table = read_table(Store(config.store), "dictionaries")
+    chosen = table.filter((pl.col("name") == config.dictionaries.name) & pl.col("layer").is_between(first, last))
+    return chosen.sort("layer").to_dicts()
+
+
 def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
-        name="dictionaries",
-        deps=["activations"],
-        **per_layer_options(partitions),
-        group_name="dictionaries",
-        kinds={"pytorch", "safetensors", "parquet"},
-        check_specs=[
-            dg.AssetCheckSpec(
-                "quality",
-                asset="dictionaries",
-                description="Held-out FVU (excl. position 0), dead fraction and L0 within "
-                "dictionaries.max_fvu_excl_pos0, max_dead_frac and l0_range (a warning, not a failed run)",
-            )
-        ],
-    )
-    def dictionaries(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        """Per-layer sparse dictionaries (per-layer transcoders by default): weights under
-        `<store>/dictionaries/<name>/`, one row each in the `dictionaries` table with held-out metrics."""
-        config, store, lm, corpus = project.open_stage()
-        cfg = config.dictionaries
-        rows = []
-        for key in context.partition_keys:
-            row = build_layer_dictionary(store, lm, corpus, int(key), cfg)
-            context.log.info(f"layer {key}: fvu_excl_pos0={row['fvu_excl_pos0']:.3f} l0={row['l0']:.1f}")
-            rows.append(row)
-        failures = [
-            f"layer {r['layer']}: " + ", ".join(problem)
-            for r in rows
-            if (
-                problem := [
-                    text
-                    for bad, text in (
-                        (r["fvu_excl_pos0"] > cfg.max_fvu_excl_pos0, f"fvu_excl_pos0 {r['fvu_excl_pos0']:.3f}"),
-                        (r["dead_frac"] > cfg.max_dead_frac, f"dead_frac {r['dead_frac']:.3f}"),
-                        (not cfg.l0_range[0] <= r["l0"] <= cfg.l0_range[1], f"l0 {r['l0']:.1f}"),
-                    )
-                    if bad
-                ]
-            )
-        ]
+    options = per_layer_options(partitions)
+
+    @dg.op(name="dictionaries_report", ins={"trained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
+    def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+        """The run's metrics, loss curves and viewer links, as the materialization's metadata."""
+        config = project.load()
+        layers = [int(key) for key in context.partition_keys]
+        rows = [r for r in _rows(project, min(layers), max(layers)) if r["layer"] in layers]
+        for r in rows:
+            context.log.info(f"layer {r['layer']}: fvu_excl_pos0={r['fvu_excl_pos0']:.3f} l0={r['l0']:.1f}")
         table = "| " + " | ".join(METRIC_COLUMNS) + " |\n|" + "---|" * len(METRIC_COLUMNS) + "\n"
         table += "\n".join("| " + " | ".join(f"{r[c]:.4g}" for c in METRIC_COLUMNS) + " |" for r in rows)
         curves = svg_lines({f"layer {r['layer']}": r["fvu_curve"] for r in rows}, "training FVU (every 10 steps)")
-        return dg.MaterializeResult(
-            metadata={
+        viewer = config.viewer_url.rstrip("/")
+        name = config.dictionaries.name
+        context.add_output_metadata(
+            {
                 "metrics": dg.MetadataValue.md(table),
                 "loss_curves": dg.MetadataValue.md(curves),
                 "mean_fvu_excl_pos0": sum(r["fvu_excl_pos0"] for r in rows) / len(rows),
                 "layers_in_run": len(rows),
                 "pages": dg.MetadataValue.md(
                     "\n".join(
-                        f"- [layer {r['layer']}: {cfg.name}/{r['layer']}/0 …]"
-                        f"({config.viewer_url.rstrip('/')}/feature/{cfg.name}/{r['layer']}/0)"
+                        f"- [layer {r['layer']}: {name}/{r['layer']}/0 …]({viewer}/feature/{name}/{r['layer']}/0)"
                         for r in rows
                     )
-                    + f"\n\nAll dictionaries: {config.viewer_url.rstrip('/')}/"
+                    + f"\n\nAll dictionaries: {viewer}/"
                 ),
-                "dagster/row_count": count_rows(store, "dictionaries"),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="quality",
-                    passed=not failures,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"failures": dg.MetadataValue.text("\n".join(failures) or "none")},
-                )
-            ],
+                "dagster/row_count": count_rows(Store(config.store), "dictionaries"),
+            }
         )
 
+    fan_out, train = layer_fan_out("dictionaries"), layer_step("dictionaries", _train_layer)
+
+    @dg.graph_asset(
+        name="dictionaries",
+        ins={"activations": dg.AssetIn("activations", dagster_type=dg.Nothing)},
+        partitions_def=options["partitions_def"],
+        backfill_policy=options["backfill_policy"],
+        group_name="dictionaries",
+        kinds={"pytorch", "safetensors", "parquet"},
+        description="Per-layer sparse dictionaries (per-layer transcoders by default): weights under "
+        "`<store>/dictionaries/<name>/`, one row each in the `dictionaries` table with held-out metrics.",
+    )
+    def dictionaries(activations):
+        return report(fan_out(activations).map(lambda start: train(start)).collect())
+
     return dictionaries
+
+
+@dg.asset_check(
+    asset="dictionaries",
+    name="quality",
+    description="Held-out FVU (excl. position 0), dead fraction and L0 within dictionaries.max_fvu_excl_pos0, "
+    "max_dead_frac and l0_range (a warning, not a failed run)",
+)
+def dictionaries_quality(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+    cfg = project.load().dictionaries
+    failures = []
+    for r in _rows(project, *run_layer_bounds(context)):
+        problem = [
+            text
+            for bad, text in (
+                (r["fvu_excl_pos0"] > cfg.max_fvu_excl_pos0, f"fvu_excl_pos0 {r['fvu_excl_pos0']:.3f}"),
+                (r["dead_frac"] > cfg.max_dead_frac, f"dead_frac {r['dead_frac']:.3f}"),
+                (not cfg.l0_range[0] <= r["l0"] <= cfg.l0_range[1], f"l0 {r['l0']:.1f}"),
+            )
+            if bad
+        ]
+        if problem:
+            failures.append(f"layer {r['layer']}: " + ", ".join(problem))
+    return dg.AssetCheckResult(
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"failures": dg.MetadataValue.text("\n".join(failures) or "none")},
+    )

@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from assets.layer_steps import layer_fan_out, layer_step, run_layer_bounds
 from assets.partitions import per_layer_options
 from assets.plots import svg_bars
 from assets.resources import ProjectResource
@@ -13,59 +14,48 @@ from circuitdb.store import Store, count_rows, read_table
 from circuitdb.store.vectors import count_vectors, ensure_index, write_vectors
 
 
+def _encode_layer(project: ProjectResource, layer: int, device: str) -> None:
+    config, store, lm, corpus = project.open_stage(device)
+    build_layer_features(store, lm, corpus, config.dictionaries.name, layer)
+
+
+def _stored_latents(project: ProjectResource, first: int, last: int) -> tuple[pl.DataFrame, int]:
+    """The `features` rows of the configured set for layers first..last, and how many latents those layers'
+    dictionaries have (trained here or imported: the stored widths)."""
+    config = project.load()
+    store, name = Store(config.store), config.dictionaries.name
+    summary = ["feature_id", "dictionary", "layer", "label", "density", "dead"]
+    features = read_table(store, "features", summary).filter(
+        (pl.col("dictionary") == name) & pl.col("layer").is_between(first, last)
+    )
+    widths = read_table(store, "dictionaries", ["name", "layer", "n_latents"]).filter(
+        (pl.col("name") == name) & pl.col("layer").is_between(first, last)
+    )
+    return features, int(widths["n_latents"].sum())
+
+
 def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """One encoding pass per layer yields two tables, so they are two assets of one computation."""
     kinds = {"pytorch", "parquet"}
+    options = per_layer_options(partitions)
 
-    @dg.multi_asset(
-        specs=[
-            dg.AssetSpec(
-                "feature_stats",
-                deps=["dictionaries"],
-                group_name="features",
-                kinds=kinds,
-                description="Statistics of every latent of the per-layer dictionaries: density, activation "
-                "histogram, top/bottom logits, decoder neighbours, a label; dead latents flagged, not dropped. "
-                "Writes the `features` table (the asset is named for the computation, the table for its rows).",
-            ),
-            dg.AssetSpec(
-                "exemplars",
-                deps=["dictionaries"],
-                group_name="features",
-                kinds=kinds,
-                description="Top and quantile exemplar windows of every latent with per-token activations: the "
-                "`exemplars` table, from the same encoding pass as feature_stats.",
-            ),
-        ],
-        check_specs=[
-            dg.AssetCheckSpec(
-                "every_latent_has_a_row",
-                asset="feature_stats",
-                description="The `features` table has one row per latent of every dictionary in the run.",
-            )
-        ],
-        **per_layer_options(partitions),
+    @dg.op(
+        name="feature_stats_report",
+        ins={"encoded": dg.In(dg.Nothing)},
+        out={"feature_stats": dg.Out(dagster_type=dg.Nothing), "exemplars": dg.Out(dagster_type=dg.Nothing)},
     )
-    def feature_stats(context: dg.AssetExecutionContext, project: ProjectResource):
-        """One encoding pass per layer for both tables."""
-        config, store, lm, corpus = project.open_stage()
-        name = config.dictionaries.name
-        counts = {int(key): build_layer_features(store, lm, corpus, name, int(key)) for key in context.partition_keys}
-        summary = ["feature_id", "dictionary", "layer", "label", "density", "dead"]
-        features = read_table(store, "features", summary).filter(
-            (pl.col("dictionary") == name) & pl.col("layer").is_in(list(counts))
-        )
-        widths = read_table(store, "dictionaries", ["name", "layer", "n_latents"]).filter(
-            (pl.col("name") == name) & pl.col("layer").is_in(list(counts))
-        )
-        expected = int(widths["n_latents"].sum())  # trained here or imported: the stored widths
+    def report(context: dg.OpExecutionContext, project: ProjectResource):
+        """Density histogram and label sample of the run's layers; row counts of both tables."""
+        layers = [int(key) for key in context.partition_keys]
+        features, _ = _stored_latents(project, min(layers), max(layers))
+        features = features.filter(pl.col("layer").is_in(layers))
         live = features.filter(~features["dead"])
         sample = live.sample(min(10, live.height), seed=0)
         edges = np.linspace(-6, 0, 25)
         density, _ = np.histogram(np.log10(live["density"].to_numpy().clip(1e-6)), bins=edges)
-        yield dg.MaterializeResult(
-            asset_key="feature_stats",
-            metadata={
+        store = Store(project.load().store)
+        context.add_output_metadata(
+            {
                 "features": features.height,
                 "dead": int(features["dead"].sum()),
                 "density_histogram": dg.MetadataValue.md(
@@ -76,22 +66,52 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
                 ),
                 "dagster/row_count": count_rows(store, "features"),
             },
+            output_name="feature_stats",
         )
-        yield dg.MaterializeResult(
-            asset_key="exemplars",
-            metadata={
-                "exemplars_in_run": sum(c[1] for c in counts.values()),
-                "dagster/row_count": count_rows(store, "exemplars"),
-            },
-        )
-        yield dg.AssetCheckResult(
-            asset_key="feature_stats",
-            check_name="every_latent_has_a_row",
-            passed=features.height == expected,
-            metadata={"rows": features.height, "latents": expected},
-        )
+        context.add_output_metadata({"dagster/row_count": count_rows(store, "exemplars")}, output_name="exemplars")
+        yield dg.Output(None, "feature_stats")
+        yield dg.Output(None, "exemplars")
+
+    fan_out, encode = layer_fan_out("feature_stats"), layer_step("feature_stats", _encode_layer)
+
+    @dg.graph_multi_asset(
+        name="feature_stats",
+        ins={"dictionaries": dg.AssetIn("dictionaries", dagster_type=dg.Nothing)},
+        outs={
+            "feature_stats": dg.AssetOut(
+                group_name="features",
+                kinds=kinds,
+                description="Statistics of every latent of the per-layer dictionaries: density, activation "
+                "histogram, top/bottom logits, decoder neighbours, a label; dead latents flagged, not dropped. "
+                "Writes the `features` table (the asset is named for the computation, the table for its rows).",
+            ),
+            "exemplars": dg.AssetOut(
+                group_name="features",
+                kinds=kinds,
+                description="Top and quantile exemplar windows of every latent with per-token activations: the "
+                "`exemplars` table, from the same encoding pass as feature_stats.",
+            ),
+        },
+        partitions_def=options["partitions_def"],
+        backfill_policy=options["backfill_policy"],
+    )
+    def feature_stats(dictionaries):
+        stats, exemplars = report(fan_out(dictionaries).map(lambda start: encode(start)).collect())
+        return {"feature_stats": stats, "exemplars": exemplars}
 
     return feature_stats
+
+
+@dg.asset_check(
+    asset="feature_stats",
+    name="every_latent_has_a_row",
+    description="The `features` table has one row per latent of every dictionary in the run.",
+)
+def every_latent_has_a_row(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+    features, expected = _stored_latents(project, *run_layer_bounds(context))
+    return dg.AssetCheckResult(
+        passed=features.height == expected, metadata={"rows": features.height, "latents": expected}
+    )
 
 
 def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

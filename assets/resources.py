@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import dagster as dg
 
 from circuitdb.config import ProjectConfig, load_config
@@ -35,13 +37,21 @@ class ProjectResource(dg.ConfigurableResource):
         a later step resumes from it (shards, checkpoints, finished layers)."""
         Store(self.load().store).push()
 
-    def open_stage(self) -> tuple[ProjectConfig, Store, LoadedModel, TokenizedCorpus]:
-        """What every model-running stage after the corpus starts from: config, store, model, stored corpus."""
+    def open_stage(self, device: str | None = None) -> tuple[ProjectConfig, Store, LoadedModel, TokenizedCorpus]:
+        """What every model-running stage after the corpus starts from: config, store, model (on `device`,
+        default the configured one), stored corpus."""
         config = self.load()
         store = Store(config.store)
         return (
             config,
             store,
-            load_model(config.model.spec, config.model.device),
+            _model(config.model.spec, device or config.model.device),
             load_stored_corpus(store, config.corpus.name),
         )
+
+
+@functools.lru_cache(maxsize=2)
+def _model(spec: str, device: str) -> LoadedModel:
+    """The model of a process's steps: per-layer steps run in one process load it once (the in-process build),
+    each in its own process load their own (multiprocess or Kubernetes executors)."""
+    return load_model(spec, device)

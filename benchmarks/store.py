@@ -3,8 +3,8 @@
 Prints one JSON line. Starts its own S3-compatible server (moto, on 127.0.0.1) unless AWS_ENDPOINT_URL is
 set. The two stores do the same work in alternation:
 - harvest: `harvest.layers` of one layer into the store (on S3: the mirror, then the upload);
-- train: that layer's transcoder, read by a machine that has none of the shards (on S3: a fresh mirror that
-  streams the shards in the background, then uploads the dictionary);
+- train: that layer's transcoder (on S3 by a machine that has none of the shards: a fresh mirror that streams
+  them in the background, then uploads the dictionary);
 - query: three typical questions, each as a CLI call would ask it (the store opened, on S3 pulled, then SQL).
 Ratios are S3 over local: throughput for harvest and training (targets >= 0.8), p50 latency for queries (<= 2).
 """
@@ -99,11 +99,8 @@ def main() -> None:
             seconds[name]["harvest"] = _timed(
                 lambda store=store: (harvest_layers(store, lm, corpus, [args.layer], harvest_cfg, False), store.push())
             )
-            if name == "local":  # the training machine: a copy of the store without its shards' pages cached
-                trainer = Store(shutil.copytree(store.root, scratch / "local-trainer"))
-            else:
-                os.environ["CIRCUITDB_CACHE"] = str(scratch / "s3-trainer")
-                trainer = Store(location)
+            os.environ["CIRCUITDB_CACHE"] = str(scratch / f"{name}-trainer")  # on S3: a machine with no shards
+            trainer = Store(location)
             seconds[name]["train"] = _timed(
                 lambda trainer=trainer: (
                     trainer.pull(),

@@ -14,8 +14,8 @@ from assets.activations import build_activations_asset
 from assets.attribution import attribution_graphs
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
-from assets.dictionaries import build_dictionaries_asset
-from assets.features import build_feature_stats_asset, build_feature_vectors_asset
+from assets.dictionaries import build_dictionaries_asset, dictionaries_quality
+from assets.features import build_feature_stats_asset, build_feature_vectors_asset, every_latent_has_a_row
 from assets.integrity import files_intact_checks
 from assets.partitions import layer_partitions, project_layers
 from assets.resources import ProjectResource
@@ -38,9 +38,17 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
     ]
     if config.clt.enabled:
         assets.append(build_cross_layer_asset(project_layers(config)))
+    per_layer = dg.define_asset_job(
+        PER_LAYER_JOB,
+        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == layers]),
+        partitions_def=layers,
+        description="Every per-layer asset for a range of layers: one run, one step per layer where the work is "
+        "per layer (parallel under CIRCUITDB_EXECUTOR=multiprocess or on Kubernetes).",
+    )
     return dg.Definitions(
         assets=assets,
-        asset_checks=files_intact_checks(),
+        jobs=[per_layer],
+        asset_checks=[*files_intact_checks(), dictionaries_quality, every_latent_has_a_row],
         sensors=[prompts_file_sensor],
         schedules=[refresh_stale_graphs],
         resources={"project": project or ProjectResource()},
@@ -48,6 +56,14 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
     )
 
 
+PER_LAYER_JOB = "per_layer"
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions(load_config())
+
+
+def per_layer_job() -> dg.JobDefinition:
+    """The per-layer job of the configured project, reconstructable in another process (`dg.reconstructable`)."""
+    return defs().resolve_job_def(PER_LAYER_JOB)

@@ -9,6 +9,8 @@ import dagster as dg
 import polars as pl
 import torch
 
+from assets.dictionaries import dictionaries_quality
+from assets.features import every_latent_has_a_row
 from assets.partitions import prompt_partitions
 from assets.resources import ProjectResource
 from circuitdb.config import load_config
@@ -64,7 +66,8 @@ def test_materialize_corpus_and_activations(
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
     assets = [a for a in defs.assets if a.partitions_def != prompt_partitions]
-    result = dg.materialize(assets, resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
+    checks = [dictionaries_quality, every_latent_has_a_row]
+    result = dg.materialize([*assets, *checks], resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
     assert result.success
     store = Store(config.store)
     assert read_table(store, "corpora")["n_blocks"].to_list() == [20]

@@ -23,10 +23,17 @@ HELM_RUN_LAUNCHER = SimpleNamespace(  # what the chart's K8sRunLauncher (deploy/
     instance_config_map="circuitdb-dagster-instance",
     postgres_password_secret="dagster-postgresql-secret",
 )
-MODEL_STEPS = {"activations", "dictionaries", "feature_stats", "attribution_graphs", "cross_layer_transcoder"}
+MODEL_STEPS = {
+    "activations",
+    "dictionaries_layer",
+    "feature_stats_layer",
+    "attribution_graphs",
+    "cross_layer_transcoder",
+}
+"""Ops that run the model: one step each (per layer for the per-layer ones)."""
 
 
-def _step_job(settings: dict, asset: dg.AssetsDefinition) -> dict:
+def _step_job(settings: dict, op: dg.OpDefinition) -> dict:
     """What K8sStepHandler.launch_step builds for this asset's step: the executor's container context
     merged with the step's `dagster-k8s/config` tag, then dagster-k8s' own job constructor."""
     executor_context = K8sContainerContext(
@@ -35,14 +42,12 @@ def _step_job(settings: dict, asset: dg.AssetsDefinition) -> dict:
         env_secrets=settings["env_secrets"],
         namespace=settings["job_namespace"],
     )
-    step_context = executor_context.merge(
-        K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(asset.op.tags))
-    )
+    step_context = executor_context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(op.tags)))
     job = construct_dagster_k8s_job(
         job_config=step_context.get_k8s_job_config(settings["job_image"], HELM_RUN_LAUNCHER),
         args=["dagster", "api", "execute_step"],
-        job_name=f"dagster-step-{asset.op.name}".replace("_", "-"),
-        pod_name=f"dagster-step-{asset.op.name}".replace("_", "-"),
+        job_name=f"dagster-step-{op.name}".replace("_", "-"),
+        pod_name=f"dagster-step-{op.name}".replace("_", "-"),
         component="step_worker",
         user_defined_k8s_config=step_context.run_k8s_config,
     )
@@ -66,9 +71,9 @@ def test_each_step_is_a_job_with_the_image_the_store_and_a_gpu_where_it_runs_a_m
     defs = build_definitions(config)
     assert defs.executor.name == "k8s"  # the deployment's choice reached the Definitions
     names = set()
-    for asset in defs.assets:
-        names.add(asset.op.name)
-        spec = _step_job(settings, asset)
+    for op in (op for asset in defs.assets for op in asset.node_def.iterate_op_defs()):
+        names.add(op.name)
+        spec = _step_job(settings, op)
         assert spec["metadata"]["labels"]["app.kubernetes.io/component"] == "step_worker"
         (container,) = spec["spec"]["template"]["spec"]["containers"]
         assert container["image"] == settings["job_image"]
@@ -77,9 +82,9 @@ def test_each_step_is_a_job_with_the_image_the_store_and_a_gpu_where_it_runs_a_m
         assert env["CIRCUITDB_STORE"] == STORE and env["AWS_ENDPOINT_URL"] == "http://minio.circuitdb.svc:9000"
         assert [source["secret_ref"]["name"] for source in container["env_from"]] == settings["env_secrets"]
         limits = (container.get("resources") or {}).get("limits") or {}
-        expected = {"nvidia.com/gpu": "1"} if asset.op.name in MODEL_STEPS else {}
-        assert limits == expected, asset.op.name
-        assert (asset.op.pool == "gpu") == (asset.op.name in MODEL_STEPS)
+        expected = {"nvidia.com/gpu": "1"} if op.name in MODEL_STEPS else {}
+        assert limits == expected, op.name
+        assert (op.pool == "gpu") == (op.name in MODEL_STEPS)
     assert MODEL_STEPS < names
 
 

@@ -7,14 +7,17 @@ safetensors copy under `$CIRCUITDB_CACHE` (default ~/.cache/circuitdb), which lo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +95,31 @@ class LoadedModel:
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         """Each token id decoded on its own: the text tables and pages show for a token."""
         return [self.tokenizer.decode([i]) for i in ids]
+
+
+GPU_LOCKS = Path(tempfile.gettempdir())
+"""Where the per-GPU lock files live that steps on one machine claim GPUs with."""
+
+
+@contextmanager
+def claimed_device(device: str, gpus: int | None = None) -> Iterator[str]:
+    """The device one step of several runs on. With more than one GPU, `auto` waits for a GPU that no other
+    step on this machine holds (a lock file per GPU, released when the step ends), so steps that the
+    executor runs in parallel get one GPU each; otherwise `device` as given."""
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if device != "auto" or gpus < 2:
+        yield device
+        return
+    while True:
+        for index in range(gpus):
+            with open(GPU_LOCKS / f"circuitdb-gpu-{index}.lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield f"cuda:{index}"
+                return
+        time.sleep(0.5)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,0 +1,57 @@
+"""Per-layer work as one Dagster step per layer, so that an executor can run the layers in parallel.
+
+A run over a range of layer partitions (one run, single-run backfill) fans out into one step per layer
+(`<asset>_layer[layer_<L>]`, a dynamic output per partition key), then joins in one report step that
+writes the materialization's metadata. Nothing flows between the steps but order (Nothing-typed outputs):
+each layer reads and writes the store itself, so no IO manager is involved and steps may run in separate
+processes or Kubernetes pods. Each layer step is in the `gpu` pool, asks Kubernetes for one GPU, and
+with several GPUs on one machine claims one for itself (`claimed_device`).
+"""
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from assets.partitions import gpu_step
+from assets.resources import ProjectResource
+from circuitdb.models import claimed_device
+
+LayerWork = Callable[[ProjectResource, int, str], None]
+"""(project, layer, device) → None: the work of one layer, writing its results into the store."""
+
+
+def layer_fan_out(asset: str) -> dg.OpDefinition:
+    @dg.op(name=f"{asset}_layers", ins={"after": dg.In(dg.Nothing)}, out=dg.DynamicOut(dagster_type=dg.Nothing))
+    def fan_out(context: dg.OpExecutionContext):
+        """One step per layer partition of the run."""
+        for key in context.partition_keys:
+            yield dg.DynamicOutput(None, mapping_key=f"layer_{key}")
+
+    return fan_out
+
+
+def layer_step(asset: str, work: LayerWork) -> dg.OpDefinition:
+    options = gpu_step()
+
+    @dg.op(
+        name=f"{asset}_layer",
+        ins={"start": dg.In(dg.Nothing)},
+        out=dg.Out(dagster_type=dg.Nothing),
+        pool=options["pool"],
+        tags=options["op_tags"],
+    )
+    def step(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+        layer = int(context.get_mapping_key().removeprefix("layer_"))
+        with claimed_device(project.load().model.device) as device:
+            work(project, layer, device)
+
+    return step
+
+
+def run_layer_bounds(context: dg.AssetCheckExecutionContext) -> tuple[int, int]:
+    """First and last layer partition of the run a check runs in (all layers when it names none)."""
+    tags = context.run.tags
+    if "dagster/partition" in tags:
+        return int(tags["dagster/partition"]), int(tags["dagster/partition"])
+    start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    return (int(start), int(end)) if start is not None and end is not None else (0, 1 << 30)
