@@ -41,7 +41,6 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
     per_layer = dg.define_asset_job(
         PER_LAYER_JOB,
         selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == layers]),
-        partitions_def=layers,
         description="Every per-layer asset for a range of layers: one run, one step per layer where the work is "
         "per layer (parallel under CIRCUITDB_EXECUTOR=multiprocess or on Kubernetes).",
     )

@@ -1,6 +1,7 @@
 """Where a run's steps execute, chosen by the deployment (`CIRCUITDB_EXECUTOR`), not by the code.
 
 - unset: Dagster's default (steps in subprocesses of the run worker; `circuitdb build` runs in-process);
+- `in_process`: every step in the run worker's process (one model load for all layers);
 - `multiprocess`: each step in its own process on the run worker's machine, at most `CIRCUITDB_MAX_STEPS` at
   once (model-running steps also wait for a slot of the `gpu` pool, see deploy/dagster.yaml);
 - a path to a YAML file of `k8s_job_executor` settings (deploy/k8s-executor.yaml): each step a Kubernetes job,
@@ -33,6 +34,8 @@ def executor_from_environment() -> dg.ExecutorDefinition | None:
     choice = os.environ.get(EXECUTOR_ENV, "")
     if not choice:
         return None
+    if choice == "in_process":
+        return dg.in_process_executor
     if choice == "multiprocess":
         return dg.multiprocess_executor.configured({"max_concurrent": int(os.environ.get("CIRCUITDB_MAX_STEPS", "0"))})
     from dagster_k8s import k8s_job_executor

@@ -1,19 +1,22 @@
 """The shared deployment: Dagster's instance in a real PostgreSQL server (deploy/dagster.yaml), written by
-`circuitdb build` and by runs the daemon launches when a prompt is appended to the prompts file."""
+`circuitdb build` and by runs the daemon launches when a prompt is appended to the prompts file, and shown by
+`circuitdb ui`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
-import yaml
 
 from assets.attribution import configured_prompts
 from circuitdb.config import load_config
@@ -22,10 +25,33 @@ REPO = Path(__file__).resolve().parents[1]
 NEW_PROMPT = "The lazy dog sleeps"
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _graphql(url: str, query: str) -> dict:
+    deadline = time.monotonic() + 120
+    while True:  # the webserver may still be starting
+        try:
+            request = urllib.request.Request(
+                f"{url}/graphql", json.dumps({"query": query}).encode(), {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                body = json.loads(response.read())
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the webserver did not answer"
+            time.sleep(1)
+    assert "errors" not in body, body
+    return body["data"]
+
+
 def _wait_for(condition, seconds: float, what: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
-        assert process.poll() is None, f"the daemon stopped while waiting for {what}"
+        assert process.poll() is None, f"`circuitdb ui` stopped while waiting for {what}"
         assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
         time.sleep(1)
 
@@ -68,10 +94,9 @@ def test_build_and_the_daemon_share_a_postgres_instance(
     with prompts.open("a") as handle:
         handle.write(NEW_PROMPT + "\n")
     slug = {prompt: slug for slug, prompt in configured_prompts(load_config(config_file)).items()}[NEW_PROMPT]
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": "orchestration.definitions"}]}))
-    daemon = subprocess.Popen(
-        [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
+    port = _free_port()
+    ui = subprocess.Popen(  # webserver + daemon, both on the PostgreSQL instance
+        [str(bin_dir / "circuitdb"), "ui", "--port", str(port)],
         env=os.environ,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -83,13 +108,22 @@ def test_build_and_the_daemon_share_a_postgres_instance(
             runs = [run for run in instance.get_runs() if run.tags.get("dagster/partition") == slug]
             return bool(runs) and all(run.is_finished for run in runs)
 
-        _wait_for(launched_run_ended, 240, f"finished run for graph partition {slug}", daemon)
+        _wait_for(launched_run_ended, 240, f"finished run for graph partition {slug}", ui)
+        shown = _graphql(
+            f"http://127.0.0.1:{port}",
+            """{ runsOrError { ... on Runs { results { runId } } }
+                 assetOrError(assetKey: {path: ["dictionaries"]}) { ... on Asset {
+                   assetMaterializations(limit: 20) { partition } } } }""",
+        )
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=60) == 0
     launched = [run for run in instance.get_runs() if run.tags.get("dagster/partition") == slug]
     assert len(launched) == 1 and launched[0].tags.get("dagster/sensor_name") == "prompts_file_sensor"
     assert launched[0].status == dg.DagsterRunStatus.SUCCESS
     records = instance.fetch_materializations(dg.AssetKey("attribution_graphs"), limit=20).records
     assert [r.run_id for r in records if r.partition_key == slug] == [launched[0].run_id]
     assert (store / "graphs" / f"{slug}.json").is_file()
+    # what the UI shows is what build and the daemon did: every run, the build's layer partitions
+    assert {r["runId"] for r in shown["runsOrError"]["results"]} == {run.run_id for run in instance.get_runs()}
+    assert {m["partition"] for m in shown["assetOrError"]["assetMaterializations"]} == {"0", "1", "2"}

@@ -45,10 +45,11 @@ def test_layers_train_in_parallel_processes_within_the_gpu_pool(
     built_store: Path, tmp_path: Path, monkeypatch, gpu_slots: int
 ) -> None:
     store = Path(shutil.copytree(built_store, tmp_path / "store", ignore=shutil.ignore_patterns(".dagster")))
-    shutil.rmtree(store / ".finished" / "dictionaries")  # train again, for real
     before = read_table(Store(store), "dictionaries").sort("layer")
     config = tmp_path / "circuitdb.yaml"
-    config.write_text((built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store)))
+    settings = (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store))
+    assert "epochs: 2\n" in settings
+    config.write_text(settings.replace("epochs: 2\n", "epochs: 150\n"))  # a new recipe: trained again, seconds each
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(
@@ -76,4 +77,4 @@ def test_layers_train_in_parallel_processes_within_the_gpu_pool(
     after = read_table(Store(store), "dictionaries").sort("layer")
     assert after["layer"].to_list() == [0, 1, 2]
     assert (after["created_at"] > before["created_at"]).all()  # retrained, rows replaced
-    assert after["fvu_excl_pos0"].to_list() == pytest.approx(before["fvu_excl_pos0"].to_list(), rel=1e-4)
+    assert (after["fvu_excl_pos0"] < before["fvu_excl_pos0"]).all()  # 75x the steps fit better
