@@ -8,13 +8,16 @@ processes or Kubernetes pods. Each layer step is in the `gpu` pool, asks Kuberne
 with several GPUs on one machine claims one for itself (`claimed_device`).
 """
 
+import multiprocessing
+import os
 from collections.abc import Callable
 
 import dagster as dg
+import torch
 
-from assets.partitions import gpu_step
+from assets.partitions import POOL, gpu_step
 from assets.resources import ProjectResource
-from circuitdb.models import claimed_device
+from circuitdb.models import claimed_device, resolve_device
 
 LayerWork = Callable[[ProjectResource, int, str], None]
 """(project, layer, device) → None: the work of one layer, writing its results into the store."""
@@ -43,9 +46,22 @@ def layer_step(asset: str, work: LayerWork) -> dg.OpDefinition:
     def step(context: dg.OpExecutionContext, project: ProjectResource) -> None:
         layer = int(context.get_mapping_key().removeprefix("layer_"))
         with claimed_device(project.load().model.device) as device:
+            if resolve_device(device).type == "cpu":
+                _share_cores(context)
             work(project, layer, device)
 
     return step
+
+
+def _share_cores(context: dg.OpExecutionContext) -> None:
+    """Steps the multiprocess executor runs side by side on the CPU split its cores by the `gpu` pool's limit:
+    each process would otherwise start one thread per core, and the oversubscribed threads spin against each
+    other (README, benchmarks/parallel.py). In-process steps take turns and keep every core."""
+    if multiprocessing.parent_process() is None:
+        return
+    cores = os.cpu_count() or 1
+    limit = context.instance.event_log_storage.get_concurrency_info(POOL).limit
+    torch.set_num_threads(max(1, cores // (limit or cores)))
 
 
 def run_layer_bounds(context: dg.AssetCheckExecutionContext) -> tuple[int, int]:

@@ -33,6 +33,8 @@ def layer_partitions(config: ProjectConfig) -> dg.StaticPartitionsDefinition:
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
+POOL = "gpu"
+"""The concurrency pool of every model-running step (its limit, set in the instance, caps them)."""
 GPU_POD = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
 """What a model-running step asks of Kubernetes when steps run as jobs (`k8s_job_executor`): one GPU."""
 
@@ -40,7 +42,7 @@ GPU_POD = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"},
 def gpu_step() -> dict:
     """Options of every model-running asset: in the `gpu` pool (the instance's pool limit caps how many run at
     once), and one GPU per step when steps are Kubernetes jobs."""
-    return {"pool": "gpu", "op_tags": {"dagster-k8s/config": GPU_POD}}
+    return {"pool": POOL, "op_tags": {"dagster-k8s/config": GPU_POD}}
 
 
 def per_layer_options(partitions: dg.PartitionsDefinition, runs_model: bool = True) -> dict:
