@@ -27,13 +27,14 @@ def test_steps_claim_distinct_gpus_and_release_them(tmp_path: Path, monkeypatch)
 
 
 def _layer_step_spans(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
+    """(launched, finished) of each layer step's process: a step holds its pool slot for all of it."""
     started: dict[str, float] = {}
     spans = []
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if event is None or not (event.step_key or "").startswith("dictionaries.dictionaries_layer["):
             continue
-        if event.event_type == dg.DagsterEventType.STEP_START:
+        if event.event_type == dg.DagsterEventType.STEP_WORKER_STARTING:  # its process is launched (slot held)
             started[event.step_key] = record.timestamp
         elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
             spans.append((started[event.step_key], record.timestamp))
