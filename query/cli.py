@@ -376,6 +376,66 @@ def feature_top(
     render(top_features(_store(store, config), layer, by, k), fmt)
 
 
+@feature_app.command("explain")
+def feature_explain(
+    feature_id: Annotated[str | None, typer.Argument(help="Feature id <dictionary>/<layer>/<index>.")] = None,
+    layer: Annotated[int | None, typer.Option(min=0, help="Explain this layer's --top densest live features.")] = None,
+    top: Annotated[int, typer.Option(min=1, max=1000, help="How many features with --layer.")] = 10,
+    explainer: Annotated[
+        str, typer.Option(help="'embedded', a .gguf file or HF directory, or an OpenAI-compatible URL (…/v1).")
+    ] = "embedded",
+    explainer_model: Annotated[str, typer.Option(help="Model name to ask an endpoint for.")] = "",
+    score: Annotated[bool, typer.Option("--score/--no-score", help="Score with detection and fuzzing.")] = True,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Explain features in one line each with a chat model (stored in `explanations`), and score the
+    explanations on held-out text as delphi does (stored in `explanation_scores`)."""
+    from circuitdb.corpus import load_stored_corpus
+    from circuitdb.explanations.chat import EndpointChatModel, LocalChatModel
+    from circuitdb.explanations.explain import ChatScorer, explain_features, score_explanations
+    from circuitdb.models import load_model
+    from query.questions import explained_table, explanation_targets
+
+    project = _config(config, store=store)
+    opened = Store.open_existing(project.store)
+    targets = explanation_targets(opened, feature_id, layer, top)
+    if explainer.startswith(("http://", "https://")):
+        chat = EndpointChatModel(explainer, explainer_model)
+    else:
+        chat = LocalChatModel(load_model(explainer, project.model.device))
+    explanations = explain_features(opened, chat, targets)
+    scores = None
+    if score:
+        lm = load_model(project.model.spec, project.model.device)
+        corpus = load_stored_corpus(opened, project.corpus.name)
+        scores = score_explanations(opened, lm, corpus, ChatScorer(chat), explanations)
+    opened.push()
+    render(explained_table(explanations, scores), fmt)
+
+
+explainer_app = typer.Typer(help="A local OpenAI-compatible explainer endpoint.", no_args_is_help=True)
+app.add_typer(explainer_app, name="explainer")
+
+
+@explainer_app.command("serve")
+def explainer_serve(
+    model: Annotated[str, typer.Option(help="'embedded', a .gguf file or an HF directory.")] = "embedded",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8090,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Serve /v1/chat/completions over a local chat model (what `feature explain --explainer URL` can use)."""
+    from circuitdb.explanations.chat import LocalChatModel
+    from circuitdb.models import load_model
+    from query.explainer_endpoint import serve as serve_endpoint
+
+    chat = LocalChatModel(load_model(model, device))
+    typer.echo(f"explainer {chat.name} at http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    serve_endpoint(chat, host, port)
+
+
 graph_app = typer.Typer(help="Attribution graphs (circuit tracing).", no_args_is_help=True)
 app.add_typer(graph_app, name="graph")
 

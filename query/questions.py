@@ -202,3 +202,23 @@ def sweep_summaries(store: Store) -> list[dict]:
     for (dictionary, layer), group in sorted(rows.group_by("dictionary", "layer"), key=lambda item: item[0]):
         out.append({"dictionary": dictionary, "layer": layer, "points": summary(group).to_dicts()})
     return out
+
+
+def explanation_targets(store: Store, feature_id: str | None, layer: int | None, top: int) -> list[str]:
+    """The features `feature explain` works on: one id, or the `top` densest live features of `layer`."""
+    if (feature_id is None) == (layer is None):
+        raise CircuitDBError("give a feature id or --layer (with --top), not both")
+    if feature_id is not None:
+        parse_feature_id(feature_id)
+        return [feature_id]
+    return [row[0] for row in top_features(store, layer, "density", top).rows]
+
+
+def explained_table(explanations: pl.DataFrame, scores: pl.DataFrame | None) -> QueryResult:
+    """One row per feature: its explanation and, when scored, detection and fuzzing accuracy."""
+    table = explanations.select("feature_id", "explanation")
+    for method in ("detection", "fuzzing"):
+        if scores is not None and scores.height:
+            picked = scores.filter(pl.col("method") == method).select("feature_id", pl.col("accuracy").alias(method))
+            table = table.join(picked, on="feature_id", how="left")
+    return QueryResult(table.columns, [], table.rows())

@@ -202,6 +202,38 @@ TABLES: dict[str, TableSchema] = {
             "created_at": (pl.Datetime("us", "UTC"), "when the point was trained"),
         },
     ),
+    "explanations": TableSchema(
+        "one row per feature and explainer: a one-line natural-language explanation written from its exemplars",
+        {
+            "feature_id": (pl.String(), "<dictionary>/<layer>/<index>"),
+            "dictionary": (pl.String(), "dictionary set name"),
+            "layer": (pl.Int32(), "layer of the dictionary"),
+            "index": (pl.Int32(), "latent index"),
+            "explanation": (pl.String(), "what the explainer says the feature detects"),
+            "explainer": (pl.String(), "model spec or endpoint that wrote it"),
+            "prompt_version": (pl.String(), "version of the explanation prompt"),
+            "created_at": (pl.Datetime("us", "UTC"), "when it was written"),
+        },
+    ),
+    "explanation_scores": TableSchema(
+        "one row per feature, explainer and scoring method: how well a scorer predicts the feature from its "
+        "explanation on held-out contexts (delphi's detection and fuzzing)",
+        {
+            "feature_id": (pl.String(), "<dictionary>/<layer>/<index>"),
+            "dictionary": (pl.String(), "dictionary set name"),
+            "layer": (pl.Int32(), "layer of the dictionary"),
+            "explainer": (pl.String(), "who wrote the explanation scored"),
+            "scorer": (pl.String(), "model spec or endpoint that judged"),
+            "method": (pl.String(), "'detection' or 'fuzzing'"),
+            "accuracy": (pl.Float64(), "share of contexts judged right (chance 0.5)"),
+            "precision": (pl.Float64(), "of the contexts judged positive, the share that are"),
+            "recall": (pl.Float64(), "of the positive contexts, the share judged so"),
+            "f1": (pl.Float64(), "harmonic mean of precision and recall"),
+            "n": (pl.Int64(), "contexts judged"),
+            "seed": (pl.Int64(), "seed of the balanced draw"),
+            "created_at": (pl.Datetime("us", "UTC"), "when it was scored"),
+        },
+    ),
     "graph_annotations": TableSchema(
         "one row per supernode a person grouped in the viewer (the only thing the viewer writes)",
         {

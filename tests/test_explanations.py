@@ -1,0 +1,130 @@
+"""Explanations written by a chat model (local, or through an OpenAI-compatible endpoint), stored with their
+explainer and prompt version, and scored on held-out windows."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import uvicorn
+
+from circuitdb.corpus import load_stored_corpus
+from circuitdb.dictionaries.stored import stored_dictionary
+from circuitdb.explanations.chat import EndpointChatModel, LocalChatModel
+from circuitdb.explanations.explain import (
+    PROMPT_VERSION,
+    ChatScorer,
+    explain_features,
+    explanation_prompt,
+    held_out_samples,
+    score_explanations,
+)
+from circuitdb.explanations.scoring import Sample
+from circuitdb.models import capture, load_model, resolve_hooks
+from circuitdb.store import Store, read_table
+from query.explainer_endpoint import make_app
+
+
+class Always:
+    """A chat model that answers every prompt with the same words (and counts the prompts)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer, self.name, self.prompts = answer, f"always-{answer}", []
+
+    def reply(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.prompts += prompts
+        return [self.answer for _ in prompts]
+
+
+@pytest.fixture
+def store(built_store: Path, tmp_path: Path) -> Store:
+    return Store(shutil.copytree(built_store, tmp_path / "store"))
+
+
+def _live(store: Store, layer: int, n: int) -> list[str]:
+    features = read_table(store, "features").filter((pl.col("layer") == layer) & ~pl.col("dead"))
+    return features.sort("density", descending=True)["feature_id"].head(n).to_list()
+
+
+def test_the_prompt_marks_exactly_the_active_tokens() -> None:
+    prompt = explanation_prompt([Sample(["The", " quick", " fox"], [0.0, 0.0, 2.5])], [" jumps", " runs"])
+    assert "1. The quick<< fox>>" in prompt and "' jumps', ' runs'" in prompt
+
+
+def test_explanations_are_stored_per_explainer_and_replaced_one_by_one(store: Store) -> None:
+    chosen = _live(store, 1, 3)
+    first = explain_features(store, Always("words about foxes\nand a second line"), chosen)
+    assert first["explanation"].to_list() == ["words about foxes"] * 3  # one line
+    again = explain_features(store, Always("dogs"), chosen[:1])
+    rows = read_table(store, "explanations").sort("feature_id", "explainer")
+    assert rows.height == 4 and set(rows["prompt_version"]) == {PROMPT_VERSION}
+    assert set(rows.filter(pl.col("explainer") == "always-dogs")["feature_id"]) == {chosen[0]}
+    newer = explain_features(store, Always("cats"), chosen[:1])
+    assert read_table(store, "explanations").height == 5 and again.height == newer.height == 1
+    with pytest.raises(Exception, match="no statistics"):
+        explain_features(store, Always("x"), ["plt/1/9999"])
+
+
+def test_held_out_windows_carry_the_latent_activations(store: Store, llama_dir: Path) -> None:
+    lm = load_model(str(llama_dir), "cpu")
+    corpus = load_stored_corpus(store, "default")
+    coder, meta = stored_dictionary(store, "plt", 1)
+    blocks = corpus.split("eval")
+    samples = held_out_samples(lm, coder, meta["input_hook"], blocks, [0, 5], window=5)
+    with torch.no_grad():  # independently: one block, encoded in one piece
+        acts = capture(lm, blocks[:1].long(), resolve_hooks(lm, [meta["input_hook"]]))[meta["input_hook"]][0]
+        expected = coder.encode(acts)[1:6, 5].tolist()
+    first = [s for s in samples[5][0] + samples[5][1] if s.tokens == lm.token_strings(blocks[0, 1:6].tolist())]
+    assert first and first[0].activations == pytest.approx(expected, abs=1e-5)
+    for active, silent in samples.values():
+        assert all(any(v > 0 for v in s.activations) for s in active)
+        assert all(all(v == 0 for v in s.activations) for s in silent)
+
+
+def test_a_scorer_that_always_says_yes_detects_at_chance(store: Store, llama_dir: Path) -> None:
+    chosen = _live(store, 1, 2)
+    explanations = explain_features(store, Always("anything"), chosen)
+    lm = load_model(str(llama_dir), "cpu")
+    scores = score_explanations(
+        store, lm, load_stored_corpus(store, "default"), ChatScorer(Always("Yes.")), explanations, window=4
+    )
+    detection = scores.filter(pl.col("method") == "detection")
+    assert detection.height >= 1
+    assert (detection["accuracy"] == 0.5).all() and (detection["recall"] == 1.0).all()  # balanced draws
+    assert read_table(store, "explanation_scores").height == scores.height
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_openai_compatible_endpoint_answers_as_the_local_model(store: Store, llama_dir: Path, cli) -> None:
+    local = LocalChatModel(load_model(str(llama_dir), "cpu"))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(local), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/v1"
+        prompts = ["Describe a fox.", "What is Python?"]
+        assert EndpointChatModel(url).reply(prompts, 8) == local.reply(prompts, 8)  # greedy: the same words
+        (chosen,) = _live(store, 2, 1)
+        code, out, err = cli("feature", "explain", chosen, "--explainer", url, "--no-score", "--store", str(store.root))
+        assert code == 0, err
+        rows = read_table(store, "explanations")
+        assert rows["explainer"].to_list() == [url] and rows["feature_id"].to_list() == [chosen]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    code, _, err = cli("feature", "explain", chosen, "--explainer", url, "--store", str(store.root))
+    assert code == 1 and err.strip().splitlines()[-1].startswith(f"error: explainer endpoint {url}")
