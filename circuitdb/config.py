@@ -251,6 +251,22 @@ class AttributionConfig:
 
 
 @dataclass
+class ExplanationsConfig:
+    top_per_layer: int = 0
+    """Densest live features of each layer that the `explanations` asset explains (0: none; `circuitdb feature
+    explain` explains any feature on demand)."""
+    layers: list[int] | None = None
+    """Layers the asset explains (None: every project layer)."""
+    explainer: str = "embedded"
+    """Chat model: 'embedded' (SmolLM2-135M-Instruct), a .gguf file or HF directory, or an OpenAI-compatible URL
+    ending in /v1 (vLLM, llama.cpp's server, Ollama, `circuitdb explainer serve`)."""
+    explainer_model: str = ""
+    """Model name to ask an endpoint for."""
+    score: bool = True
+    """Score each explanation on held-out windows (detection and fuzzing), the explainer judging."""
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
     """Folder that holds every table, activation shard, dictionary, vector and graph."""
@@ -266,6 +282,8 @@ class ProjectConfig:
     """An optional cross-layer transcoder over the same activations."""
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     """Attribution graphs: which transcoders, which prompts, how much to keep."""
+    explanations: ExplanationsConfig = field(default_factory=ExplanationsConfig)
+    """Natural-language explanations of features, and their scores."""
     viewer_url: str = "http://127.0.0.1:8080"
     """Where `circuitdb serve` answers: Dagster's metadata links each graph and dictionary to its page there."""
 

@@ -15,6 +15,7 @@ from assets.attribution import attribution_graphs
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset, dictionaries_quality
+from assets.explanations import build_explanations_asset
 from assets.features import build_feature_stats_asset, build_feature_vectors_asset, every_latent_has_a_row
 from assets.integrity import files_intact_checks
 from assets.partitions import layer_partitions, project_layers
@@ -34,6 +35,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_dictionaries_asset(layers),
         build_feature_stats_asset(layers),
         build_feature_vectors_asset(layers),
+        build_explanations_asset(layers),
         attribution_graphs,
     ]
     if config.clt.enabled:

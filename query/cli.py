@@ -393,24 +393,20 @@ def feature_explain(
     """Explain features in one line each with a chat model (stored in `explanations`), and score the
     explanations on held-out text as delphi does (stored in `explanation_scores`)."""
     from circuitdb.corpus import load_stored_corpus
-    from circuitdb.explanations.chat import EndpointChatModel, LocalChatModel
-    from circuitdb.explanations.explain import ChatScorer, explain_features, score_explanations
+    from circuitdb.explanations.chat import chat_model
+    from circuitdb.explanations.explain import explain_and_score
     from circuitdb.models import load_model
     from query.questions import explained_table, explanation_targets
 
     project = _config(config, store=store)
     opened = Store.open_existing(project.store)
-    targets = explanation_targets(opened, feature_id, layer, top)
-    if explainer.startswith(("http://", "https://")):
-        chat = EndpointChatModel(explainer, explainer_model)
-    else:
-        chat = LocalChatModel(load_model(explainer, project.model.device))
-    explanations = explain_features(opened, chat, targets)
-    scores = None
+    targets = explanation_targets(opened, project.dictionaries.name, feature_id, layer, top)
+    chat = chat_model(explainer, explainer_model, project.model.device)
+    scoring = None
     if score:
         lm = load_model(project.model.spec, project.model.device)
-        corpus = load_stored_corpus(opened, project.corpus.name)
-        scores = score_explanations(opened, lm, corpus, ChatScorer(chat), explanations)
+        scoring = (lm, load_stored_corpus(opened, project.corpus.name))
+    explanations, scores = explain_and_score(opened, chat, targets, scoring)
     opened.push()
     render(explained_table(explanations, scores), fmt)
 

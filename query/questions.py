@@ -204,14 +204,20 @@ def sweep_summaries(store: Store) -> list[dict]:
     return out
 
 
-def explanation_targets(store: Store, feature_id: str | None, layer: int | None, top: int) -> list[str]:
+def explanation_targets(
+    store: Store, dictionary: str, feature_id: str | None, layer: int | None, top: int
+) -> list[str]:
     """The features `feature explain` works on: one id, or the `top` densest live features of `layer`."""
+    from circuitdb.explanations.explain import densest_live
+
     if (feature_id is None) == (layer is None):
         raise CircuitDBError("give a feature id or --layer (with --top), not both")
     if feature_id is not None:
         parse_feature_id(feature_id)
         return [feature_id]
-    return [row[0] for row in top_features(store, layer, "density", top).rows]
+    require(store, "features")
+    _check_layer(store, layer)
+    return densest_live(store, dictionary, layer, top)
 
 
 def explained_table(explanations: pl.DataFrame, scores: pl.DataFrame | None) -> QueryResult:

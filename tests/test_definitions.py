@@ -35,6 +35,7 @@ def test_default_definitions_load() -> None:
         "feature_stats",
         "exemplars",
         "feature_vectors",
+        "explanations",
         "attribution_graphs",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]

@@ -128,3 +128,30 @@ def test_an_openai_compatible_endpoint_answers_as_the_local_model(store: Store, 
         thread.join(timeout=10)
     code, _, err = cli("feature", "explain", chosen, "--explainer", url, "--store", str(store.root))
     assert code == 1 and err.strip().splitlines()[-1].startswith(f"error: explainer endpoint {url}")
+
+
+def test_the_asset_explains_each_layers_densest_features(built_store: Path, tmp_path: Path, llama_dir: Path) -> None:
+    import dagster as dg
+
+    from assets.resources import ProjectResource
+    from circuitdb.config import load_config
+    from orchestration.definitions import build_definitions
+
+    store = shutil.copytree(built_store, tmp_path / "store")
+    config_file = tmp_path / "circuitdb.yaml"
+    config_file.write_text(
+        (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store))
+        + f"explanations:\n  top_per_layer: 2\n  layers: [0, 2]\n  explainer: {llama_dir}\n"
+    )
+    project = ProjectResource(config_file=str(config_file))
+    defs = build_definitions(load_config(config_file), project)
+    (asset,) = [a for a in defs.assets if dg.AssetKey("explanations") in a.keys]
+    tags = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}
+    result = dg.materialize([asset], resources={"project": project}, tags=tags)
+    assert result.success
+    rows = read_table(Store(store), "explanations")
+    expected = [fid for layer in (0, 2) for fid in _live(Store(store), layer, 2)]
+    assert sorted(rows["feature_id"]) == sorted(expected) and set(rows["explainer"]) == {str(llama_dir)}
+    (materialization, *_) = result.asset_materializations_for_node("explanations")
+    assert materialization.metadata["explained"].value == 4
+    assert read_table(Store(store), "explanation_scores")["feature_id"].is_in(expected).all()

@@ -27,6 +27,7 @@ MODEL_STEPS = {
     "activations",
     "dictionaries_layer",
     "feature_stats_layer",
+    "explanations_layer",
     "attribution_graphs",
     "cross_layer_transcoder",
 }

@@ -93,3 +93,12 @@ class EndpointChatModel:
 
     def reply(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         return [self._ask(prompt, max_new_tokens) for prompt in prompts]
+
+
+def chat_model(spec: str, endpoint_model: str = "", device: str = "auto") -> ChatModel:
+    """The chat model `spec` names: an OpenAI-compatible URL (…/v1), or a model to load here."""
+    if spec.startswith(("http://", "https://")):
+        return EndpointChatModel(spec, endpoint_model)
+    from circuitdb.models import load_model
+
+    return LocalChatModel(load_model(spec, device))

@@ -185,3 +185,22 @@ def score_explanations(
     if scores.height:
         _merge(store, "explanation_scores", scores, ["feature_id", "explainer", "scorer", "method"])
     return scores
+
+
+def densest_live(store: Store, dictionary: str, layer: int, n: int) -> list[str]:
+    """The `n` live features of highest density of one layer: what is explained when no ids are given."""
+    features = read_table(store, "features", ["feature_id", "dictionary", "layer", "density", "dead"])
+    chosen = features.filter((pl.col("dictionary") == dictionary) & (pl.col("layer") == layer) & ~pl.col("dead"))
+    return chosen.sort("density", descending=True)["feature_id"].head(n).to_list()
+
+
+def explain_and_score(
+    store: Store, chat: ChatModel, feature_ids: list[str], scoring: tuple[LoadedModel, TokenizedCorpus] | None
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Explain `feature_ids`, then (with the subject model and corpus in `scoring`) score the explanations
+    with the explainer as scorer."""
+    explanations = explain_features(store, chat, feature_ids)
+    if scoring is None:
+        return explanations, None
+    lm, corpus = scoring
+    return explanations, score_explanations(store, lm, corpus, ChatScorer(chat), explanations)

@@ -1,0 +1,75 @@
+"""Explanation stage: the densest live features of each layer explained in one line by a chat model, and
+scored on held-out windows (config `explanations`; off while `top_per_layer` is 0).
+
+One step per layer (assets/layer_steps.py); the explainer is loaded once per process.
+"""
+
+import functools
+
+import dagster as dg
+import polars as pl
+
+from assets.layer_steps import layer_fan_out, layer_step
+from assets.partitions import per_layer_options
+from assets.resources import ProjectResource
+from circuitdb.explanations.chat import ChatModel, chat_model
+from circuitdb.explanations.explain import densest_live, explain_and_score
+from circuitdb.store import Store, count_rows, read_table
+
+
+@functools.lru_cache(maxsize=2)
+def _explainer(spec: str, endpoint_model: str, device: str) -> ChatModel:
+    return chat_model(spec, endpoint_model, device)
+
+
+def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
+    config = project.load()
+    cfg = config.explanations
+    if not cfg.top_per_layer or (cfg.layers is not None and layer not in cfg.layers):
+        return
+    _, store, lm, corpus = project.open_stage(device)
+    chosen = densest_live(store, config.dictionaries.name, layer, cfg.top_per_layer)
+    chat = _explainer(cfg.explainer, cfg.explainer_model, device)
+    explain_and_score(store, chat, chosen, (lm, corpus) if cfg.score else None)
+
+
+def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    options = per_layer_options(partitions)
+
+    @dg.op(name="explanations_report", ins={"explained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
+    def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+        """How many features the run explained, their mean scores, and a sample of explanations."""
+        store = Store(project.load().store)
+        layers = [int(key) for key in context.partition_keys]
+        metadata: dict = {"layers_in_run": len(layers)}
+        if "explanations" in store.table_names():
+            rows = read_table(store, "explanations").filter(pl.col("layer").is_in(layers))
+            metadata["explained"] = rows.height
+            metadata["sample"] = dg.MetadataValue.md(
+                "\n".join(
+                    f"- `{fid}`: {text}" for fid, text in rows.select("feature_id", "explanation").head(10).rows()
+                )
+            )
+            metadata["dagster/row_count"] = count_rows(store, "explanations")
+        if "explanation_scores" in store.table_names():
+            scores = read_table(store, "explanation_scores").filter(pl.col("layer").is_in(layers))
+            for method, accuracy in scores.group_by("method").agg(pl.col("accuracy").mean()).iter_rows():
+                metadata[f"mean_{method}_accuracy"] = float(accuracy)
+        context.add_output_metadata(metadata)
+
+    fan_out, explain = layer_fan_out("explanations"), layer_step("explanations", _explain_layer)
+
+    @dg.graph_asset(
+        name="explanations",
+        ins={"feature_stats": dg.AssetIn("feature_stats", dagster_type=dg.Nothing)},
+        partitions_def=options["partitions_def"],
+        backfill_policy=options["backfill_policy"],
+        group_name="features",
+        kinds={"pytorch", "parquet"},
+        description="One-line explanations of each layer's densest live features by a chat model (tables "
+        "`explanations`, `explanation_scores`: delphi's detection and fuzzing on held-out windows).",
+    )
+    def explanations(feature_stats):
+        return report(fan_out(feature_stats).map(lambda start: explain(start)).collect())
+
+    return explanations
