@@ -45,7 +45,27 @@ def feature_page(store: Store, feature_id: str, n_top: int) -> tuple[dict, list[
         f"AND ((kind = 'top' AND rank < {int(n_top)}) OR (kind = 'quantile' AND rank = 0)) "
         'ORDER BY kind DESC, "group" DESC, rank'
     )
-    return found[0], _dicts(run_sql(store, query))
+    return found[0] | _explanation(store, feature_id), _dicts(run_sql(store, query))
+
+
+def _explanation(store: Store, feature_id: str) -> dict:
+    """The feature's latest explanation, its explainer and (when scored) detection and fuzzing accuracy; empty
+    when none was written (the heuristic `label` stands alone)."""
+    if "explanations" not in store.table_names():
+        return {}
+    latest = f"SELECT explanation, explainer FROM explanations WHERE feature_id = {sql_literal(feature_id)} "
+    found = _dicts(run_sql(store, latest + "ORDER BY created_at DESC LIMIT 1"))
+    if not found:
+        return {}
+    explained = found[0]
+    if "explanation_scores" in store.table_names():
+        scores = run_sql(
+            store,
+            f"SELECT method, accuracy FROM explanation_scores WHERE feature_id = {sql_literal(feature_id)} "
+            f"AND explainer = {sql_literal(explained['explainer'])} ORDER BY created_at",
+        )
+        explained |= {method: accuracy for method, accuracy in scores.rows}
+    return explained
 
 
 def graphs_with(store: Store, feature_id: str) -> list[str]:

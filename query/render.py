@@ -71,6 +71,11 @@ def render_feature(feature: dict, exemplars: list[dict]) -> None:
     """A readable page for one feature: stats, histogram, logits, neighbours, exemplars."""
     console = Console()
     console.print(f"[bold]{feature['feature_id']}[/bold]  {feature['label']}")
+    if feature.get("explanation"):
+        scored = ", ".join(f"{m} {feature[m]:.2f}" for m in ("detection", "fuzzing") if m in feature)
+        console.print(
+            f"explanation: {feature['explanation']}  ({feature['explainer']}{'; ' + scored if scored else ''})"
+        )
     console.print(
         f"density {feature['density']:.4%}   max {feature['max_act']:.3g}   mean {feature['mean_act']:.3g}"
         + ("   [red]dead[/red]" if feature["dead"] else "")

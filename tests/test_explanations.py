@@ -155,3 +155,13 @@ def test_the_asset_explains_each_layers_densest_features(built_store: Path, tmp_
     (materialization, *_) = result.asset_materializations_for_node("explanations")
     assert materialization.metadata["explained"].value == 4
     assert read_table(Store(store), "explanation_scores")["feature_id"].is_in(expected).all()
+
+
+def test_the_feature_page_shows_the_latest_explanation_beside_the_label(store: Store, cli) -> None:
+    (chosen,) = _live(store, 1, 1)
+    code, out, _ = cli("feature", "show", chosen, "--store", str(store.root))
+    assert code == 0 and "explanation:" not in out
+    explain_features(store, Always("older words"), [chosen])
+    explain_features(store, Always("newer words"), [chosen])
+    code, out, _ = cli("feature", "show", chosen, "--store", str(store.root))
+    assert code == 0 and "explanation: newer words  (always-newer words)" in out

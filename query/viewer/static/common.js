@@ -17,6 +17,8 @@ function heat(value, peak) {
 function featureCard(f) {
   const logits = (f.top_logits || []).slice(0, 8).map(escapeHTML).join(", ");
   return `<h3><a href="/feature/${encodeURI(f.feature_id)}">${escapeHTML(f.feature_id)}</a></h3>
+    ${f.explanation ? `<p><b>${escapeHTML(f.explanation)}</b> <span class="muted">(${escapeHTML(f.explainer)}${
+      f.detection !== undefined ? `; detection ${Number(f.detection).toFixed(2)}` : ""})</span></p>` : ""}
     <p>${escapeHTML(f.label)}</p>
     <p class="muted">density ${(100 * f.density).toFixed(4)}% · max ${Number(f.max_act).toFixed(3)}</p>
     <p>promotes: ${logits}</p>`;
