@@ -225,11 +225,22 @@ def dictionary_import(
     )
 
 
+class SkipChoice(StrEnum):
+    recipe = "recipe"
+    both = "both"
+    on = "on"
+    off = "off"
+
+
 @dictionary_app.command("sweep")
 def dictionary_sweep(
     layer: Annotated[int, typer.Option(min=0, help="Layer whose stored activations to train on.")],
     k: Annotated[str, typer.Option("--k", help="Comma-separated k values, e.g. 8,16,32,64,128.")],
     seeds: Annotated[int, typer.Option(min=1, max=10, help="Seeds per k (the interval is over them).")] = 3,
+    skip: Annotated[
+        SkipChoice,
+        typer.Option(help="Skip connection: as the recipe has it, both (transcoders vs skip transcoders), on or off."),
+    ] = SkipChoice.recipe,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -249,7 +260,8 @@ def dictionary_sweep(
     opened = Store.open_existing(project.store)
     lm = load_model(project.model.spec, project.model.device)
     corpus = load_stored_corpus(opened, project.corpus.name)
-    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)))
+    skips = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}[skip.value]
+    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)), skips)
     opened.push()
     table = summary(rows)
     if fmt is not OutputFormat.table:
@@ -258,6 +270,7 @@ def dictionary_sweep(
     shown = ["fvu_excl_pos0", "delta_ce", "kl"]
     rows_shown = [
         (
+            "yes" if r["skip"] else "no",
             r["k"],
             r["seeds"],
             *(f"{r[m]:.4f} ± {r[m + '_ci95']:.4f}" for m in shown),
@@ -266,7 +279,7 @@ def dictionary_sweep(
         )
         for r in table.iter_rows(named=True)
     ]
-    render(QueryResult(["k", "seeds", *shown, "l0", "dead_frac"], [], rows_shown), fmt)
+    render(QueryResult(["skip", "k", "seeds", *shown, "l0", "dead_frac"], [], rows_shown), fmt)
 
 
 feature_app = typer.Typer(help="Features of the trained dictionaries.", no_args_is_help=True)

@@ -214,13 +214,14 @@ def dictionary_metrics(store: Store) -> list[dict]:
 
 
 def sweep_summaries(store: Store) -> list[dict]:
-    """Each swept (dictionary, layer): per k the mean ± 95% interval of its held-out metrics over seeds."""
+    """Each swept (dictionary, layer, with or without skip): per k the mean ± 95% interval of its held-out
+    metrics over seeds."""
     if "sweeps" not in store.table_names():
         return []
     rows = read_table(store, "sweeps")
     out = []
-    for (dictionary, layer), group in sorted(rows.group_by("dictionary", "layer"), key=lambda item: item[0]):
-        out.append({"dictionary": dictionary, "layer": layer, "points": summary(group).to_dicts()})
+    for (dictionary, layer, skip), group in sorted(rows.group_by("dictionary", "layer", "skip"), key=lambda i: i[0]):
+        out.append({"dictionary": dictionary, "layer": layer, "skip": skip, "points": summary(group).to_dicts()})
     return out
 
 

@@ -32,7 +32,7 @@ def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_p
     assert code == 0, err
     table = json.loads(out)
     code, out, _ = cli(
-        "sql", "SELECT k, seed, fvu, l0 FROM sweeps ORDER BY k, seed", "-f", "json", "--config", str(config)
+        "sql", "SELECT skip, k, seed, fvu, l0 FROM sweeps ORDER BY k, seed", "-f", "json", "--config", str(config)
     )
     rows = pl.DataFrame(json.loads(out))
     assert rows.select("k", "seed").rows() == [(2, 0), (2, 1), (4, 0), (4, 1)]
@@ -53,3 +53,30 @@ def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_p
     assert code == 1 and "--k must be comma-separated integers" in err
     code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "999", "--config", str(config))
     assert code == 1 and "k must be in 1..64" in err
+
+
+def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, tmp_path: Path, cli) -> None:
+    from starlette.testclient import TestClient
+
+    from circuitdb.store import Store
+    from query.viewer.app import make_app
+
+    store = shutil.copytree(built_store, tmp_path / "store")
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text((built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store)))
+    c = ("--config", str(config))
+    code, out, err = cli(
+        "dictionary", "sweep", "--layer", "1", "--k", "4", "--seeds", "2", "--skip", "both", "-f", "json", *c
+    )
+    assert code == 0, err
+    assert [(e["skip"], e["k"], e["seeds"]) for e in json.loads(out)] == [(False, 4, 2), (True, 4, 2)]
+    sql = "SELECT skip, seed, created_at FROM sweeps ORDER BY skip, seed"
+    first = pl.DataFrame(json.loads(cli("sql", sql, "-f", "json", *c)[1]))
+    assert first.select("skip", "seed").rows() == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "4", "--seeds", "1", "--skip", "on", *c)
+    assert code == 0, err
+    second = pl.DataFrame(json.loads(cli("sql", sql, "-f", "json", *c)[1]))
+    changed = [a != b for a, b in zip(first["created_at"], second["created_at"], strict=True)]
+    assert changed == [False, False, True, False]  # only the re-run point was replaced
+    curves = TestClient(make_app(Store(store))).get("/api/index").json()["sweeps"]
+    assert [(s["layer"], s["skip"]) for s in curves] == [(1, False), (1, True)]

@@ -21,6 +21,11 @@ from circuitdb.store import Store, write_partition
 from circuitdb.store.sweeps import METRICS
 
 
+def point_partition(name: str, layer: int, skip: bool, k: int, seed: int) -> str:
+    """The `sweeps` partition of one point: a re-run of the point replaces it, other points stay."""
+    return f"{name}-layer-{layer:03d}-{'skip' if skip else 'noskip'}-k{k:05d}-seed{seed:03d}"
+
+
 def sweep_layer(
     store: Store,
     lm: LoadedModel,
@@ -29,36 +34,42 @@ def sweep_layer(
     layer: int,
     ks: list[int],
     seeds: list[int],
+    skips: list[bool] | None = None,
     progress: bool = True,
 ) -> pl.DataFrame:
-    """Train `cfg`'s recipe at every k × seed on `layer`; one `sweeps` row per point, written as the
-    partition `<name>-layer-<L>` (a new sweep of the layer replaces it). Returns the rows."""
-    if not ks or not seeds:
+    """Train `cfg`'s recipe at every k × seed (× with and without the skip connection, when `skips` lists
+    both; default the recipe's own) on `layer`; one `sweeps` row per point, each its own partition.
+    Returns the rows."""
+    skips = [cfg.dictionary.skip] if skips is None else skips
+    if not ks or not seeds or not skips:
         raise CircuitDBError("a sweep needs at least one k and one seed")
     for k in ks:
         if not 0 < k <= cfg.dictionary.n_latents:
             raise CircuitDBError(f"k must be in 1..{cfg.dictionary.n_latents} (n_latents), got {k}")
+    if any(skips) and cfg.dictionary.kind != "plt":
+        raise CircuitDBError(f"a skip connection needs a transcoder (kind plt), the recipe is {cfg.dictionary.kind}")
     input_hook, target_hook = f"{cfg.hook_in}.{layer}", f"{cfg.hook_out}.{layer}"
     train = ActivationSource(
         store.activation_run(f"{corpus.name}-train"), [input_hook], [target_hook], cfg.train.exclude_first_position
     )
     held_out = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
     rows = []
-    points = [(k, seed) for k in ks for seed in seeds]
-    for k, seed in tqdm(points, desc=f"sweep layer {layer}", unit="point", disable=not progress):
-        recipe = dataclasses.replace(cfg.dictionary, k=k)
+    points = [(skip, k, seed) for skip in skips for k in ks for seed in seeds]
+    for skip, k, seed in tqdm(points, desc=f"sweep layer {layer}", unit="point", disable=not progress):
+        recipe = dataclasses.replace(cfg.dictionary, k=k, skip=skip)
         result = train_dictionary(recipe, train, dataclasses.replace(cfg.train, seed=seed), None, progress=False)
         metrics = held_out_metrics(result.coder, lm, corpus, held_out, input_hook, cfg.ce_eval_blocks)
-        rows.append(
-            {
-                "dictionary": cfg.name,
-                "layer": layer,
-                "kind": recipe.kind,
-                "skip": recipe.skip,
-                "n_latents": recipe.n_latents,
-            }
-            | {"k": k, "seed": seed, **{m: float(metrics[m]) for m in METRICS}, "created_at": datetime.now(UTC)}
-        )
-    frame = pl.DataFrame(rows)
-    write_partition(store, "sweeps", f"{cfg.name}-layer-{layer:03d}", frame)
-    return frame
+        row = {
+            "dictionary": cfg.name,
+            "layer": layer,
+            "kind": recipe.kind,
+            "skip": skip,
+            "n_latents": recipe.n_latents,
+            "k": k,
+            "seed": seed,
+            **{m: float(metrics[m]) for m in METRICS},
+            "created_at": datetime.now(UTC),
+        }
+        write_partition(store, "sweeps", point_partition(cfg.name, layer, skip, k, seed), pl.DataFrame([row]))
+        rows.append(row)
+    return pl.DataFrame(rows)

@@ -25,11 +25,12 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def summary(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per k: the number of seeds and each metric's mean and 95% half-width, by increasing k."""
+    """Per (skip, k): the number of seeds and each metric's mean and 95% half-width, by increasing k
+    (transcoders without a skip connection first)."""
     out = []
-    for k in sorted(rows["k"].unique().to_list()):
-        at_k = rows.filter(pl.col("k") == k)
-        entry = {"k": k, "seeds": at_k.height}
+    for skip, k in sorted(set(zip(rows["skip"].to_list(), rows["k"].to_list(), strict=True))):
+        at_k = rows.filter((pl.col("skip") == skip) & (pl.col("k") == k))
+        entry = {"skip": skip, "k": k, "seeds": at_k.height}
         for metric in METRICS:
             mean, half = interval(at_k[metric].to_list())
             entry |= {metric: mean, f"{metric}_ci95": half}

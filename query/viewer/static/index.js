@@ -41,7 +41,7 @@ const fixed = (value, digits = 3) => (value == null ? "" : Number(value).toFixed
     const curves = data.sweeps.map(s => ({
       x: s.points.map(p => p.l0), y: s.points.map(p => p.fvu_excl_pos0), text: s.points.map(p => `k=${p.k}, ${p.seeds} seeds`),
       error_y: { type: "data", array: s.points.map(p => p.fvu_excl_pos0_ci95), visible: true },
-      mode: "lines+markers", name: `${s.dictionary} layer ${s.layer}`,
+      mode: "lines+markers", name: `${s.dictionary} layer ${s.layer}${s.skip ? " (skip)" : ""}`,
     }));
     Plotly.newPlot("sweeps", curves, { margin: { t: 10 }, xaxis: { title: "L0", type: "log" },
       yaxis: { title: "FVU (excl. pos 0), mean ± 95%" } });
