@@ -267,6 +267,18 @@ class ExplanationsConfig:
 
 
 @dataclass
+class SweepConfig:
+    layer: int | None = None
+    """Layer whose stored activations the `sweep` asset trains on (None: the asset has nothing to do)."""
+    ks: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    """k values: one partition dimension of the `sweep` asset."""
+    seeds: int = 3
+    """Seeds per k: the other dimension (intervals are over them)."""
+    compare_skip: bool = False
+    """Train every point with and without the skip connection (transcoders vs skip transcoders)."""
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
     """Folder that holds every table, activation shard, dictionary, vector and graph."""
@@ -284,6 +296,8 @@ class ProjectConfig:
     """Attribution graphs: which transcoders, which prompts, how much to keep."""
     explanations: ExplanationsConfig = field(default_factory=ExplanationsConfig)
     """Natural-language explanations of features, and their scores."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """A sparsity sweep of the dictionary recipe on one layer, as Dagster partitions (k, seed)."""
     viewer_url: str = "http://127.0.0.1:8080"
     """Where `circuitdb serve` answers: Dagster's metadata links each graph and dictionary to its page there."""
 

@@ -11,6 +11,7 @@ import yaml
 from assets.attribution import attribution_graphs, configured_prompts, stored_prompts
 from assets.partitions import project_layers, prompt_partitions
 from assets.resources import ProjectResource
+from assets.sweeps import sweep_key
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, atomic_write_bytes
@@ -38,7 +39,8 @@ def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     project = ProjectResource(config_file=str(effective))
     defs = build_definitions(config, project)
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
-    per_layer = [a for a in defs.assets or [] if a not in per_prompt]
+    on_demand = [a for a in defs.assets or [] if sweep_key in a.keys]  # its (k, seed) partitions: UI or CLI
+    per_layer = [a for a in defs.assets or [] if a not in per_prompt + on_demand]
     for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
         (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}

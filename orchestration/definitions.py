@@ -20,6 +20,7 @@ from assets.features import build_feature_stats_asset, build_feature_vectors_ass
 from assets.integrity import files_intact_checks
 from assets.partitions import layer_partitions, project_layers
 from assets.resources import ProjectResource
+from assets.sweeps import build_sweep_asset
 from circuitdb.config import ProjectConfig, load_config
 from orchestration.executors import executor_from_environment
 from orchestration.schedules import refresh_stale_graphs
@@ -37,6 +38,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_feature_vectors_asset(layers),
         build_explanations_asset(layers),
         attribution_graphs,
+        build_sweep_asset(config),
     ]
     if config.clt.enabled:
         assets.append(build_cross_layer_asset(project_layers(config)))

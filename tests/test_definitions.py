@@ -37,6 +37,7 @@ def test_default_definitions_load() -> None:
         "feature_vectors",
         "explanations",
         "attribution_graphs",
+        "sweep",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
     assert [s.name for s in loaded.sensors] == ["prompts_file_sensor"]
@@ -66,7 +67,7 @@ def test_materialize_corpus_and_activations(
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
-    assets = [a for a in defs.assets if a.partitions_def != prompt_partitions]
+    assets = [a for a in defs.assets if a.partitions_def != prompt_partitions and dg.AssetKey("sweep") not in a.keys]
     checks = [dictionaries_quality, every_latent_has_a_row]
     result = dg.materialize([*assets, *checks], resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
     assert result.success

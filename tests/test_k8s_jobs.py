@@ -28,6 +28,7 @@ MODEL_STEPS = {
     "dictionaries_layer",
     "feature_stats_layer",
     "explanations_layer",
+    "sweep",
     "attribution_graphs",
     "cross_layer_transcoder",
 }

@@ -80,3 +80,36 @@ def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, 
     assert changed == [False, False, True, False]  # only the re-run point was replaced
     curves = TestClient(make_app(Store(store))).get("/api/index").json()["sweeps"]
     assert [(s["layer"], s["skip"]) for s in curves] == [(1, False), (1, True)]
+
+
+def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(built_store: Path, tmp_path: Path) -> None:
+    import dagster as dg
+
+    from assets.resources import ProjectResource
+    from circuitdb.config import load_config
+    from circuitdb.store import Store, read_table
+    from orchestration.definitions import build_definitions
+
+    store = shutil.copytree(built_store, tmp_path / "store")
+    config_file = tmp_path / "circuitdb.yaml"
+    config_file.write_text(
+        (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store))
+        + "sweep:\n  layer: 2\n  ks: [2, 4]\n  seeds: 2\n  compare_skip: true\n"
+    )
+    project = ProjectResource(config_file=str(config_file))
+    defs = build_definitions(load_config(config_file), project)
+    (asset,) = [a for a in defs.assets if dg.AssetKey("sweep") in a.keys]
+    assert sorted(asset.partitions_def.get_partition_keys()) == ["2|0", "2|1", "4|0", "4|1"]
+    for key in ("4|1", "2|0"):
+        result = dg.materialize([asset], resources={"project": project}, partition_key=key)
+        assert result.success
+    rows = read_table(Store(store), "sweeps").sort("k", "skip")
+    assert rows.select("layer", "k", "seed", "skip").rows() == [
+        (2, 2, 0, False),
+        (2, 2, 0, True),
+        (2, 4, 1, False),
+        (2, 4, 1, True),
+    ]
+    (materialization,) = result.asset_materializations_for_node("sweep")
+    assert {"fvu_excl_pos0_by_k", "delta_ce_by_k", "points"} <= set(materialization.metadata)
+    assert materialization.metadata["points"].value.count("skip transcoder |") == 2

@@ -1,0 +1,76 @@
+"""Sweep stage: the dictionary recipe at several k and seeds on one layer (config `sweep`), one partition
+per (k, seed), each point into the `sweeps` table; the metadata plots the sweep so far (FVU and ΔCE per k,
+transcoders against skip transcoders when `compare_skip`)."""
+
+import dagster as dg
+import polars as pl
+
+from assets.partitions import gpu_step
+from assets.plots import svg_lines
+from assets.resources import ProjectResource
+from circuitdb.config import ProjectConfig
+from circuitdb.dictionaries.sweep import sweep_layer
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import Store, count_rows, read_table
+from circuitdb.store.sweeps import summary
+
+sweep_key = dg.AssetKey("sweep")
+
+
+def sweep_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition(
+        {
+            "k": dg.StaticPartitionsDefinition([str(k) for k in config.sweep.ks]),
+            "seed": dg.StaticPartitionsDefinition([str(seed) for seed in range(config.sweep.seeds)]),
+        }
+    )
+
+
+def _pareto(rows: pl.DataFrame, layer: int) -> dict:
+    """Per variant, FVU (excl. position 0) and ΔCE by increasing k, mean over seeds, with the intervals."""
+    table = summary(rows)
+    variants = {False: "transcoder", True: "skip transcoder"}
+    ks = sorted(set(table["k"]))
+    plots = {}
+    for metric, title in (("fvu_excl_pos0", "FVU excl. pos 0"), ("delta_ce", "ΔCE")):
+        series = {
+            variants[skip]: table.filter(pl.col("skip") == skip).sort("k")[metric].to_list()
+            for skip in sorted(set(table["skip"]))
+        }
+        plots[f"{metric}_by_k"] = dg.MetadataValue.md(
+            svg_lines(series, f"layer {layer}: {title} at k = {', '.join(map(str, ks))} (L0 = k)")
+        )
+    lines = ["| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 |", "|---|---|---|---|---|---|"]
+    for r in table.iter_rows(named=True):
+        lines.append(
+            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {r['fvu_excl_pos0']:.4f} ± "
+            f"{r['fvu_excl_pos0_ci95']:.4f} | {r['delta_ce']:.4f} ± {r['delta_ce_ci95']:.4f} | {r['l0']:.1f} |"
+        )
+    return plots | {"points": dg.MetadataValue.md("\n".join(lines))}
+
+
+def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=sweep_key,
+        deps=[dg.AssetDep("activations", partition_mapping=dg.AllPartitionMapping())],
+        partitions_def=sweep_partitions(config),
+        group_name="dictionaries",
+        kinds={"pytorch", "parquet"},
+        **gpu_step(),
+    )
+    def sweep(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """One point of a sparsity sweep: the recipe at this partition's k and seed on `sweep.layer`, evaluated
+        on the held-out split (FVU both ways, ΔCE, KL, L0, dead fraction) into the `sweeps` table."""
+        config, store, lm, corpus = project.open_stage()
+        layer = config.sweep.layer
+        if layer is None:
+            raise CircuitDBError("set sweep.layer to the layer to sweep")
+        keys = context.partition_key.keys_by_dimension
+        skips = [False, True] if config.sweep.compare_skip else None
+        sweep_layer(store, lm, corpus, config.dictionaries, layer, [int(keys["k"])], [int(keys["seed"])], skips)
+        swept = read_table(Store(config.store), "sweeps").filter(
+            (pl.col("dictionary") == config.dictionaries.name) & (pl.col("layer") == layer)
+        )
+        return dg.MaterializeResult(metadata=_pareto(swept, layer) | {"dagster/row_count": count_rows(store, "sweeps")})
+
+    return sweep
