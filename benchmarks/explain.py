@@ -3,16 +3,14 @@
 Prints one JSON line: how many features of one layer were explained and scored per minute, the mean
 detection and fuzzing accuracy the 135M explainer (also the scorer) reaches on held-out windows (chance
 0.5), and, unless --no-sweep, the seconds of a sparsity sweep (5 k values x 3 seeds) on that layer.
-The store is copied first, so the benchmark leaves it as it was.
+Its results land in the store like the CLI's (tables explanations, explanation_scores, sweeps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,39 +37,36 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="circuitdb-bench-explain-"))
-    try:
-        store = Store(shutil.copytree(Store.open_existing(args.store).root, work / "store"))
-        config = load_config(store.root / "circuitdb.effective.yaml", {"store": str(store.root)})
-        chosen = [row[0] for row in top_features(store, args.layer, "density", args.features).rows]
-        lm = load_model(config.model.spec, config.model.device)
-        explainer = LocalChatModel(load_model("embedded", config.model.device))
-        corpus = load_stored_corpus(store, config.corpus.name)
+    store = Store.open_existing(args.store)
+    config = load_config(store.root / "circuitdb.effective.yaml", {"store": store.location})
+    chosen = [row[0] for row in top_features(store, args.layer, "density", args.features).rows]
+    lm = load_model(config.model.spec, config.model.device)
+    explainer = LocalChatModel(load_model("embedded", config.model.device))
+    corpus = load_stored_corpus(store, config.corpus.name)
+    started = time.perf_counter()
+    explanations = explain_features(store, explainer, chosen)
+    explained = time.perf_counter() - started
+    scores = score_explanations(store, lm, corpus, ChatScorer(explainer), explanations)
+    total = time.perf_counter() - started
+    accuracy = scores.group_by("method").agg(pl.col("accuracy").mean(), pl.len().alias("n"))
+    means = {row["method"]: (round(row["accuracy"], 3), row["n"]) for row in accuracy.iter_rows(named=True)}
+    result = {
+        "layer": args.layer,
+        "features": len(chosen),
+        "explain_seconds": round(explained, 1),
+        "features_per_min": round(60 * len(chosen) / total, 2),
+        "detection_acc": means.get("detection", (None, 0))[0],
+        "detection_features": means.get("detection", (None, 0))[1],
+        "fuzzing_acc": means.get("fuzzing", (None, 0))[0],
+        "fuzzing_features": means.get("fuzzing", (None, 0))[1],
+        "example": explanations.select("feature_id", "explanation").head(3).rows(),
+    }
+    if not args.no_sweep:
         started = time.perf_counter()
-        explanations = explain_features(store, explainer, chosen)
-        explained = time.perf_counter() - started
-        scores = score_explanations(store, lm, corpus, ChatScorer(explainer), explanations)
-        total = time.perf_counter() - started
-        accuracy = scores.group_by("method").agg(pl.col("accuracy").mean(), pl.len().alias("n"))
-        means = {row["method"]: (round(row["accuracy"], 3), row["n"]) for row in accuracy.iter_rows(named=True)}
-        result = {
-            "layer": args.layer,
-            "features": len(chosen),
-            "explain_seconds": round(explained, 1),
-            "features_per_min": round(60 * len(chosen) / total, 2),
-            "detection_acc": means.get("detection", (None, 0))[0],
-            "detection_features": means.get("detection", (None, 0))[1],
-            "fuzzing_acc": means.get("fuzzing", (None, 0))[0],
-            "fuzzing_features": means.get("fuzzing", (None, 0))[1],
-            "example": explanations.select("feature_id", "explanation").head(3).rows(),
-        }
-        if not args.no_sweep:
-            started = time.perf_counter()
-            sweep_layer(store, lm, corpus, config.dictionaries, args.layer, [8, 16, 32, 64, 128], [0, 1, 2])
-            result["sweep_seconds"] = round(time.perf_counter() - started, 1)
-        print(json.dumps(result))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        sweep_layer(store, lm, corpus, config.dictionaries, args.layer, [8, 16, 32, 64, 128], [0, 1, 2])
+        result["sweep_seconds"] = round(time.perf_counter() - started, 1)
+    store.push()
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
