@@ -8,8 +8,7 @@ parallel, one GPU each. The quality check covers every layer the run trained.
 import dagster as dg
 import polars as pl
 
-from assets.layer_steps import layer_fan_out, layer_step, run_layer_bounds
-from assets.partitions import per_layer_options
+from assets.layer_steps import per_layer_graph_asset, run_layer_bounds
 from assets.plots import svg_lines
 from assets.resources import ProjectResource
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
@@ -32,8 +31,6 @@ def _rows(project: ProjectResource, first: int, last: int) -> list[dict]:
 
 
 def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    options = per_layer_options(partitions)
-
     @dg.op(name="dictionaries_report", ins={"trained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
     def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
         """The run's metrics, loss curves and viewer links, as the materialization's metadata."""
@@ -64,22 +61,17 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
             }
         )
 
-    fan_out, train = layer_fan_out("dictionaries"), layer_step("dictionaries", _train_layer)
-
-    @dg.graph_asset(
-        name="dictionaries",
-        ins={"activations": dg.AssetIn("activations", dagster_type=dg.Nothing)},
-        partitions_def=options["partitions_def"],
-        backfill_policy=options["backfill_policy"],
+    return per_layer_graph_asset(
+        "dictionaries",
+        "activations",
+        partitions,
+        _train_layer,
+        report,
         group_name="dictionaries",
         kinds={"pytorch", "safetensors", "parquet"},
         description="Per-layer sparse dictionaries (per-layer transcoders by default): weights under "
         "`<store>/dictionaries/<name>/`, one row each in the `dictionaries` table with held-out metrics.",
     )
-    def dictionaries(activations):
-        return report(fan_out(activations).map(lambda start: train(start)).collect())
-
-    return dictionaries
 
 
 @dg.asset_check(

@@ -9,8 +9,7 @@ import functools
 import dagster as dg
 import polars as pl
 
-from assets.layer_steps import layer_fan_out, layer_step
-from assets.partitions import per_layer_options
+from assets.layer_steps import per_layer_graph_asset
 from assets.resources import ProjectResource
 from circuitdb.explanations.chat import ChatModel, chat_model
 from circuitdb.explanations.explain import densest_live, explain_and_score
@@ -34,8 +33,6 @@ def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
 
 
 def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    options = per_layer_options(partitions)
-
     @dg.op(name="explanations_report", ins={"explained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
     def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
         """How many features the run explained, their mean scores, and a sample of explanations."""
@@ -57,19 +54,14 @@ def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
                 metadata[f"mean_{method}_accuracy"] = float(accuracy)
         context.add_output_metadata(metadata)
 
-    fan_out, explain = layer_fan_out("explanations"), layer_step("explanations", _explain_layer)
-
-    @dg.graph_asset(
-        name="explanations",
-        ins={"feature_stats": dg.AssetIn("feature_stats", dagster_type=dg.Nothing)},
-        partitions_def=options["partitions_def"],
-        backfill_policy=options["backfill_policy"],
+    return per_layer_graph_asset(
+        "explanations",
+        "feature_stats",
+        partitions,
+        _explain_layer,
+        report,
         group_name="features",
         kinds={"pytorch", "parquet"},
         description="One-line explanations of each layer's densest live features by a chat model (tables "
         "`explanations`, `explanation_scores`: delphi's detection and fuzzing on held-out windows).",
     )
-    def explanations(feature_stats):
-        return report(fan_out(feature_stats).map(lambda start: explain(start)).collect())
-
-    return explanations

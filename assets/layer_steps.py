@@ -15,7 +15,7 @@ from collections.abc import Callable
 import dagster as dg
 import torch
 
-from assets.partitions import POOL, gpu_step
+from assets.partitions import POOL, gpu_step, per_layer_options
 from assets.resources import ProjectResource
 from circuitdb.models import claimed_device, resolve_device
 
@@ -51,6 +51,32 @@ def layer_step(asset: str, work: LayerWork) -> dg.OpDefinition:
             work(project, layer, device)
 
     return step
+
+
+def per_layer_graph_asset(
+    name: str,
+    upstream: str,
+    partitions: dg.PartitionsDefinition,
+    work: LayerWork,
+    report: dg.OpDefinition,
+    **spec,
+) -> dg.AssetsDefinition:
+    """The asset `name` after `upstream`: fan-out → one `work` step per layer → `report` (which writes the
+    materialization's metadata); `spec` holds the asset's group, kinds and description."""
+    options = per_layer_options(partitions)
+    fan_out, step = layer_fan_out(name), layer_step(name, work)
+
+    @dg.graph_asset(
+        name=name,
+        ins={"after": dg.AssetIn(upstream, dagster_type=dg.Nothing)},
+        partitions_def=options["partitions_def"],
+        backfill_policy=options["backfill_policy"],
+        **spec,
+    )
+    def per_layer(after):
+        return report(fan_out(after).map(lambda start: step(start)).collect())
+
+    return per_layer
 
 
 def _share_cores(context: dg.OpExecutionContext) -> None:
