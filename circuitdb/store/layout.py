@@ -49,11 +49,6 @@ class Store:
         """Whether `path` (inside the store) exists, downloading it first on object storage."""
         return self.mirror.fetch(path) if self.mirror else path.exists()
 
-    def prefetch(self, paths: list[Path]) -> None:
-        """On object storage: start downloading `paths` in the background, so a reader does not wait."""
-        if self.mirror:
-            self.mirror.prefetch(paths)
-
     @property
     def tables_dir(self) -> Path:
         return self.root / "tables"
