@@ -31,7 +31,7 @@ from circuitdb.dictionaries.stored import load_stored
 from circuitdb.dictionaries.train import TrainResult, train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
-from circuitdb.store import TABLES, Store, read_table, write_partition
+from circuitdb.store import TABLES, Store, layer_partition, read_table, write_partition
 from circuitdb.store.finished import fingerprint, is_finished, record_finished
 
 
@@ -64,7 +64,7 @@ def build_layer_dictionary(
     )
     eval_source = ActivationSource(store.activation_run(f"{corpus.name}-eval"), [input_hook], [target_hook])
     checkpoint = store.root / "checkpoints" / cfg.name / f"layer_{layer}.pt"
-    partition = f"{cfg.name}-layer-{layer:03d}"
+    partition = layer_partition(cfg.name, layer)
     imported = _imported(store, cfg.name, layer, input_hook, target_hook)
     shards = train_source.shard_checksums + eval_source.shard_checksums
     recipe = fingerprint(
@@ -207,7 +207,7 @@ def import_dictionary_set(store: Store, lm: LoadedModel, dictionaries: Dictionar
         else:
             meta |= {k: partition_rows[0][k] for k in ("name", "layer", "kind", "input_hook", "target_hook")}
         save_dictionary(coder, store.root / folder, meta)
-        partition = f"{name}-clt" if member == "clt" else f"{name}-layer-{member:03d}"
+        partition = f"{name}-clt" if member == "clt" else layer_partition(name, member)
         write_partition(store, "dictionaries", partition, pl.DataFrame(partition_rows))
         written.add(partition)
         rows += partition_rows

@@ -17,13 +17,13 @@ from circuitdb.dictionaries.pipeline import held_out_metrics
 from circuitdb.dictionaries.train import train_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
-from circuitdb.store import Store, write_partition
+from circuitdb.store import Store, layer_partition, write_partition
 from circuitdb.store.sweeps import METRICS
 
 
 def point_partition(name: str, layer: int, skip: bool, k: int, seed: int) -> str:
     """The `sweeps` partition of one point: a re-run of the point replaces it, other points stay."""
-    return f"{name}-layer-{layer:03d}-{'skip' if skip else 'noskip'}-k{k:05d}-seed{seed:03d}"
+    return f"{layer_partition(name, layer)}-{'skip' if skip else 'noskip'}-k{k:05d}-seed{seed:03d}"
 
 
 def sweep_layer(

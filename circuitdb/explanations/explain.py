@@ -22,7 +22,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.explanations.chat import ChatModel
 from circuitdb.explanations.scoring import Sample, Score, detection, fuzzing
 from circuitdb.models import LoadedModel, capture, resolve_hooks
-from circuitdb.store import Store, parse_feature_id, read_table, write_partition
+from circuitdb.store import Store, layer_partition, parse_feature_id, read_table, write_partition
 
 PROMPT_VERSION = "v1"
 """Changes whenever the explanation prompt does: explanations record it."""
@@ -50,9 +50,15 @@ def _one_line(answer: str) -> str:
     return lines[0][:300] if lines else ""
 
 
+def _partitions(feature_ids: list[str]) -> list[str]:
+    """The per-layer partitions (features, exemplars, explanations, scores) that hold these features."""
+    return sorted({layer_partition(*parse_feature_id(fid)[:2]) for fid in feature_ids})
+
+
 def _shown_windows(store: Store, feature_ids: list[str]) -> dict[str, list[Sample]]:
     """Per feature: its top exemplar windows, then one window per quantile group, best first."""
-    exemplars = read_table(store, "exemplars", ["feature_id", "kind", "group", "rank", "tokens", "values"]).filter(
+    columns = ["feature_id", "kind", "group", "rank", "tokens", "values"]
+    exemplars = read_table(store, "exemplars", columns, _partitions(feature_ids)).filter(
         pl.col("feature_id").is_in(feature_ids)
     )
     top = exemplars.filter((pl.col("kind") == "top") & (pl.col("rank") < TOP_SHOWN))
@@ -66,17 +72,17 @@ def _shown_windows(store: Store, feature_ids: list[str]) -> dict[str, list[Sampl
 def _merge(store: Store, table: str, rows: pl.DataFrame, key: list[str]) -> None:
     """Write `rows` into their (dictionary, layer) partitions, replacing earlier rows with the same `key`."""
     for (dictionary, layer), part in rows.group_by("dictionary", "layer"):
-        partition = f"{dictionary}-layer-{layer:03d}"
-        path = store.table_file(table, partition)
-        if store.fetch(path):
-            earlier = read_table(store, table).filter((pl.col("dictionary") == dictionary) & (pl.col("layer") == layer))
+        partition = layer_partition(dictionary, layer)
+        if store.fetch(store.table_file(table, partition)):
+            earlier = read_table(store, table, partitions=[partition])
             part = pl.concat([earlier.join(part.select(key), on=key, how="anti"), part], how="diagonal_relaxed")
         write_partition(store, table, partition, part.sort("feature_id"))
 
 
 def explain_features(store: Store, explainer: ChatModel, feature_ids: list[str]) -> pl.DataFrame:
     """Explain each feature from its stored exemplars and top logits; rows stored in `explanations`."""
-    features = read_table(store, "features", ["feature_id", "dictionary", "layer", "index", "top_logits"]).filter(
+    columns = ["feature_id", "dictionary", "layer", "index", "top_logits"]
+    features = read_table(store, "features", columns, _partitions(feature_ids)).filter(
         pl.col("feature_id").is_in(feature_ids)
     )
     unknown = sorted(set(feature_ids) - set(features["feature_id"]))

@@ -33,7 +33,7 @@ from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.dictionaries.stored import stored_dictionary
 from circuitdb.features.readouts import decoder_neighbours, output_logits, vocabulary_strings
 from circuitdb.models import LoadedModel
-from circuitdb.store import Store, feature_ids, write_partition
+from circuitdb.store import Store, feature_ids, layer_partition, write_partition
 from circuitdb.store.finished import fingerprint, is_finished, record_finished, recorded_checksum
 
 
@@ -226,7 +226,7 @@ def build_layer_features(
     as one `features` and one `exemplars` partition. Returns (features, exemplars) row counts."""
     coder, meta = stored_dictionary(store, name, layer)
     source = ActivationSource(store.activation_run(f"{corpus.name}-train"), [meta["input_hook"]], [])
-    partition = f"{name}-layer-{layer:03d}"
+    partition = layer_partition(name, layer)
     weights = store.dictionary_dir(name, layer) / "weights.safetensors"
     inputs = fingerprint(
         recorded_checksum(weights), asdict(cfg or FeatureStatsConfig()), lm.name, source.shard_checksums

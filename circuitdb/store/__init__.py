@@ -3,7 +3,7 @@
 from circuitdb.store.catalog import connect, sql_literal
 from circuitdb.store.layout import Store, atomic_write_bytes
 from circuitdb.store.parquet import count_rows, read_table, write_partition
-from circuitdb.store.schemas import TABLES, TableSchema, feature_ids, parse_feature_id
+from circuitdb.store.schemas import TABLES, TableSchema, feature_ids, layer_partition, parse_feature_id
 
 __all__ = [
     "TABLES",
@@ -13,6 +13,7 @@ __all__ = [
     "connect",
     "count_rows",
     "feature_ids",
+    "layer_partition",
     "parse_feature_id",
     "read_table",
     "sql_literal",

@@ -35,9 +35,14 @@ def write_partition(store: Store, table: str, partition: str, frame: pl.DataFram
     return frame.height
 
 
-def read_table(store: Store, table: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """All partitions of `table`, or only `columns` of them (empty frame with the schema when none is written yet)."""
+def read_table(
+    store: Store, table: str, columns: list[str] | None = None, partitions: list[str] | None = None
+) -> pl.DataFrame:
+    """All partitions of `table` (or those named in `partitions`), or only `columns` of them (empty frame with
+    the schema when none is written yet)."""
     files = store.partition_files(table)
+    if partitions is not None:
+        files = [path for path in files if path.stem in set(partitions)]
     if not files:
         schema = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
         return pl.DataFrame(schema={name: schema[name] for name in columns or schema})

@@ -269,6 +269,11 @@ def feature_ids(dictionary: str, layer: int | list[int], indices: list[int]) -> 
     return [f"{dictionary}/{lay}/{index}" for lay, index in zip(layers, indices, strict=True)]
 
 
+def layer_partition(dictionary: str, layer: int) -> str:
+    """The partition of a per-layer table (dictionaries, features, exemplars, explanations...) for one layer."""
+    return f"{dictionary}-layer-{layer:03d}"
+
+
 def parse_feature_id(feature_id: str) -> tuple[str, int, int]:
     """A `feature_id` ('<dictionary>/<layer>/<index>', the key joining features, exemplars, vectors and
     graph nodes) → (dictionary, layer, index), or one clear error."""
