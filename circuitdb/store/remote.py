@@ -149,8 +149,8 @@ class Mirror:
             raise _remote_error(self.uri, exc) from None
         return found
 
-    def _download(self, rel: str) -> list:
-        """Download one object into place atomically; returns its record."""
+    def _download(self, rel: str) -> list | None:
+        """Download one object into place atomically; returns its record, or None when the bucket lacks it."""
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -161,6 +161,8 @@ class Mirror:
             os.replace(tmp, target)
         except Exception as exc:
             Path(tmp).unlink(missing_ok=True)
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
             raise _remote_error(self.uri, exc) from None
         return [head["ETag"].strip('"'), *self._local_stat(rel)]
 
@@ -185,7 +187,8 @@ class Mirror:
                     (self.root / rel).unlink(missing_ok=True)  # deleted in the bucket, unchanged here
                     del records[rel]
             for rel, record in zip(wanted, self._pool.map(self._download, wanted), strict=True):
-                records[rel] = record
+                if record is not None:  # None: deleted between the listing and the download
+                    records[rel] = record
         return len(wanted)
 
     def fetch(self, path: Path) -> bool:
@@ -213,13 +216,11 @@ class Mirror:
     def _fetch_one(self, rel: str) -> None:
         try:
             record = self._download(rel)
-        except CircuitDBError as exc:
-            if "404" in str(exc) or "Not Found" in str(exc):
-                return  # not in the bucket: the reader reports the missing file as it would locally
-            raise
         finally:
             with self._thread_lock:
                 self._in_flight.pop(rel, None)
+        if record is None:
+            return  # not in the bucket: the reader reports the missing file as it would locally
         with self._records() as records:
             records[rel] = record
 
