@@ -227,7 +227,8 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     return folder / "store"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1 (for servers a test starts)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -237,7 +238,7 @@ def _free_port() -> int:
 def s3_endpoint() -> str:
     """A real S3-compatible server (moto's standalone mode) on 127.0.0.1 for the session; the AWS
     environment points at it while the session lasts."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -310,7 +311,7 @@ def postgres() -> dict[str, str]:
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     run = lambda *command: subprocess.run([*as_user, *command], check=True, capture_output=True)  # noqa: E731
     run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import psycopg2
 
 from assets.attribution import configured_prompts
 from circuitdb.config import load_config
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_PROMPT = "The lazy dog sleeps"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _graphql(url: str, query: str) -> dict:
@@ -94,7 +88,7 @@ def test_build_and_the_daemon_share_a_postgres_instance(
     with prompts.open("a") as handle:
         handle.write(NEW_PROMPT + "\n")
     slug = {prompt: slug for slug, prompt in configured_prompts(load_config(config_file)).items()}[NEW_PROMPT]
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(  # webserver + daemon, both on the PostgreSQL instance
         [str(bin_dir / "circuitdb"), "ui", "--port", str(port)],
         env=os.environ,

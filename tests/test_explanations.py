@@ -4,7 +4,6 @@ explainer and prompt version, and scored on held-out windows."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from circuitdb.explanations.scoring import Sample
 from circuitdb.models import capture, load_model, resolve_hooks
 from circuitdb.store import Store, read_table
 from query.explainer_endpoint import make_app
+from tests.conftest import free_port
 
 
 class Always:
@@ -100,15 +100,9 @@ def test_a_scorer_that_always_says_yes_detects_at_chance(store: Store, llama_dir
     assert read_table(store, "explanation_scores").height == scores.height
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_openai_compatible_endpoint_answers_as_the_local_model(store: Store, llama_dir: Path, cli) -> None:
     local = LocalChatModel(load_model(str(llama_dir), "cpu"))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(local), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

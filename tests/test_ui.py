@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,11 @@ from circuitdb.store import Store, read_table
 from orchestration.build import build_all
 from orchestration.definitions import build_definitions
 from orchestration.instance import EFFECTIVE_CONFIG, project_instance
+from tests.conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROMPTS = ["The quick brown fox", "def function(argument):"]
 CLI_PROMPT = "Python is a programming language"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _graphql(url: str, query: str) -> dict:
@@ -68,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
     build_all(config)
     built = subprocess.run([cli, "graph", "build", CLI_PROMPT, "-f", "json"], env=env, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([cli, "ui", "--port", str(port)], env=env, cwd=root, stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
