@@ -4,21 +4,13 @@ scored on held-out windows (config `explanations`; off while `top_per_layer` is 
 One step per layer (assets/layer_steps.py); the explainer is loaded once per process.
 """
 
-import functools
-
 import dagster as dg
 import polars as pl
 
 from assets.layer_steps import per_layer_graph_asset
-from assets.resources import ProjectResource
-from circuitdb.explanations.chat import ChatModel, chat_model
+from assets.resources import ProjectResource, explainer
 from circuitdb.explanations.explain import densest_live, explain_and_score
 from circuitdb.store import Store, count_rows, read_table
-
-
-@functools.lru_cache(maxsize=2)
-def _explainer(spec: str, endpoint_model: str, device: str) -> ChatModel:
-    return chat_model(spec, endpoint_model, device)
 
 
 def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
@@ -28,7 +20,7 @@ def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
         return
     _, store, lm, corpus = project.open_stage(device)
     chosen = densest_live(store, config.dictionaries.name, layer, cfg.top_per_layer)
-    chat = _explainer(cfg.explainer, cfg.explainer_model, device)
+    chat = explainer(cfg.explainer, cfg.explainer_model, device)
     explain_and_score(store, chat, chosen, (lm, corpus) if cfg.score else None)
 
 

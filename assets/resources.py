@@ -8,6 +8,7 @@ import dagster as dg
 
 from circuitdb.config import ProjectConfig, load_config
 from circuitdb.corpus import TokenizedCorpus, load_stored_corpus
+from circuitdb.explanations.chat import ChatModel, chat_model
 from circuitdb.models import LoadedModel, load_model
 from circuitdb.store import Store
 
@@ -55,3 +56,9 @@ def _model(spec: str, device: str) -> LoadedModel:
     """The model of a process's steps: per-layer steps run in one process load it once (the in-process build),
     each in its own process load their own (multiprocess or Kubernetes executors)."""
     return load_model(spec, device)
+
+
+@functools.lru_cache(maxsize=2)
+def explainer(spec: str, endpoint_model: str, device: str) -> ChatModel:
+    """The chat model that explains (and scores) features, loaded once per process like the subject model."""
+    return chat_model(spec, endpoint_model, device)

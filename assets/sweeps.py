@@ -7,9 +7,9 @@ import polars as pl
 
 from assets.partitions import gpu_step
 from assets.plots import svg_lines
-from assets.resources import ProjectResource
+from assets.resources import ProjectResource, explainer
 from circuitdb.config import ProjectConfig
-from circuitdb.dictionaries.sweep import sweep_layer
+from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, count_rows, read_table
 from circuitdb.store.sweeps import summary
@@ -26,6 +26,13 @@ def sweep_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
     )
 
 
+def _mean_and_interval(summarized: dict, metric: str) -> str:
+    """'mean ± half-width' of one summary entry, or '–' where nothing was measured (unexplained points)."""
+    if summarized[metric] is None:
+        return "–"
+    return f"{summarized[metric]:.4f} ± {summarized[metric + '_ci95']:.4f}"
+
+
 def _pareto(rows: pl.DataFrame, layer: int) -> dict:
     """Per variant, FVU (excl. position 0) and ΔCE by increasing k, mean over seeds, with the intervals."""
     table = summary(rows)
@@ -40,11 +47,13 @@ def _pareto(rows: pl.DataFrame, layer: int) -> dict:
         plots[f"{metric}_by_k"] = dg.MetadataValue.md(
             svg_lines(series, f"layer {layer}: {title} at k = {', '.join(map(str, ks))} (L0 = k)")
         )
-    lines = ["| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 |", "|---|---|---|---|---|---|"]
+    header = "| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 | detection | fuzzing |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
+        scores = " | ".join(_mean_and_interval(r, score) for score in ("detection_acc", "fuzzing_acc"))
         lines.append(
-            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {r['fvu_excl_pos0']:.4f} ± "
-            f"{r['fvu_excl_pos0_ci95']:.4f} | {r['delta_ce']:.4f} ± {r['delta_ce_ci95']:.4f} | {r['l0']:.1f} |"
+            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {_mean_and_interval(r, 'fvu_excl_pos0')} | "
+            f"{_mean_and_interval(r, 'delta_ce')} | {r['l0']:.1f} | {scores} |"
         )
     return plots | {"points": dg.MetadataValue.md("\n".join(lines))}
 
@@ -67,7 +76,13 @@ def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
             raise CircuitDBError("set sweep.layer to the layer to sweep")
         keys = context.partition_key.keys_by_dimension
         skips = [False, True] if config.sweep.compare_skip else None
-        sweep_layer(store, lm, corpus, config.dictionaries, layer, [int(keys["k"])], [int(keys["seed"])], skips)
+        explain = None
+        if config.sweep.explain_features:
+            cfg = config.explanations
+            chat = explainer(cfg.explainer, cfg.explainer_model, config.model.device)
+            explain = PointExplanations(chat, config.sweep.explain_features)
+        point = [int(keys["k"])], [int(keys["seed"])]
+        sweep_layer(store, lm, corpus, config.dictionaries, layer, *point, skips, explain)
         swept = read_table(Store(config.store), "sweeps").filter(
             (pl.col("dictionary") == config.dictionaries.name) & (pl.col("layer") == layer)
         )

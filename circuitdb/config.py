@@ -276,6 +276,9 @@ class SweepConfig:
     """Seeds per k: the other dimension (intervals are over them)."""
     compare_skip: bool = False
     """Train every point with and without the skip connection (transcoders vs skip transcoders)."""
+    explain_features: int = 0
+    """Densest live latents of every point explained and scored by `explanations.explainer` (0: none; each
+    costs one explanation and about 30 scorer prompts)."""
 
 
 @dataclass

@@ -42,6 +42,10 @@ StoreOption = Annotated[
 ]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="Project file (default: ./circuitdb.yaml).")]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+ExplainerOption = Annotated[
+    str, typer.Option(help="'embedded', a .gguf file or HF directory, or an OpenAI-compatible URL (…/v1).")
+]
+ExplainerModelOption = Annotated[str, typer.Option(help="Model name to ask an endpoint for.")]
 
 
 def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
@@ -241,14 +245,20 @@ def dictionary_sweep(
         SkipChoice,
         typer.Option(help="Skip connection: as the recipe has it, both (transcoders vs skip transcoders), on or off."),
     ] = SkipChoice.recipe,
+    explain: Annotated[
+        int, typer.Option(min=0, max=1000, help="Densest live latents explained and scored at every point.")
+    ] = 0,
+    explainer: ExplainerOption = "embedded",
+    explainer_model: ExplainerModelOption = "",
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Train the configured recipe at several sparsities (and seeds) on one layer; held-out metrics per
-    point in the `sweeps` table, and per k their mean ± 95% interval."""
+    """Train the configured recipe at several sparsities (and seeds) on one layer; held-out metrics (and
+    with --explain, explanation scores) per point in the `sweeps` table, and per k their mean ± 95% interval."""
     from circuitdb.corpus import load_stored_corpus
-    from circuitdb.dictionaries.sweep import sweep_layer
+    from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
+    from circuitdb.explanations.chat import chat_model
     from circuitdb.models import load_model
     from circuitdb.store.sweeps import summary
 
@@ -261,19 +271,22 @@ def dictionary_sweep(
     lm = load_model(project.model.spec, project.model.device)
     corpus = load_stored_corpus(opened, project.corpus.name)
     skips = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}[skip.value]
-    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)), skips)
+    explained = None
+    if explain:
+        explained = PointExplanations(chat_model(explainer, explainer_model, project.model.device), explain)
+    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)), skips, explained)
     opened.push()
     table = summary(rows)
     if fmt is not OutputFormat.table:
         render(QueryResult(table.columns, [], table.rows()), fmt)
         return
-    shown = ["fvu_excl_pos0", "delta_ce", "kl"]
+    shown = ["fvu_excl_pos0", "delta_ce", "kl"] + (["detection_acc", "fuzzing_acc"] if explain else [])
     rows_shown = [
         (
             "yes" if r["skip"] else "no",
             r["k"],
             r["seeds"],
-            *(f"{r[m]:.4f} ± {r[m + '_ci95']:.4f}" for m in shown),
+            *("–" if r[m] is None else f"{r[m]:.4f} ± {r[m + '_ci95']:.4f}" for m in shown),
             f"{r['l0']:.1f}",
             f"{r['dead_frac']:.3f}",
         )
@@ -394,10 +407,8 @@ def feature_explain(
     feature_id: Annotated[str | None, typer.Argument(help="Feature id <dictionary>/<layer>/<index>.")] = None,
     layer: Annotated[int | None, typer.Option(min=0, help="Explain this layer's --top densest live features.")] = None,
     top: Annotated[int, typer.Option(min=1, max=1000, help="How many features with --layer.")] = 10,
-    explainer: Annotated[
-        str, typer.Option(help="'embedded', a .gguf file or HF directory, or an OpenAI-compatible URL (…/v1).")
-    ] = "embedded",
-    explainer_model: Annotated[str, typer.Option(help="Model name to ask an endpoint for.")] = "",
+    explainer: ExplainerOption = "embedded",
+    explainer_model: ExplainerModelOption = "",
     score: Annotated[bool, typer.Option("--score/--no-score", help="Score with detection and fuzzing.")] = True,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,

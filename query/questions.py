@@ -206,11 +206,13 @@ def graph_document(store: Store, slug: str, max_edges: int) -> dict:
 
 
 def dictionary_metrics(store: Store) -> list[dict]:
-    """Each stored dictionary's held-out metrics, by set and layer (none before the first build)."""
+    """Each stored dictionary's held-out metrics and explanation scores, by set and layer (none before the
+    first build)."""
     if "dictionaries" not in store.table_names():
         return []
-    columns = "name, kind, layer, n_latents, fvu, fvu_excl_pos0, l0, dead_frac, delta_ce"
-    return _dicts(run_sql(store, f"SELECT {columns} FROM dictionaries ORDER BY name, layer"))
+    columns = ["name", "kind", "layer", "n_latents", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce"]
+    scores = ["explained_features", "detection_acc", "fuzzing_acc"]
+    return read_table(store, "dictionaries", columns + scores).sort("name", "layer").to_dicts()
 
 
 def sweep_summaries(store: Store) -> list[dict]:

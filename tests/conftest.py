@@ -326,3 +326,14 @@ def postgres() -> dict[str, str]:
     }
     run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class Always:
+    """A chat model that answers every prompt with the same words (and counts the prompts)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer, self.name, self.prompts = answer, f"always-{answer}", []
+
+    def reply(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.prompts += prompts
+        return [self.answer for _ in prompts]

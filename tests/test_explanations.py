@@ -3,6 +3,7 @@ explainer and prompt version, and scored on held-out windows."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -19,27 +20,20 @@ from circuitdb.explanations.chat import EndpointChatModel, LocalChatModel
 from circuitdb.explanations.explain import (
     PROMPT_VERSION,
     ChatScorer,
+    densest_live,
+    explain_and_score_coder,
     explain_features,
     explanation_prompt,
+    held_out,
     held_out_samples,
+    hook_activations,
     score_explanations,
 )
 from circuitdb.explanations.scoring import Sample
 from circuitdb.models import capture, load_model, resolve_hooks
 from circuitdb.store import Store, read_table
 from query.explainer_endpoint import make_app
-from tests.conftest import free_port
-
-
-class Always:
-    """A chat model that answers every prompt with the same words (and counts the prompts)."""
-
-    def __init__(self, answer: str) -> None:
-        self.answer, self.name, self.prompts = answer, f"always-{answer}", []
-
-    def reply(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        self.prompts += prompts
-        return [self.answer for _ in prompts]
+from tests.conftest import Always, free_port
 
 
 @pytest.fixture
@@ -76,7 +70,8 @@ def test_held_out_windows_carry_the_latent_activations(store: Store, llama_dir: 
     corpus = load_stored_corpus(store, "default")
     coder, meta = stored_dictionary(store, "plt", 1)
     blocks = corpus.split("eval")
-    samples = held_out_samples(lm, coder, meta["input_hook"], blocks, [0, 5], window=5)
+    acts = hook_activations(lm, meta["input_hook"], blocks)
+    samples = held_out_samples(lm, coder, acts, blocks, [0, 5], window=5)
     with torch.no_grad():  # independently: one block, encoded in one piece
         acts = capture(lm, blocks[:1].long(), resolve_hooks(lm, [meta["input_hook"]]))[meta["input_hook"]][0]
         expected = coder.encode(acts)[1:6, 5].tolist()
@@ -98,6 +93,51 @@ def test_a_scorer_that_always_says_yes_detects_at_chance(store: Store, llama_dir
     assert detection.height >= 1
     assert (detection["accuracy"] == 0.5).all() and (detection["recall"] == 1.0).all()  # balanced draws
     assert read_table(store, "explanation_scores").height == scores.height
+    (row,) = read_table(store, "dictionaries").filter(pl.col("layer") == 1).iter_rows(named=True)
+    fuzzing = scores.filter(pl.col("method") == "fuzzing")["accuracy"].to_list()
+    assert row["explained_features"] == scores["feature_id"].n_unique() and row["detection_acc"] == 0.5
+    assert row["fuzzing_acc"] == pytest.approx(sum(fuzzing) / len(fuzzing))
+    assert row["scored_by"] == "always-anything → always-Yes."
+    others = read_table(store, "dictionaries").filter(pl.col("layer") != 1)
+    assert others["explained_features"].is_null().all() and others["fvu"].is_not_null().all()
+
+
+def test_dictionaries_written_before_the_summary_columns_read_them_as_null(store: Store, llama_dir: Path, cli) -> None:
+    import pyarrow.parquet as pq
+
+    for path in store.partition_files("dictionaries"):  # as circuitdb wrote them before the summary existed
+        pq.write_table(
+            pq.read_table(path).drop(["explained_features", "detection_acc", "fuzzing_acc", "scored_by"]), path
+        )
+        (path.parent / f".{path.name}.sha256").unlink()
+    rows = read_table(store, "dictionaries")
+    assert rows.height == 3 and rows["detection_acc"].is_null().all() and rows["fvu"].is_not_null().all()
+    explanations = explain_features(store, Always("anything"), _live(store, 2, 1))
+    lm = load_model(str(llama_dir), "cpu")
+    corpus = load_stored_corpus(store, "default")
+    score_explanations(store, lm, corpus, ChatScorer(Always("Yes.")), explanations, window=4)
+    code, out, err = cli(
+        "sql", "SELECT layer, detection_acc FROM dictionaries ORDER BY layer", "--store", str(store.root), "-f", "json"
+    )
+    assert code == 0, err
+    assert [(r["layer"], r["detection_acc"]) for r in json.loads(out)] == [(0, None), (1, None), (2, 0.5)]
+
+
+def test_a_sweep_point_is_explained_as_its_stored_twin_would_be(store: Store, llama_dir: Path) -> None:
+    """explain_and_score_coder on a stored dictionary writes the prompts `feature explain` writes for the
+    same densest features: the in-memory statistics are the stored ones."""
+    from circuitdb.dictionaries.data import ActivationSource
+
+    lm = load_model(str(llama_dir), "cpu")
+    corpus = load_stored_corpus(store, "default")
+    coder, meta = stored_dictionary(store, "plt", 2)
+    stored, in_memory = Always("Yes."), Always("Yes.")
+    explain_features(store, stored, densest_live(store, "plt", 2, 3))
+    source = ActivationSource(store.activation_run("default-train"), [meta["input_hook"]], [])
+    data = held_out(lm, corpus, meta["input_hook"], window=4)
+    summary = explain_and_score_coder(in_memory, lm, coder, (source, corpus.split("train")), data, 3, ("plt", 2))
+    assert in_memory.prompts[:3] == stored.prompts  # then the scorer's prompts
+    assert summary["explained_features"] == 3 and summary["detection_acc"] == 0.5  # always yes: chance
 
 
 def test_an_openai_compatible_endpoint_answers_as_the_local_model(store: Store, llama_dir: Path, cli) -> None:

@@ -82,7 +82,9 @@ def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, 
     assert [(s["layer"], s["skip"]) for s in curves] == [(1, False), (1, True)]
 
 
-def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(built_store: Path, tmp_path: Path) -> None:
+def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(
+    built_store: Path, tmp_path: Path, llama_dir: Path
+) -> None:
     import dagster as dg
 
     from assets.resources import ProjectResource
@@ -94,7 +96,8 @@ def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(buil
     config_file = tmp_path / "circuitdb.yaml"
     config_file.write_text(
         (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store))
-        + "sweep:\n  layer: 2\n  ks: [2, 4]\n  seeds: 2\n  compare_skip: true\n"
+        + "sweep:\n  layer: 2\n  ks: [2, 4]\n  seeds: 2\n  compare_skip: true\n  explain_features: 1\n"
+        + f"explanations:\n  explainer: {llama_dir}\n"
     )
     project = ProjectResource(config_file=str(config_file))
     defs = build_definitions(load_config(config_file), project)
@@ -113,3 +116,34 @@ def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(buil
     (materialization,) = result.asset_materializations_for_node("sweep")
     assert {"fvu_excl_pos0_by_k", "delta_ce_by_k", "points"} <= set(materialization.metadata)
     assert materialization.metadata["points"].value.count("skip transcoder |") == 2
+    # the densest latent of every point explained; scored where the 16-token corpus has windows it is silent in
+    assert rows["explained_features"].drop_nulls().to_list() in ([1, 1], [1, 1, 1], [1, 1, 1, 1])
+    assert "| detection | fuzzing |" in materialization.metadata["points"].value
+
+
+def test_every_sweep_point_records_the_scores_of_its_explained_features(built_store: Path, tmp_path: Path) -> None:
+    from circuitdb.config import load_config
+    from circuitdb.corpus import load_stored_corpus
+    from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
+    from circuitdb.models import load_model
+    from circuitdb.store import Store, read_table
+    from tests.conftest import Always
+
+    store = Store(shutil.copytree(built_store, tmp_path / "store"))
+    config = load_config(built_store.parent / "circuitdb.yaml")
+    lm = load_model(config.model.spec, "cpu")
+    corpus = load_stored_corpus(store, config.corpus.name)
+    says_yes = Always("Yes.")
+    explain = PointExplanations(says_yes, features=2, window=4)
+    rows = sweep_layer(store, lm, corpus, config.dictionaries, 1, [4], [0, 1], None, explain, progress=False)
+    stored = read_table(store, "sweeps").sort("seed")
+    scored = stored["explained_features"].to_list()  # of 2 explained, those the tiny eval split could score
+    assert scored == rows["explained_features"].to_list() and all(n in (1, 2) for n in scored)
+    assert stored["detection_acc"].to_list() == [0.5, 0.5]  # a scorer that always says yes: chance, exactly
+    assert sum("In one short line" in prompt for prompt in says_yes.prompts) == 4  # 2 features × 2 points
+    (point,) = summary(stored).to_dicts()
+    assert (point["detection_acc"], point["detection_acc_ci95"]) == (0.5, 0.0)
+    assert point["fuzzing_acc"] == pytest.approx(statistics.fmean(stored["fuzzing_acc"].drop_nulls().to_list()))
+    unexplained = sweep_layer(store, lm, corpus, config.dictionaries, 1, [2], [0], None, progress=False)
+    assert unexplained["detection_acc"].is_null().all()
+    assert summary(read_table(store, "sweeps").filter(pl.col("k") == 2))["detection_acc"].is_null().all()

@@ -114,6 +114,19 @@ def served(viewed: Path, llama_dir: Path):
     thread.join(timeout=10)
 
 
+def _two_sweep_points(store: Store) -> None:
+    """Two seeds of one sweep point, their features explained (detection 0.6 and 0.7) but not fuzzed."""
+    from datetime import UTC, datetime
+
+    from circuitdb.store import write_partition
+
+    for seed, detection in ((0, 0.6), (1, 0.7)):
+        row = {"dictionary": "plt", "layer": 1, "kind": "plt", "skip": False, "n_latents": 64, "k": 4, "seed": seed}
+        row |= {"fvu": 0.5, "fvu_excl_pos0": 0.4, "l0": 4.0, "dead_frac": 0.1, "delta_ce": 0.2, "kl": 0.1}
+        row |= {"explained_features": 3, "detection_acc": detection, "fuzzing_acc": None}
+        write_partition(store, "sweeps", f"point-{seed}", pl.DataFrame([row | {"created_at": datetime.now(UTC)}]))
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
 def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pytest.TempPathFactory, cli) -> None:
     from playwright.sync_api import sync_playwright
@@ -177,10 +190,15 @@ def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pyt
         assert page.locator("a.graph").count() >= 1  # the graph it was clicked in
         page.screenshot(path=str(shots / "feature.png"), full_page=True)
 
+        _two_sweep_points(store)
         page.goto(f"{served}/")
         page.wait_for_selector("#graphs tr >> nth=1", timeout=30_000)
         assert page.locator("#graphs a").count() == read_table(store, "graphs").height
-        page.screenshot(path=str(shots / "index.png"))
+        page.wait_for_selector("#sweep-ce .main-svg", timeout=30_000)
+        assert page.locator("#sweep-fvu .main-svg").count() >= 1
+        point = page.inner_text("#sweep-points tr >> nth=1").split("\t")
+        assert point[:3] == ["plt layer 1", "4", "2"] and point[-2:] == ["0.650 ± 0.635", ""]  # t(1 df) = 12.706
+        page.screenshot(path=str(shots / "index.png"), full_page=True)
         browser.close()
     assert errors == [] and outside == []
     code, out, _ = cli("graph", "show", slug, "--store", str(viewed))

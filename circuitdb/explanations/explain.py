@@ -11,22 +11,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import polars as pl
 import torch
 
 from circuitdb.corpus import TokenizedCorpus
+from circuitdb.dictionaries.data import ActivationSource
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.dictionaries.stored import stored_dictionary
 from circuitdb.errors import CircuitDBError
 from circuitdb.explanations.chat import ChatModel
 from circuitdb.explanations.scoring import Sample, Score, detection, fuzzing
+from circuitdb.features.statistics import FeatureStatsConfig, feature_statistics
 from circuitdb.models import LoadedModel, capture, resolve_hooks
-from circuitdb.store import Store, layer_partition, parse_feature_id, read_table, write_partition
+from circuitdb.store import TABLES, Store, layer_partition, parse_feature_id, read_table, write_partition
 
 PROMPT_VERSION = "v1"
 """Changes whenever the explanation prompt does: explanations record it."""
 TOP_SHOWN, MAX_NEW_TOKENS = 8, 40
+_SCORE_SCHEMA = {name: dtype for name, (dtype, _) in TABLES["explanation_scores"].columns.items()}
 
 
 def _marked(sample: Sample) -> str:
@@ -55,12 +59,8 @@ def _partitions(feature_ids: list[str]) -> list[str]:
     return sorted({layer_partition(*parse_feature_id(fid)[:2]) for fid in feature_ids})
 
 
-def _shown_windows(store: Store, feature_ids: list[str]) -> dict[str, list[Sample]]:
-    """Per feature: its top exemplar windows, then one window per quantile group, best first."""
-    columns = ["feature_id", "kind", "group", "rank", "tokens", "values"]
-    exemplars = read_table(store, "exemplars", columns, _partitions(feature_ids)).filter(
-        pl.col("feature_id").is_in(feature_ids)
-    )
+def shown_windows(exemplars: pl.DataFrame) -> dict[str, list[Sample]]:
+    """Per feature of `exemplars` (rows of that table): its top windows, then one per quantile group, best first."""
     top = exemplars.filter((pl.col("kind") == "top") & (pl.col("rank") < TOP_SHOWN))
     quantile = exemplars.filter((pl.col("kind") == "quantile") & (pl.col("rank") == 0))
     shown: dict[str, list[Sample]] = defaultdict(list)
@@ -79,40 +79,52 @@ def _merge(store: Store, table: str, rows: pl.DataFrame, key: list[str]) -> None
         write_partition(store, table, partition, part.sort("feature_id"))
 
 
-def explain_features(store: Store, explainer: ChatModel, feature_ids: list[str]) -> pl.DataFrame:
-    """Explain each feature from its stored exemplars and top logits; rows stored in `explanations`."""
-    columns = ["feature_id", "dictionary", "layer", "index", "top_logits"]
-    features = read_table(store, "features", columns, _partitions(feature_ids)).filter(
-        pl.col("feature_id").is_in(feature_ids)
-    )
-    unknown = sorted(set(feature_ids) - set(features["feature_id"]))
-    if unknown:
-        raise CircuitDBError(f"no statistics for {', '.join(unknown[:5])}; build the feature statistics first")
-    shown = _shown_windows(store, feature_ids)
-    silent = [fid for fid in feature_ids if not shown.get(fid)]
+def explanation_rows(explainer: ChatModel, features: pl.DataFrame, shown: dict[str, list[Sample]]) -> pl.DataFrame:
+    """`explanations` rows for `features` (feature_id, dictionary, layer, index, top_logits), written by
+    `explainer` from their `shown` windows."""
+    silent = [fid for fid in features["feature_id"] if not shown.get(fid)]
     if silent:
         raise CircuitDBError(f"{', '.join(silent[:5])} never fired on the corpus: nothing to explain")
     features = features.sort("feature_id")
     prompts = [explanation_prompt(shown[r["feature_id"]], r["top_logits"]) for r in features.iter_rows(named=True)]
     answers = explainer.reply(prompts, MAX_NEW_TOKENS)
-    rows = features.drop("top_logits").with_columns(
+    return features.select("feature_id", "dictionary", "layer", "index").with_columns(
         explanation=pl.Series([_one_line(a) for a in answers], dtype=pl.String),
         explainer=pl.lit(explainer.name),
         prompt_version=pl.lit(PROMPT_VERSION),
         created_at=pl.lit(datetime.now(UTC)),
     )
+
+
+def explain_features(store: Store, explainer: ChatModel, feature_ids: list[str]) -> pl.DataFrame:
+    """Explain each feature from its stored exemplars and top logits; rows stored in `explanations`."""
+    partitions = _partitions(feature_ids)
+    columns = ["feature_id", "dictionary", "layer", "index", "top_logits"]
+    features = read_table(store, "features", columns, partitions).filter(pl.col("feature_id").is_in(feature_ids))
+    unknown = sorted(set(feature_ids) - set(features["feature_id"]))
+    if unknown:
+        raise CircuitDBError(f"no statistics for {', '.join(unknown[:5])}; build the feature statistics first")
+    columns = ["feature_id", "kind", "group", "rank", "tokens", "values"]
+    exemplars = read_table(store, "exemplars", columns, partitions).filter(pl.col("feature_id").is_in(feature_ids))
+    rows = explanation_rows(explainer, features, shown_windows(exemplars))
     _merge(store, "explanations", rows, ["feature_id", "explainer"])
     return rows
 
 
 @torch.no_grad()
+def hook_activations(lm: LoadedModel, hook: str, blocks: torch.Tensor) -> torch.Tensor:
+    """The subject model's activations at `hook` over `blocks` [n, context] → [n, context, d], 8 blocks at a time."""
+    hooked = resolve_hooks(lm, [hook])
+    return torch.cat([capture(lm, blocks[i : i + 8].long(), hooked)[hook] for i in range(0, len(blocks), 8)])
+
+
+@torch.no_grad()
 def held_out_samples(
-    lm: LoadedModel, coder: SparseCoder, hook: str, blocks: torch.Tensor, indices: list[int], window: int
+    lm: LoadedModel, coder: SparseCoder, acts: torch.Tensor, blocks: torch.Tensor, indices: list[int], window: int
 ) -> dict[int, tuple[list[Sample], list[Sample]]]:
     """Per latent: (windows where it fires, windows where it is silent) among `blocks` [n, context] cut into
-    windows of `window` tokens after BOS, with the latent's activation on each token."""
-    hooked = resolve_hooks(lm, [hook])
-    acts = torch.cat([capture(lm, blocks[i : i + 8].long(), hooked)[hook] for i in range(0, len(blocks), 8)])
+    windows of `window` tokens after BOS, with the latent's activation on each token. `acts` [n, context, d]
+    are the coder's inputs on `blocks` (hook_activations)."""
     latents = coder.to(lm.device).encode(acts.flatten(0, 1)).unflatten(0, acts.shape[:2])[:, 1:, indices].float().cpu()
     ids = blocks[:, 1:]  # [n, context - 1]; latents [n, context - 1, len(indices)]
     samples: dict[int, tuple[list[Sample], list[Sample]]] = {index: ([], []) for index in indices}
@@ -149,55 +161,117 @@ class ChatScorer:
         )
 
 
+class HeldOut(NamedTuple):
+    """The eval split scores are judged on: its blocks and the subject model's activations on them."""
+
+    blocks: torch.Tensor
+    """[n, context] token ids."""
+    acts: torch.Tensor
+    """[n, context, d] activations at the dictionary's input hook."""
+    window: int
+    """Tokens per context the scorer judges (blocks are cut into such windows after BOS)."""
+
+
+def held_out(lm: LoadedModel, corpus: TokenizedCorpus, hook: str, window: int = 16) -> HeldOut:
+    """The corpus's eval split with its activations at `hook`, or one error when there is none."""
+    blocks = corpus.split("eval")
+    if blocks.shape[0] == 0:
+        raise CircuitDBError("the corpus has no eval split to score explanations on (corpus.eval_fraction)")
+    return HeldOut(blocks, hook_activations(lm, hook, blocks), min(window, blocks.shape[1] - 1))
+
+
+def score_rows(
+    lm: LoadedModel,
+    coder: SparseCoder,
+    data: HeldOut,
+    scorer: ChatScorer,
+    explanations: pl.DataFrame,
+    per_side: int = 10,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """`explanation_scores` rows: detection and fuzzing of each explanation of one dictionary's latents on
+    held-out windows (at most `per_side` firing and as many silent ones)."""
+    indices = explanations["index"].to_list()
+    samples = held_out_samples(lm, coder, data.acts, data.blocks, indices, data.window)
+    rows = []
+    for row, index in zip(explanations.iter_rows(named=True), indices, strict=True):
+        active, silent = (side[:per_side] for side in samples[index])
+        results: dict[str, Score] = {}
+        if active and silent:
+            results["detection"] = detection(row["explanation"], active, silent, scorer, seed)
+        if any(not all(v > 0 for v in s.activations) for s in active):
+            results["fuzzing"] = fuzzing(row["explanation"], active, scorer, seed)
+        for method, result in results.items():
+            rows.append(
+                {
+                    **{k: row[k] for k in ("feature_id", "dictionary", "layer", "explainer")},
+                    "scorer": scorer.name,
+                    "method": method,
+                    **result._asdict(),
+                    "seed": seed,
+                    "created_at": datetime.now(UTC),
+                }
+            )
+    return pl.DataFrame(rows, schema=_SCORE_SCHEMA)
+
+
+def explanation_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
+    """The columns of store/schemas.py's EXPLANATION_SUMMARY from `explanation_scores` rows: how many
+    features were scored, and their mean accuracy per method."""
+
+    def mean(method: str) -> float | None:
+        accuracy = scores.filter(pl.col("method") == method)["accuracy"]
+        return float(accuracy.mean()) if accuracy.len() else None  # type: ignore[arg-type]
+
+    counted = scores["feature_id"].n_unique() or None
+    return {"explained_features": counted, "detection_acc": mean("detection"), "fuzzing_acc": mean("fuzzing")}
+
+
+def _summarize_in_dictionaries(store: Store, dictionary: str, layer: int, explainer: str, scorer: str) -> None:
+    """Write the layer's explanation summary by this explainer and scorer (every feature they scored there,
+    not only this call's) into its `dictionaries` row."""
+    partition = layer_partition(dictionary, layer)
+    if not store.fetch(store.table_file("dictionaries", partition)):
+        return  # a cross-layer set: one partition for all layers, explained per layer elsewhere
+    stored = read_table(store, "explanation_scores", partitions=[partition])
+    pair = stored.filter((pl.col("explainer") == explainer) & (pl.col("scorer") == scorer))
+    summary = explanation_summary(pair) | {"scored_by": f"{explainer} → {scorer}"}
+    row = read_table(store, "dictionaries", partitions=[partition])
+    write_partition(store, "dictionaries", partition, row.with_columns(pl.lit(v).alias(k) for k, v in summary.items()))
+
+
 def score_explanations(
     store: Store,
     lm: LoadedModel,
     corpus: TokenizedCorpus,
     scorer: ChatScorer,
     explanations: pl.DataFrame,
-    per_side: int = 10,
     window: int = 16,
-    seed: int = 0,
+    **options,
 ) -> pl.DataFrame:
-    """Detection and fuzzing of each explanation on held-out windows (at most `per_side` firing and as many
-    silent ones); rows stored in `explanation_scores`."""
-    blocks = corpus.split("eval")
-    if blocks.shape[0] == 0:
-        raise CircuitDBError("the corpus has no eval split to score explanations on (corpus.eval_fraction)")
-    rows = []
+    """Score each of `explanations` (on windows of `window` tokens; score_rows' `options`) with its stored
+    dictionary; rows stored in `explanation_scores`, each layer's summary in its `dictionaries` row."""
+    parts = []
     for (dictionary, layer), part in explanations.group_by("dictionary", "layer"):
         coder, meta = stored_dictionary(store, dictionary, layer)
-        indices = [parse_feature_id(fid)[2] for fid in part["feature_id"]]
-        samples = held_out_samples(lm, coder, meta["input_hook"], blocks, indices, window)
-        for row, index in zip(part.iter_rows(named=True), indices, strict=True):
-            active, silent = (side[:per_side] for side in samples[index])
-            results: dict[str, Score] = {}
-            if active and silent:
-                results["detection"] = detection(row["explanation"], active, silent, scorer, seed)
-            if any(not all(v > 0 for v in s.activations) for s in active):
-                results["fuzzing"] = fuzzing(row["explanation"], active, scorer, seed)
-            for method, result in results.items():
-                rows.append(
-                    {
-                        **{k: row[k] for k in ("feature_id", "dictionary", "layer", "explainer")},
-                        "scorer": scorer.name,
-                        "method": method,
-                        **result._asdict(),
-                        "seed": seed,
-                        "created_at": datetime.now(UTC),
-                    }
-                )
-    scores = pl.DataFrame(rows, schema_overrides={"layer": pl.Int32})
+        data = held_out(lm, corpus, meta["input_hook"], window)
+        parts.append(score_rows(lm, coder, data, scorer, part, **options))
+    scores = pl.concat(parts) if parts else pl.DataFrame(schema=_SCORE_SCHEMA)
     if scores.height:
         _merge(store, "explanation_scores", scores, ["feature_id", "explainer", "scorer", "method"])
+        for dictionary, layer, explainer in scores.select("dictionary", "layer", "explainer").unique().rows():
+            _summarize_in_dictionaries(store, dictionary, layer, explainer, scorer.name)
     return scores
+
+
+def _densest(features: pl.DataFrame, n: int) -> list[str]:
+    return features.filter(~pl.col("dead")).sort("density", descending=True)["feature_id"].head(n).to_list()
 
 
 def densest_live(store: Store, dictionary: str, layer: int, n: int) -> list[str]:
     """The `n` live features of highest density of one layer: what is explained when no ids are given."""
-    features = read_table(store, "features", ["feature_id", "dictionary", "layer", "density", "dead"])
-    chosen = features.filter((pl.col("dictionary") == dictionary) & (pl.col("layer") == layer) & ~pl.col("dead"))
-    return chosen.sort("density", descending=True)["feature_id"].head(n).to_list()
+    features = read_table(store, "features", ["feature_id", "density", "dead"], [layer_partition(dictionary, layer)])
+    return _densest(features, n)
 
 
 def explain_and_score(
@@ -210,3 +284,21 @@ def explain_and_score(
         return explanations, None
     lm, corpus = scoring
     return explanations, score_explanations(store, lm, corpus, ChatScorer(chat), explanations)
+
+
+def explain_and_score_coder(
+    chat: ChatModel,
+    lm: LoadedModel,
+    coder: SparseCoder,
+    train: tuple[ActivationSource, torch.Tensor],
+    data: HeldOut,
+    n: int,
+    name: tuple[str, int],
+) -> dict[str, float | int | None]:
+    """The explanation summary of a dictionary that is not stored (a sweep point): statistics of all its
+    latents over the train split (`train`: its activation source and blocks), its `n` densest live latents
+    explained by `chat` and scored by it on `data`. Nothing is written. `name`: (dictionary, layer) ids."""
+    features, exemplars = feature_statistics(coder, *train, lm, *name, FeatureStatsConfig())
+    chosen = _densest(features, n)
+    explanations = explanation_rows(chat, features.filter(pl.col("feature_id").is_in(chosen)), shown_windows(exemplars))
+    return explanation_summary(score_rows(lm, coder, data, ChatScorer(chat), explanations))

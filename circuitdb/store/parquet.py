@@ -24,6 +24,7 @@ def write_partition(store: Store, table: str, partition: str, frame: pl.DataFram
     """Replace `<store>/tables/<table>/<partition>.parquet` with `frame`; returns its row count."""
     schema = TABLES[table]
     expected = {name: dtype for name, (dtype, _) in schema.columns.items()}
+    frame = frame.with_columns(pl.lit(None).alias(name) for name in schema.filled_later - set(frame.columns))
     missing = set(expected) - set(frame.columns)
     extra = set(frame.columns) - set(expected)
     if missing or extra:
@@ -46,15 +47,22 @@ def read_table(
     if not files:
         schema = {name: dtype for name, (dtype, _) in TABLES[table].columns.items()}
         return pl.DataFrame(schema={name: schema[name] for name in columns or schema})
-    return pl.concat([_read(store, f, columns) for f in files], how="vertical_relaxed")
+    return pl.concat([_read(store, table, f, columns) for f in files], how="vertical_relaxed")
 
 
-def _read(store: Store, path: Path, columns: list[str] | None) -> pl.DataFrame:
+def _read(store: Store, table: str, path: Path, columns: list[str] | None) -> pl.DataFrame:
+    """One partition file; columns filled in later that it was written without read as null."""
     verify(store.root, path)
+    schema = TABLES[table]
+    wanted = columns or list(schema.columns)
     try:
-        return pl.read_parquet(path, columns=columns)
+        present = pl.read_parquet_schema(path)
+        absent = [name for name in wanted if name not in present and name in schema.filled_later]
+        frame = pl.read_parquet(path, columns=[name for name in wanted if name not in absent])
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise damaged_partition(store, path, str(exc).splitlines()[0]) from None
+    nulls = [pl.lit(None, dtype=schema.columns[name][0]).alias(name) for name in absent]
+    return frame.with_columns(nulls).select(wanted)
 
 
 def count_rows(store: Store, table: str) -> int:

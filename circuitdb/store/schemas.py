@@ -19,7 +19,17 @@ class TableSchema:
     """What one row is."""
     columns: dict[str, tuple[pl.DataType, str]]
     """Column name → (polars dtype, meaning)."""
+    filled_later: frozenset[str] = frozenset()
+    """Columns a later stage fills in (null until then): writers may leave them out, and partitions written
+    before such a column existed read it as null."""
 
+
+EXPLANATION_SUMMARY: dict[str, tuple[pl.DataType, str]] = {
+    "explained_features": (pl.Int64(), "features explained and scored (null: none)"),
+    "detection_acc": (pl.Float64(), "their mean detection accuracy (chance 0.5)"),
+    "fuzzing_acc": (pl.Float64(), "their mean fuzzing accuracy (chance 0.5)"),
+}
+"""How well a dictionary's features are explained, as `dictionaries` rows and `sweeps` points record it."""
 
 TABLES: dict[str, TableSchema] = {
     "corpora": TableSchema(
@@ -92,7 +102,10 @@ TABLES: dict[str, TableSchema] = {
             "fvu_curve": (pl.List(pl.Float64()), "training FVU every 10 steps"),
             "path": (pl.String(), "dictionary folder, relative to the store"),
             "created_at": (pl.Datetime("us", "UTC"), "when it was trained"),
+            **{name: EXPLANATION_SUMMARY[name] for name in ("explained_features", "detection_acc", "fuzzing_acc")},
+            "scored_by": (pl.String(), "explainer → scorer of that summary (the last pair that scored this layer)"),
         },
+        filled_later=frozenset({"explained_features", "detection_acc", "fuzzing_acc", "scored_by"}),
     ),
     "features": TableSchema(
         "one row per latent of a dictionary: statistics, output logits, neighbours and a label",
@@ -199,8 +212,10 @@ TABLES: dict[str, TableSchema] = {
             "dead_frac": (pl.Float64(), "share of latents never active on the held-out split"),
             "delta_ce": (pl.Float64(), "next-token loss increase with the dictionary spliced in"),
             "kl": (pl.Float64(), "KL of the spliced model from the original"),
+            **EXPLANATION_SUMMARY,
             "created_at": (pl.Datetime("us", "UTC"), "when the point was trained"),
         },
+        filled_later=frozenset(EXPLANATION_SUMMARY),
     ),
     "explanations": TableSchema(
         "one row per feature and explainer: a one-line natural-language explanation written from its exemplars",

@@ -37,6 +37,6 @@
   const counts = f.histogram || [];
   const width = (f.max_act || 1) / Math.max(counts.length, 1);
   Plotly.newPlot("histogram", [{ type: "bar", x: counts.map((_, i) => (i + 0.5) * width), y: counts }],
-    { margin: { t: 10 }, xaxis: { title: "activation" }, yaxis: { title: "tokens", type: "log" } });
+    { margin: { t: 10 }, xaxis: { title: { text: "activation" } }, yaxis: { title: { text: "tokens" }, type: "log" } });
   main.dataset.ready = "1";
 })();
