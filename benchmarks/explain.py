@@ -2,8 +2,10 @@
 
 Prints one JSON line: how many features of one layer were explained and scored per minute, the mean
 detection and fuzzing accuracy the 135M explainer (also the scorer) reaches on held-out windows (chance
-0.5), and, unless --no-sweep, the seconds of a sparsity sweep (5 k values x 3 seeds) on that layer.
-Its results land in the store like the CLI's (tables explanations, explanation_scores, sweeps).
+0.5), and, unless --no-sweep, the seconds of a sparsity sweep (5 k values x 3 seeds) on that layer, and
+with --sweep-explain N the seconds and scores of a sweep whose every point has its N densest latents
+explained and scored. Its results land in the store like the CLI's (tables explanations,
+explanation_scores, sweeps; the layer's dictionaries row gets the summary).
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ import polars as pl  # noqa: E402
 
 from circuitdb.config import load_config  # noqa: E402
 from circuitdb.corpus import load_stored_corpus  # noqa: E402
-from circuitdb.dictionaries.sweep import sweep_layer  # noqa: E402
+from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer  # noqa: E402
 from circuitdb.explanations.chat import LocalChatModel  # noqa: E402
 from circuitdb.explanations.explain import ChatScorer, explain_features, score_explanations  # noqa: E402
 from circuitdb.models import load_model  # noqa: E402
 from circuitdb.store import Store  # noqa: E402
+from circuitdb.store.sweeps import summary  # noqa: E402
 from query.questions import top_features  # noqa: E402
+
+
+def _rounded(value: object) -> object:
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def main() -> None:
@@ -35,6 +42,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--sweep-explain", type=int, default=0, help="latents explained per point of a k=16,64 sweep")
     args = parser.parse_args()
 
     store = Store.open_existing(args.store)
@@ -65,6 +73,13 @@ def main() -> None:
         started = time.perf_counter()
         sweep_layer(store, lm, corpus, config.dictionaries, args.layer, [8, 16, 32, 64, 128], [0, 1, 2])
         result["sweep_seconds"] = round(time.perf_counter() - started, 1)
+    if args.sweep_explain:
+        started = time.perf_counter()
+        explain = PointExplanations(explainer, args.sweep_explain)
+        rows = sweep_layer(store, lm, corpus, config.dictionaries, args.layer, [16, 64], [0, 1], [False, True], explain)
+        result["sweep_explain_seconds"] = round(time.perf_counter() - started, 1)
+        shown = ("skip", "k", "fvu_excl_pos0", "detection_acc", "detection_acc_ci95", "fuzzing_acc")
+        result["sweep_points"] = [{key: _rounded(point[key]) for key in shown} for point in summary(rows).to_dicts()]
     store.push()
     print(json.dumps(result))
 
