@@ -218,13 +218,9 @@ def score_rows(
 def explanation_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
     """The columns of store/schemas.py's EXPLANATION_SUMMARY from `explanation_scores` rows: how many
     features were scored, and their mean accuracy per method."""
-
-    def mean(method: str) -> float | None:
-        accuracy = scores.filter(pl.col("method") == method)["accuracy"]
-        return float(accuracy.mean()) if accuracy.len() else None  # type: ignore[arg-type]
-
-    counted = scores["feature_id"].n_unique() or None
-    return {"explained_features": counted, "detection_acc": mean("detection"), "fuzzing_acc": mean("fuzzing")}
+    mean = {method: scores.filter(pl.col("method") == method)["accuracy"].mean() for method in ("detection", "fuzzing")}
+    counted = scores["feature_id"].n_unique() or None  # the mean of no rows is None too
+    return {"explained_features": counted, "detection_acc": mean["detection"], "fuzzing_acc": mean["fuzzing"]}
 
 
 def _summarize_in_dictionaries(store: Store, dictionary: str, layer: int, explainer: str, scorer: str) -> None:
