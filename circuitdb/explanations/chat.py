@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import torch
@@ -66,10 +67,11 @@ class LocalChatModel:
 
 class EndpointChatModel:
     """An OpenAI-compatible server (vLLM, llama.cpp's server, Ollama, `circuitdb explainer serve`) at `url`
-    (its `/v1` base), asked one prompt per request at temperature 0."""
+    (its `/v1` base), asked one prompt per request at temperature 0, `concurrency` requests at a time (such
+    servers batch concurrent requests)."""
 
-    def __init__(self, url: str, model: str = "", timeout: float = 120.0) -> None:
-        self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
+    def __init__(self, url: str, model: str = "", timeout: float = 120.0, concurrency: int = 8) -> None:
+        self.url, self.model, self.timeout, self.concurrency = url.rstrip("/"), model, timeout, concurrency
         self.name = f"{self.url}#{model}" if model else self.url
 
     def _ask(self, prompt: str, max_new_tokens: int) -> str:
@@ -92,7 +94,8 @@ class EndpointChatModel:
             raise CircuitDBError(f"explainer endpoint {self.url}: not an OpenAI-compatible chat answer") from None
 
     def reply(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        return [self._ask(prompt, max_new_tokens) for prompt in prompts]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._ask, prompts, [max_new_tokens] * len(prompts)))
 
 
 def chat_model(spec: str, endpoint_model: str = "", device: str = "auto") -> ChatModel:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import polars as pl
 import torch
+from tqdm.auto import tqdm
 
 from circuitdb.corpus import TokenizedCorpus
 from circuitdb.dictionaries.data import ActivationSource
@@ -30,6 +31,8 @@ from circuitdb.store import TABLES, Store, layer_partition, parse_feature_id, re
 PROMPT_VERSION = "v1"
 """Changes whenever the explanation prompt does: explanations record it."""
 TOP_SHOWN, MAX_NEW_TOKENS = 8, 40
+EXPLAINED_AT_ONCE = 8
+"""Prompts handed to the explainer per call: one step of the progress bar (and a local model's batch)."""
 _SCORE_SCHEMA = {name: dtype for name, (dtype, _) in TABLES["explanation_scores"].columns.items()}
 
 
@@ -87,7 +90,11 @@ def explanation_rows(explainer: ChatModel, features: pl.DataFrame, shown: dict[s
         raise CircuitDBError(f"{', '.join(silent[:5])} never fired on the corpus: nothing to explain")
     features = features.sort("feature_id")
     prompts = [explanation_prompt(shown[r["feature_id"]], r["top_logits"]) for r in features.iter_rows(named=True)]
-    answers = explainer.reply(prompts, MAX_NEW_TOKENS)
+    answers: list[str] = []
+    with tqdm(total=len(prompts), desc="explain", unit="feature", leave=False) as bar:
+        for start in range(0, len(prompts), EXPLAINED_AT_ONCE):
+            answers += explainer.reply(prompts[start : start + EXPLAINED_AT_ONCE], MAX_NEW_TOKENS)
+            bar.update(len(prompts[start : start + EXPLAINED_AT_ONCE]))
     return features.select("feature_id", "dictionary", "layer", "index").with_columns(
         explanation=pl.Series([_one_line(a) for a in answers], dtype=pl.String),
         explainer=pl.lit(explainer.name),
@@ -138,26 +145,31 @@ def held_out_samples(
 
 
 class ChatScorer:
-    """delphi's scorer prompts, answered yes or no by a chat model."""
+    """delphi's scorer prompts, answered yes or no by a chat model (a feature's contexts in one batch)."""
 
     def __init__(self, model: ChatModel) -> None:
         self.model, self.name = model, model.name
 
-    def _yes(self, prompt: str) -> bool:
-        return self.model.reply([prompt], 3)[0].strip().lower().startswith("yes")
+    def _yes(self, prompts: list[str]) -> list[bool]:
+        return [answer.strip().lower().startswith("yes") for answer in self.model.reply(prompts, 3)]
 
-    def detect(self, explanation: str, tokens: list[str]) -> bool:
+    def detect(self, explanation: str, contexts: list[list[str]]) -> list[bool]:
         return self._yes(
-            f"A feature of a language model is described as: {explanation}\n"
-            f"Text: {''.join(tokens)}\nDoes the feature fire anywhere in this text? Answer yes or no."
+            [
+                f"A feature of a language model is described as: {explanation}\n"
+                f"Text: {''.join(tokens)}\nDoes the feature fire anywhere in this text? Answer yes or no."
+                for tokens in contexts
+            ]
         )
 
-    def fuzz(self, explanation: str, tokens: list[str], marked: list[bool]) -> bool:
-        text = _marked(Sample(tokens, [float(m) for m in marked]))
+    def fuzz(self, explanation: str, contexts: list[list[str]], marks: list[list[bool]]) -> list[bool]:
         return self._yes(
-            f"A feature of a language model is described as: {explanation}\n"
-            f"Text with some tokens marked <<like this>>: {text}\n"
-            "Are the marked tokens the ones this feature fires on? Answer yes or no."
+            [
+                f"A feature of a language model is described as: {explanation}\n"
+                f"Text with some tokens marked <<like this>>: {_marked(Sample(tokens, [float(m) for m in marked]))}\n"
+                "Are the marked tokens the ones this feature fires on? Answer yes or no."
+                for tokens, marked in zip(contexts, marks, strict=True)
+            ]
         )
 
 
@@ -194,7 +206,8 @@ def score_rows(
     indices = explanations["index"].to_list()
     samples = held_out_samples(lm, coder, data.acts, data.blocks, indices, data.window)
     rows = []
-    for row, index in zip(explanations.iter_rows(named=True), indices, strict=True):
+    judged = tqdm(explanations.iter_rows(named=True), total=len(indices), desc="score", unit="feature", leave=False)
+    for row, index in zip(judged, indices, strict=True):
         active, silent = (side[:per_side] for side in samples[index])
         results: dict[str, Score] = {}
         if active and silent:

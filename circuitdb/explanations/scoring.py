@@ -24,12 +24,14 @@ class Sample(NamedTuple):
 
 
 class Scorer(Protocol):
-    def detect(self, explanation: str, tokens: list[str]) -> bool:
-        """Whether the feature the explanation describes fires somewhere in the context."""
+    """Judges contexts against one explanation, all of a feature's at once (an LLM scorer batches them)."""
+
+    def detect(self, explanation: str, contexts: list[list[str]]) -> list[bool]:
+        """Per context (its tokens): whether the feature the explanation describes fires somewhere in it."""
         ...
 
-    def fuzz(self, explanation: str, tokens: list[str], marked: list[bool]) -> bool:
-        """Whether the marked tokens are the ones the feature the explanation describes fires on."""
+    def fuzz(self, explanation: str, contexts: list[list[str]], marks: list[list[bool]]) -> list[bool]:
+        """Per context: whether its marked tokens are the ones the feature the explanation describes fires on."""
         ...
 
 
@@ -63,7 +65,7 @@ def detection(explanation: str, active: list[Sample], silent: list[Sample], scor
     rng = random.Random(seed)
     contexts = [(s, True) for s in rng.sample(active, n)] + [(s, False) for s in rng.sample(silent, n)]
     rng.shuffle(contexts)
-    predicted = [scorer.detect(explanation, sample.tokens) for sample, _ in contexts]
+    predicted = scorer.detect(explanation, [sample.tokens for sample, _ in contexts])
     return score([truth for _, truth in contexts], predicted)
 
 
@@ -73,17 +75,17 @@ def fuzzing(explanation: str, active: list[Sample], scorer: Scorer, seed: int = 
     rng = random.Random(seed)
     usable = [s for s in active if any(a > 0 for a in s.activations) and not all(a > 0 for a in s.activations)]
     rng.shuffle(usable)
-    truth, predicted = [], []
+    truth, marks = [], []
     for i, sample in enumerate(usable):
-        marks = [a > 0 for a in sample.activations]
+        marked = [a > 0 for a in sample.activations]
         right = i % 2 == 0
         if not right:
-            silent = [j for j, mark in enumerate(marks) if not mark]
-            moved = set(rng.sample(silent, min(sum(marks), len(silent))))
-            marks = [j in moved for j in range(len(marks))]
+            silent = [j for j, mark in enumerate(marked) if not mark]
+            moved = set(rng.sample(silent, min(sum(marked), len(silent))))
+            marked = [j in moved for j in range(len(marked))]
         truth.append(right)
-        predicted.append(scorer.fuzz(explanation, sample.tokens, marks))
-    return score(truth, predicted)
+        marks.append(marked)
+    return score(truth, scorer.fuzz(explanation, [sample.tokens for sample in usable], marks))
 
 
 class TokenRule:
@@ -95,9 +97,9 @@ class TokenRule:
     def _token(explanation: str) -> str:
         return explanation.split('"')[1]
 
-    def detect(self, explanation: str, tokens: list[str]) -> bool:
-        return self._token(explanation) in tokens
+    def detect(self, explanation: str, contexts: list[list[str]]) -> list[bool]:
+        return [self._token(explanation) in tokens for tokens in contexts]
 
-    def fuzz(self, explanation: str, tokens: list[str], marked: list[bool]) -> bool:
+    def fuzz(self, explanation: str, contexts: list[list[str]], marks: list[list[bool]]) -> list[bool]:
         token = self._token(explanation)
-        return [t == token for t in tokens] == marked
+        return [[t == token for t in tokens] == marked for tokens, marked in zip(contexts, marks, strict=True)]
