@@ -24,6 +24,19 @@ def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
     explain_and_score(store, chat, chosen, (lm, corpus) if cfg.score else None)
 
 
+def _summary_table(store: Store, dictionary: str) -> str:
+    """The explanation summary of each scored layer of `dictionary`, as its `dictionaries` row holds it."""
+    columns = ["layer", "explained_features", "detection_acc", "fuzzing_acc", "scored_by"]
+    rows = read_table(store, "dictionaries", ["name", *columns]).filter(
+        (pl.col("name") == dictionary) & pl.col("explained_features").is_not_null()
+    )
+    lines = ["| layer | scored features | detection | fuzzing | explainer → scorer |", "|---|---|---|---|---|"]
+    for layer, count, detection, fuzzing, pair in rows.sort("layer").select(columns).rows():
+        shown = ("–" if value is None else f"{value:.3f}" for value in (detection, fuzzing))
+        lines.append(f"| {layer} | {count} | {' | '.join(shown)} | {pair} |")
+    return "\n".join(lines)
+
+
 def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.op(name="explanations_report", ins={"explained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
     def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
@@ -44,6 +57,7 @@ def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
             scores = read_table(store, "explanation_scores").filter(pl.col("layer").is_in(layers))
             for method, accuracy in scores.group_by("method").agg(pl.col("accuracy").mean()).iter_rows():
                 metadata[f"mean_{method}_accuracy"] = float(accuracy)
+            metadata["by_dictionary"] = dg.MetadataValue.md(_summary_table(store, project.load().dictionaries.name))
         context.add_output_metadata(metadata)
 
     return per_layer_graph_asset(

@@ -187,8 +187,13 @@ def test_the_asset_explains_each_layers_densest_features(built_store: Path, tmp_
     expected = [fid for layer in (0, 2) for fid in _live(Store(store), layer, 2)]
     assert sorted(rows["feature_id"]) == sorted(expected) and set(rows["explainer"]) == {str(llama_dir)}
     (materialization, *_) = result.asset_materializations_for_node("explanations")
+    scored = read_table(Store(store), "explanation_scores")
     assert materialization.metadata["explained"].value == 4
-    assert read_table(Store(store), "explanation_scores")["feature_id"].is_in(expected).all()
+    summary = read_table(Store(store), "dictionaries").filter(pl.col("explained_features").is_not_null())
+    assert sorted(summary["layer"]) == sorted({layer for layer in (0, 2) if layer in set(scored["layer"])})
+    for layer in summary["layer"]:
+        assert f"| {layer} | " in materialization.metadata["by_dictionary"].value
+    assert scored["feature_id"].is_in(expected).all()
 
 
 def test_the_feature_page_shows_the_latest_explanation_beside_the_label(store: Store, cli) -> None:
