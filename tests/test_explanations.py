@@ -28,6 +28,7 @@ from circuitdb.explanations.explain import (
     held_out_samples,
     hook_activations,
     score_explanations,
+    summarize_in_dictionaries,
 )
 from circuitdb.explanations.scoring import Sample
 from circuitdb.models import capture, load_model, resolve_hooks
@@ -204,3 +205,44 @@ def test_the_feature_page_shows_the_latest_explanation_beside_the_label(store: S
     explain_features(store, Always("newer words"), [chosen])
     code, out, _ = cli("feature", "show", chosen, "--store", str(store.root))
     assert code == 0 and "explanation: newer words  (always-newer words)" in out
+
+
+def test_each_layers_summary_lands_in_its_own_dictionaries_row(tmp_path: Path) -> None:
+    """12 layers written in shuffled order, scores at layers 1 and 10 only (whose partition names share a
+    prefix): each summary is that layer's mean, in that layer's row; the rest stay null."""
+    import random
+    from datetime import UTC, datetime
+
+    from circuitdb.store import TABLES, layer_partition, write_partition
+
+    store = Store(tmp_path / "store")
+    layers = list(range(12))
+    random.Random(0).shuffle(layers)
+    for layer in layers:
+        row = {column: None for column in TABLES["dictionaries"].columns} | {"name": "plt", "layer": layer, "fvu": 0.5}
+        write_partition(store, "dictionaries", layer_partition("plt", layer), pl.DataFrame([row]))
+    accuracies = {
+        1: {"detection": [0.6, 0.8], "fuzzing": [0.5, 0.7]},
+        10: {"detection": [0.9, 1.0], "fuzzing": [0.4, 0.4]},
+    }
+    for layer, by_method in accuracies.items():
+        rows = [
+            {"feature_id": f"plt/{layer}/{i}", "dictionary": "plt", "layer": layer, "explainer": "e", "scorer": "s"}
+            | {"method": method, "accuracy": accuracy, "precision": 0.0, "recall": 0.0, "f1": 0.0, "n": 20, "seed": 0}
+            | {"created_at": datetime.now(UTC)}
+            for method, values in by_method.items()
+            for i, accuracy in enumerate(values)
+        ]
+        other_scorer = rows[0] | {"scorer": "another", "accuracy": 0.0}
+        write_partition(store, "explanation_scores", layer_partition("plt", layer), pl.DataFrame([*rows, other_scorer]))
+        summarize_in_dictionaries(store, "plt", layer, "e", "s")
+    summary = read_table(store, "dictionaries").sort("layer")
+    assert summary["layer"].to_list() == list(range(12)) and summary["fvu"].to_list() == [0.5] * 12
+    for row in summary.iter_rows(named=True):
+        if row["layer"] in accuracies:
+            expected = accuracies[row["layer"]]
+            assert row["explained_features"] == 2 and row["scored_by"] == "e → s"
+            assert row["detection_acc"] == pytest.approx(sum(expected["detection"]) / 2)
+            assert row["fuzzing_acc"] == pytest.approx(sum(expected["fuzzing"]) / 2)
+        else:
+            assert row["explained_features"] is None and row["detection_acc"] is None

@@ -236,7 +236,7 @@ def explanation_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
     return {"explained_features": counted, "detection_acc": mean["detection"], "fuzzing_acc": mean["fuzzing"]}
 
 
-def _summarize_in_dictionaries(store: Store, dictionary: str, layer: int, explainer: str, scorer: str) -> None:
+def summarize_in_dictionaries(store: Store, dictionary: str, layer: int, explainer: str, scorer: str) -> None:
     """Write the layer's explanation summary by this explainer and scorer (every feature they scored there,
     not only this call's) into its `dictionaries` row."""
     partition = layer_partition(dictionary, layer)
@@ -269,7 +269,7 @@ def score_explanations(
     if scores.height:
         _merge(store, "explanation_scores", scores, ["feature_id", "explainer", "scorer", "method"])
         for dictionary, layer, explainer in scores.select("dictionary", "layer", "explainer").unique().rows():
-            _summarize_in_dictionaries(store, dictionary, layer, explainer, scorer.name)
+            summarize_in_dictionaries(store, dictionary, layer, explainer, scorer.name)
     return scores
 
 
