@@ -268,12 +268,12 @@ def dictionary_sweep(
         raise CircuitDBError(f"--k must be comma-separated integers, got {k!r}") from None
     project = _config(config, store=store)
     opened = Store.open_existing(project.store)
-    lm = load_model(project.model.spec, project.model.device)
-    corpus = load_stored_corpus(opened, project.corpus.name)
-    skips = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}[skip.value]
     explained = None
     if explain:
         explained = PointExplanations(chat_model(explainer, explainer_model, project.model.device), explain)
+    lm = load_model(project.model.spec, project.model.device)
+    corpus = load_stored_corpus(opened, project.corpus.name)
+    skips = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}[skip.value]
     rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)), skips, explained)
     opened.push()
     table = summary(rows)

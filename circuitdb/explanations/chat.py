@@ -74,6 +74,15 @@ class EndpointChatModel:
         self.url, self.model, self.timeout, self.concurrency = url.rstrip("/"), model, timeout, concurrency
         self.name = f"{self.url}#{model}" if model else self.url
 
+    def check(self) -> None:
+        """Fail now, with one line, when nothing answers at the URL (GET /models: every such server has it),
+        rather than after the work that precedes the first question."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/models", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise CircuitDBError(f"explainer endpoint {self.url}: {getattr(exc, 'reason', exc)}") from None
+
     def _ask(self, prompt: str, max_new_tokens: int) -> str:
         body = {
             "model": self.model,
@@ -101,7 +110,9 @@ class EndpointChatModel:
 def chat_model(spec: str, endpoint_model: str = "", device: str = "auto") -> ChatModel:
     """The chat model `spec` names: an OpenAI-compatible URL (…/v1), or a model to load here."""
     if spec.startswith(("http://", "https://")):
-        return EndpointChatModel(spec, endpoint_model)
+        endpoint = EndpointChatModel(spec, endpoint_model)
+        endpoint.check()
+        return endpoint
     from circuitdb.models import load_model
 
     return LocalChatModel(load_model(spec, device))
