@@ -12,7 +12,7 @@ from circuitdb.config import ProjectConfig
 from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store, count_rows, read_table
-from circuitdb.store.sweeps import summary
+from circuitdb.store.sweeps import mean_and_interval, summary
 
 sweep_key = dg.AssetKey("sweep")
 
@@ -24,13 +24,6 @@ def sweep_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
             "seed": dg.StaticPartitionsDefinition([str(seed) for seed in range(config.sweep.seeds)]),
         }
     )
-
-
-def _mean_and_interval(summarized: dict, metric: str) -> str:
-    """'mean ± half-width' of one summary entry, or '–' where nothing was measured (unexplained points)."""
-    if summarized[metric] is None:
-        return "–"
-    return f"{summarized[metric]:.4f} ± {summarized[metric + '_ci95']:.4f}"
 
 
 def _pareto(rows: pl.DataFrame, layer: int) -> dict:
@@ -50,10 +43,10 @@ def _pareto(rows: pl.DataFrame, layer: int) -> dict:
     header = "| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 | detection | fuzzing |"
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
-        scores = " | ".join(_mean_and_interval(r, score) for score in ("detection_acc", "fuzzing_acc"))
+        scores = " | ".join(mean_and_interval(r, score) for score in ("detection_acc", "fuzzing_acc"))
         lines.append(
-            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {_mean_and_interval(r, 'fvu_excl_pos0')} | "
-            f"{_mean_and_interval(r, 'delta_ce')} | {r['l0']:.1f} | {scores} |"
+            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {mean_and_interval(r, 'fvu_excl_pos0')} | "
+            f"{mean_and_interval(r, 'delta_ce')} | {r['l0']:.1f} | {scores} |"
         )
     return plots | {"points": dg.MetadataValue.md("\n".join(lines))}
 

@@ -260,7 +260,7 @@ def dictionary_sweep(
     from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
     from circuitdb.explanations.chat import chat_model
     from circuitdb.models import load_model
-    from circuitdb.store.sweeps import summary
+    from circuitdb.store.sweeps import mean_and_interval, summary
 
     try:
         ks = sorted({int(value) for value in k.split(",")})
@@ -286,7 +286,7 @@ def dictionary_sweep(
             "yes" if r["skip"] else "no",
             r["k"],
             r["seeds"],
-            *("–" if r[m] is None else f"{r[m]:.4f} ± {r[m + '_ci95']:.4f}" for m in shown),
+            *(mean_and_interval(r, m) for m in shown),
             f"{r['l0']:.1f}",
             f"{r['dead_frac']:.3f}",
         )

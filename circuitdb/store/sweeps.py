@@ -43,3 +43,11 @@ def summary(rows: pl.DataFrame) -> pl.DataFrame:
             entry |= {metric: mean, f"{metric}_ci95": half}
         out.append(entry)
     return pl.DataFrame(out, schema_overrides={f"{s}{end}": pl.Float64 for s in SCORES for end in ("", "_ci95")})
+
+
+def mean_and_interval(entry: dict, metric: str) -> str:
+    """'mean ± half-width' of one summary entry's metric, or '–' where nothing was measured (a point whose
+    features were not explained)."""
+    if entry[metric] is None:
+        return "–"
+    return f"{entry[metric]:.4f} ± {entry[metric + '_ci95']:.4f}"
