@@ -30,7 +30,7 @@ demo: install
 	$(BIN)/circuitdb graph list --store $(STORE)
 	$(BIN)/circuitdb graph show $$($(BIN)/circuitdb sql "select slug from graphs order by created_at limit 1" -f csv --store $(STORE) | tail -1 | tr -d "\r") --store $(STORE)
 	$(BIN)/circuitdb feature explain --layer 12 --top 5 --store $(STORE)
-	$(BIN)/circuitdb dictionary sweep --layer 12 --k 16,64 --seeds 2 --skip both --store $(STORE)
+	$(BIN)/circuitdb dictionary sweep --layer 12 --k 16,64 --seeds 2 --skip both --explain 2 --store $(STORE)
 
 test: install
 	$(BIN)/python -m pytest
