@@ -56,7 +56,7 @@ def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
         if "explanation_scores" in store.table_names():
             scores = read_table(store, "explanation_scores").filter(pl.col("layer").is_in(layers))
             for method, accuracy in scores.group_by("method").agg(pl.col("accuracy").mean()).iter_rows():
-                metadata[f"mean_{method}_accuracy"] = float(accuracy)
+                metadata[f"mean_{method}_accuracy"] = round(float(accuracy), 4)
             metadata["by_dictionary"] = dg.MetadataValue.md(_summary_table(store, project.load().dictionaries.name))
         context.add_output_metadata(metadata)
 

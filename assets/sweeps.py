@@ -27,7 +27,8 @@ def sweep_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
 
 
 def _pareto(rows: pl.DataFrame, layer: int) -> dict:
-    """Per variant, FVU (excl. position 0) and ΔCE by increasing k, mean over seeds, with the intervals."""
+    """Per variant, FVU (excl. position 0) and ΔCE by increasing k, mean over seeds, with the intervals; and
+    where points had features explained, their scores (features scored per seed, mean accuracies)."""
     table = summary(rows)
     variants = {False: "transcoder", True: "skip transcoder"}
     ks = sorted(set(table["k"]))
@@ -40,15 +41,22 @@ def _pareto(rows: pl.DataFrame, layer: int) -> dict:
         plots[f"{metric}_by_k"] = dg.MetadataValue.md(
             svg_lines(series, f"layer {layer}: {title} at k = {', '.join(map(str, ks))} (L0 = k)")
         )
-    header = "| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 | detection | fuzzing |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | k | seeds | FVU excl. pos 0 | ΔCE | L0 |", "|---|---|---|---|---|---|"]
+    scored = ["| variant | k | scored features by seed | detection | fuzzing |", "|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
-        scores = " | ".join(mean_and_interval(r, score) for score in ("detection_acc", "fuzzing_acc"))
+        variant = f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} |"
         lines.append(
-            f"| {variants[r['skip']]} | {r['k']} | {r['seeds']} | {mean_and_interval(r, 'fvu_excl_pos0')} | "
-            f"{mean_and_interval(r, 'delta_ce')} | {r['l0']:.1f} | {scores} |"
+            f"{variant} {mean_and_interval(r, 'fvu_excl_pos0')} | {mean_and_interval(r, 'delta_ce')} | {r['l0']:.1f} |"
         )
-    return plots | {"points": dg.MetadataValue.md("\n".join(lines))}
+        at_k = rows.filter((pl.col("skip") == r["skip"]) & (pl.col("k") == r["k"])).sort("seed")["explained_features"]
+        if at_k.is_not_null().any():
+            counts = "/".join(str(n) for n in at_k.fill_null(0).to_list())
+            scores = " | ".join(mean_and_interval(r, score) for score in ("detection_acc", "fuzzing_acc"))
+            scored.append(f"| {variants[r['skip']]} | {r['k']} | {counts} | {scores} |")
+    metadata = plots | {"points": dg.MetadataValue.md("\n".join(lines))}
+    if len(scored) > 2:
+        metadata["explanation_scores"] = dg.MetadataValue.md("\n".join(scored))
+    return metadata
 
 
 def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
@@ -62,7 +70,8 @@ def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
     )
     def sweep(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """One point of a sparsity sweep: the recipe at this partition's k and seed on `sweep.layer`, evaluated
-        on the held-out split (FVU both ways, ΔCE, KL, L0, dead fraction) into the `sweeps` table."""
+        on the held-out split (FVU both ways, ΔCE, KL, L0, dead fraction; with `sweep.explain_features`, the
+        explanation scores of its densest latents) into the `sweeps` table."""
         config, store, lm, corpus = project.open_stage()
         layer = config.sweep.layer
         if layer is None:

@@ -118,7 +118,7 @@ def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(
     assert materialization.metadata["points"].value.count("skip transcoder |") == 2
     # the densest latent of every point explained; scored where the 16-token corpus has windows it is silent in
     assert rows["explained_features"].drop_nulls().to_list() in ([1, 1], [1, 1, 1], [1, 1, 1, 1])
-    assert "| detection | fuzzing |" in materialization.metadata["points"].value
+    assert "| detection | fuzzing |" in materialization.metadata["explanation_scores"].value
 
 
 def test_every_sweep_point_records_the_scores_of_its_explained_features(built_store: Path, tmp_path: Path) -> None:
