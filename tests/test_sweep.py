@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from circuitdb.store.sweeps import interval, summary
+from tests.conftest import Always
 
 
 def test_the_interval_is_students_t() -> None:
@@ -127,7 +128,6 @@ def test_every_sweep_point_records_the_scores_of_its_explained_features(built_st
     from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
     from circuitdb.models import load_model
     from circuitdb.store import Store, read_table
-    from tests.conftest import Always
 
     store = Store(shutil.copytree(built_store, tmp_path / "store"))
     config = load_config(built_store.parent / "circuitdb.yaml")
