@@ -55,9 +55,10 @@ def _read(store: Store, table: str, path: Path, columns: list[str] | None) -> pl
     verify(store.root, path)
     schema = TABLES[table]
     wanted = columns or list(schema.columns)
+    later = [name for name in wanted if name in schema.filled_later]
     try:
-        present = pl.read_parquet_schema(path)
-        absent = [name for name in wanted if name not in present and name in schema.filled_later]
+        present = pl.read_parquet_schema(path) if later else {}  # a second footer read only where it can matter
+        absent = [name for name in later if name not in present]
         frame = pl.read_parquet(path, columns=[name for name in wanted if name not in absent])
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise damaged_partition(store, path, str(exc).splitlines()[0]) from None
