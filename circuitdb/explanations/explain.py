@@ -309,5 +309,6 @@ def explain_and_score_coder(
     explained by `chat` and scored by it on `data`. Nothing is written. `name`: (dictionary, layer) ids."""
     features, exemplars = feature_statistics(coder, *train, lm, *name, FeatureStatsConfig())
     chosen = _densest(features, n)
-    explanations = explanation_rows(chat, features.filter(pl.col("feature_id").is_in(chosen)), shown_windows(exemplars))
+    picked = pl.col("feature_id").is_in(chosen)
+    explanations = explanation_rows(chat, features.filter(picked), shown_windows(exemplars.filter(picked)))
     return explanation_summary(score_rows(lm, coder, data, ChatScorer(chat), explanations))
