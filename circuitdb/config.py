@@ -239,6 +239,14 @@ class AttributionConfig:
     """Pruning keeps the edges carrying this share of the influence on the logits."""
     validate_top_features: int = 5
     """The `graph_validation` check zeroes this many top features and compares with their edges."""
+    start_positions: int | None = None
+    """Leading positions with no feature nodes, whose MLP outputs are constants of the graph; None is
+    circuit-tracer's `zero_positions` rule: 4 for Gemma-3 instruction-tuned models (their chat prefix
+    `<bos><start_of_turn>user\n`), else 1 (BOS, the attention sink)."""
+    start_error_nodes: bool = False
+    """Keep the MLP errors of those positions as error nodes (circuitdb's graphs before issue 23). The BOS
+    position's errors then take a large share of the influence and push borderline features below the
+    node threshold: graphs differ from circuit-tracer's and Neuronpedia's on the same files."""
 
     def __post_init__(self) -> None:
         for name in ("logit_cumulative", "node_threshold", "edge_threshold"):
@@ -248,6 +256,8 @@ class AttributionConfig:
             raise CircuitDBError("attribution.max_prompt_tokens ≥ 2, max_feature_nodes ≥ 1 and max_logits ≥ 1")
         if not self.memory_gb > 0:
             raise CircuitDBError(f"attribution.memory_gb must be positive, got {self.memory_gb}")
+        if self.start_positions is not None and self.start_positions < 1:
+            raise CircuitDBError(f"attribution.start_positions must be at least 1, got {self.start_positions}")
 
 
 @dataclass

@@ -463,6 +463,23 @@ app.add_typer(graph_app, name="graph")
 @graph_app.command("build")
 def graph_build(
     prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
+    minus: Annotated[
+        list[str] | None,
+        typer.Argument(help="`- TOKEN` after --target TOKEN: explain the logit difference.", show_default=False),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="Explain these next tokens (strings of one token each, or id:N) instead of the top logits."),
+    ] = None,
+    target_vector: Annotated[
+        str | None, typer.Option(help=".npy of d_model values: a direction read where the unembedding reads.")
+    ] = None,
+    target_feature: Annotated[
+        str | None, typer.Option(help="<dictionary>/<layer>/<index>@<position>: what drives that feature there.")
+    ] = None,
+    start_error_nodes: Annotated[
+        bool, typer.Option(help="Keep the BOS position's MLP errors as nodes (not circuit-tracer's rule).")
+    ] = False,
     max_feature_nodes: Annotated[int | None, typer.Option(help="Features kept, by influence on the logits.")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory the graph may take (attribution.memory_gb).")] = None,
     transcoders: Annotated[
@@ -481,20 +498,34 @@ def graph_build(
     from orchestration.instance import record_graph
 
     overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
+    overrides["attribution.start_error_nodes"] = start_error_nodes or None
     project = _config(config, store=store, **overrides)
+    spec = target_spec(target, minus, target_vector, target_feature)
     opened = Store(project.store) if transcoders else Store.open_existing(project.store)  # a folder is enough
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
     lm = load_model(project.model.spec, project.model.device)
-    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr)
+    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr, target=spec)
     opened.push()
     record_graph(opened.root, row, project.viewer_url)  # its partition in the UI, materialized
-    keys = ["slug", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
+    keys = ["slug", "target", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
     keys += ["completeness_score", "seconds"]
     if fmt is OutputFormat.table:
         render(QueryResult(["field", "value"], [], [(k, row[k]) for k in keys]), OutputFormat.table)
     else:
         typer.echo(json.dumps({k: row[k] for k in keys} | {"top_logits": row["top_logits"]}))
+
+
+def target_spec(tokens: list[str] | None, minus: list[str] | None, vector: str | None, feature: str | None):
+    """What `graph build` explains, from its options; `- TOKEN` trails a single --target."""
+    from circuitdb.attribution.targets import TargetSpec, check_spec
+
+    minus = list(minus or [])
+    if minus and (len(minus) != 2 or minus[0] != "-"):
+        raise CircuitDBError(f"unexpected arguments {minus}: a logit difference is --target ' Paris' - ' London'")
+    spec = TargetSpec(tuple(tokens or ()), minus[1] if minus else None, vector, feature)
+    check_spec(spec)
+    return spec
 
 
 @graph_app.command("list")

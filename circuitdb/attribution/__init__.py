@@ -1,9 +1,10 @@
 """Circuit tracing: the replacement model of a prompt, its attribution graph, pruning, interventions."""
 
-from circuitdb.attribution.graph import Graph, attribute, check_prompt, keep_top_features, logit_targets
+from circuitdb.attribution.graph import Graph, attribute, check_prompt, keep_top_features
 from circuitdb.attribution.interventions import Intervention, InterventionResult, intervene
 from circuitdb.attribution.pruning import Pruned, prune
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, trace
+from circuitdb.attribution.targets import Targets, TargetSpec
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "Intervention",
     "InterventionResult",
     "Pruned",
+    "TargetSpec",
+    "Targets",
     "ReplacementModel",
     "Transcoders",
     "attribute",
@@ -19,7 +22,6 @@ __all__ = [
     "intervene",
     "keep_top_features",
     "load_transcoders",
-    "logit_targets",
     "prune",
     "stored_transcoders",
     "trace",

@@ -1,9 +1,11 @@
 """A pruned graph as table rows (`graph_nodes`, `graph_edges`) and as circuit-tracer's graph JSON.
 
 Node ids follow circuit-tracer: features `<layer>_<index>_<position>`, tokens `E_<token id>_<position>`,
-logits `<n_layers + 1>_<token id>_<position>`; error nodes are `err_<layer>_<position>` (circuit-tracer's
+targets `<n_layers + 1>_<token id>_<position>` (a target that is no single token has circuit-tracer's
+virtual id, vocabulary size + its index); error nodes are `err_<layer>_<position>` (circuit-tracer's
 `0_<layer>_<position>` can collide with a layer-0 feature's id). The same ids are used in the tables
-and in the JSON, so an edge found by SQL is the edge a viewer draws.
+and in the JSON, so an edge found by SQL is the edge a viewer draws. Target nodes are of kind 'logit'
+(the graph's outputs) whatever they read; their label says what they are.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def node_ids(graph: Graph) -> list[str]:
     ]
     ids += [f"err_{layer}_{pos}" for layer in range(graph.n_layers) for pos in range(P)]
     ids += [f"E_{token}_{pos}" for pos, token in enumerate(graph.ids)]
-    ids += [f"{graph.n_layers + 1}_{token}_{P - 1}" for token in graph.logit_tokens]
+    _, position = graph.target_at
+    ids += [f"{graph.n_layers + 1}_{token}_{position}" for token in graph.logit_tokens]
     return ids
 
 
@@ -48,18 +51,17 @@ def node_frame(
 ) -> pl.DataFrame:
     """`graph_nodes` rows of the nodes pruning kept."""
     f, P, L = graph.features, graph.n_positions, graph.n_layers
-    n_err = L * P
-    layer = f.layer.tolist() + [lay for lay in range(L) for _ in range(P)] + [-1] * P + [L] * len(graph.logit_tokens)
-    position = f.position.tolist() + list(range(P)) * L + list(range(P)) + [P - 1] * len(graph.logit_tokens)
+    n_err, n_targets = L * P, len(graph.logit_tokens)
+    target_layer, target_position = graph.target_at
+    layer = f.layer.tolist() + [lay for lay in range(L) for _ in range(P)] + [-1] * P + [target_layer] * n_targets
+    position = f.position.tolist() + list(range(P)) * L + list(range(P)) + [target_position] * n_targets
     index = f.index.tolist() + [-1] * n_err + graph.ids + graph.logit_tokens
     token = [tokens[p] for p in position[: graph.logit_start]] + logit_tokens
     activation = f.activation.float().tolist() + [0.0] * (n_err + P) + graph.logit_probabilities.tolist()
     ids = feature_ids(dictionary, f.layer.tolist(), f.index.tolist())
     label = [labels.get(fid, "") for fid in ids]
-    label += [f"MLP error, layer {lay}" for lay in range(L) for _ in range(P)]
-    label += [f"token {t!r}" for t in tokens] + [
-        f"output {t!r} (p={p:.3f})" for t, p in zip(logit_tokens, graph.logit_probabilities.tolist(), strict=True)
-    ]
+    label += [f"MLP error, layer {lay}, position {pos}" for lay in range(L) for pos in range(P)]
+    label += [f"token {t!r}" for t in tokens] + target_labels(graph, logit_tokens)
     frame = pl.DataFrame(
         {
             "slug": slug,
@@ -76,6 +78,14 @@ def node_frame(
         }
     )
     return frame.filter(pl.Series(pruned.node_mask.cpu().numpy()))
+
+
+def target_labels(graph: Graph, logit_tokens: list[str]) -> list[str]:
+    """What each target node is: 'output ' Paris' (p=0.412)' for a token, else 'target: <what>'."""
+    if graph.target.startswith(("difference", "vector", "feature")):
+        return [f"target: {label}" for label in graph.target_labels]
+    probabilities = graph.logit_probabilities.tolist()
+    return [f"output {t!r} (p={p:.3f})" for t, p in zip(logit_tokens, probabilities, strict=True)]
 
 
 def edge_frame(graph: Graph, pruned: Pruned, slug: str) -> pl.DataFrame:
@@ -133,6 +143,7 @@ def circuit_tracer_json(graph_row: dict, nodes: pl.DataFrame, edges: pl.DataFram
             "transcoder_list": [graph_row["dictionaries"]],
             "prompt_tokens": graph_row["tokens"],
             "prompt": graph_row["prompt"],
+            "target": graph_row["target"] or "top logits",
             "node_threshold": node_threshold,
             "schema_version": 1,
         },

@@ -1,7 +1,8 @@
 """Attribution graph: the direct effect of every node on every later node, in the replacement model.
 
 Nodes, in circuit-tracer's order: active features (layer, position, index), error nodes (layer ×
-position), input-token embeddings (position), target logits. `adjacency[t, s]` is the direct effect of
+position), input-token embeddings (position), targets (`targets.py`: the top logits by default; chosen
+tokens, a logit difference, a direction, or one feature). `adjacency[t, s]` is the direct effect of
 source s on target t: s's write into the residual stream (activation × decoder row, the error vector,
 or the token embedding) dotted with the gradient of t's pre-activation (or demeaned logit) with
 respect to that residual, along frozen paths only — attention through its frozen pattern and value/
@@ -22,6 +23,7 @@ whole model, and no autograd graph in memory.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from circuitdb.attribution.pruning import node_influence
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, is_centred
+from circuitdb.attribution.targets import TOP_LOGITS, Targets, TargetSpec, resolve
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 
@@ -47,6 +50,14 @@ class Graph:
     adjacency: torch.Tensor
     n_active_features: int
     """Active features before `max_feature_nodes` capped them."""
+    target: str = TOP_LOGITS
+    """What the graph explains (`Targets.description`): '' for the top logits."""
+    target_labels: list[str] | None = None
+    """One per target node (None: the logit tokens')."""
+    target_layer: int | None = None
+    """Where the targets read: None (or n_layers) for the unembedding, else a feature target's layer."""
+    target_position: int | None = None
+    """The targets' position (None: the last)."""
 
     @property
     def n_positions(self) -> int:
@@ -72,22 +83,17 @@ class Graph:
     def n_nodes(self) -> int:
         return self.logit_start + len(self.logit_tokens)
 
+    @property
+    def target_at(self) -> tuple[int, int]:
+        """(layer, position) the targets read at: (n_layers, last) for the unembedding."""
+        layer = self.n_layers if self.target_layer is None else self.target_layer
+        return layer, self.n_positions - 1 if self.target_position is None else self.target_position
+
 
 MAX_LOGITS = 10
 """Target logits at most (the default of `max_logits`)."""
 SCRATCH_BYTES = 1 << 27
 """Influence-first computes a batch's rows in fp32 before keeping them in bf16: batches stay this small."""
-
-
-def logit_targets(
-    logits: torch.Tensor, cumulative: float = 0.95, max_logits: int = MAX_LOGITS
-) -> tuple[list[int], torch.Tensor]:
-    """The most probable next tokens until their probabilities sum to `cumulative`, at most `max_logits`."""
-    probabilities = logits.float().softmax(-1)
-    top = probabilities.topk(max_logits)
-    keep = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(cumulative, device=top.values.device)).item()) + 1
-    keep = min(keep, max_logits)
-    return top.indices[:keep].tolist(), top.values[:keep].cpu()
 
 
 def _value_output(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,13 +208,15 @@ class _Sweep:
             reads[mask] = self.weights[layer].mlp_norm.read(rows, features.position[chosen[mask]])
         return reads
 
-    def logit_reads(self, tokens: list[int]) -> torch.Tensor:
-        """Demeaned unembedding rows through the frozen final norm at the last position: [n_logits, d]."""
+    def target_reads(self, targets: Targets) -> torch.Tensor:
+        """The targets' vectors through the frozen norm they read after: [k, d] gradients at the residual."""
         lm = self.rm.lm
-        unembedding = lm.model.get_submodule(lm.arch.unembedding).weight
+        where = torch.full((len(targets.ids),), targets.position, device=self.device)
+        vectors = targets.vectors.to(self.device, self.rm.mlp_in.dtype)
+        if targets.layer < self.L:
+            return self.weights[targets.layer].mlp_norm.read(vectors, where)
         final_norm = _Norm(lm, lm.model.get_submodule(lm.arch.final_norm), self.rm.freezer.scales["final"])
-        last = torch.full((len(tokens),), self.P - 1, device=self.device)
-        return final_norm.read(unembedding[tokens] - unembedding.mean(0), last)  # softmax ignores shifts
+        return final_norm.read(vectors, where)
 
     def rows(
         self,
@@ -329,6 +337,7 @@ def attribute(
     logit_cumulative: float = 0.95,
     max_logits: int = MAX_LOGITS,
     progress: bool = True,
+    target: TargetSpec = TargetSpec(),
     max_feature_nodes: int | None = None,
     memory_gb: float | None = None,
     influence_first: bool | None = None,
@@ -344,7 +353,8 @@ def attribute(
     until the cap; then the kept graph's rows once more, exactly, over the kept nodes only. Features
     never given a row are left out of the graph with their edges, as circuit-tracer's are.
     `influence_first` forces one way (tests). `report` hears the memory estimate before anything is
-    allocated; past `memory_gb`, one clear error instead.
+    allocated; past `memory_gb`, one clear error instead. `target` says what the graph explains (the top
+    logits unless asked otherwise: `targets.py`).
     """
     lm, features = rm.lm, rm.features
     L, P, n_f = lm.n_layers, rm.n_positions, len(features)
@@ -358,13 +368,13 @@ def attribute(
             f"the prompt has {n_f} active features: its graph needs ~{estimate.gb:.2g} GB (limit {memory_gb} GB, "
             "attribution.memory_gb); lower --max-feature-nodes or shorten the prompt"
         )
-    tokens, probabilities = logit_targets(rm.logits[-1], logit_cumulative, max_logits)
+    targets = resolve(lm, rm.logits, rm.transcoders, target, logit_cumulative, max_logits)
     sweep = _Sweep(rm, progress)
     if not estimate.influence_first:
         every = torch.arange(n_f, device=sweep.device)
-        return keep_top_features(_kept_graph(sweep, tokens, probabilities, every), max_feature_nodes)
-    chosen = _choose_features(sweep, tokens, probabilities, max_feature_nodes, batch_size)
-    return _kept_graph(sweep, tokens, probabilities, chosen)
+        return keep_top_features(_kept_graph(sweep, targets, every), max_feature_nodes)
+    chosen = _choose_features(sweep, targets, max_feature_nodes, batch_size)
+    return _kept_graph(sweep, targets, chosen)
 
 
 def _normalized_rows_(rows: torch.Tensor) -> torch.Tensor:
@@ -423,9 +433,7 @@ def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 128
     return out
 
 
-def _choose_features(
-    sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, max_feature_nodes: int, batch_size: int
-) -> torch.Tensor:
+def _choose_features(sweep: _Sweep, targets: Targets, max_feature_nodes: int, batch_size: int) -> torch.Tensor:
     """Influence-first: the features to keep, in batches of the highest estimated influence so far. A batch's
     rows are computed in blocks whose fp32 rows over every source stay within SCRATCH_BYTES."""
     rm, device, n_f = sweep.rm, sweep.device, sweep.n_features
@@ -441,11 +449,12 @@ def _choose_features(
             sweep.rows(layers[part], positions[part], reads[part], block, out_rows, desc=desc)
             selection.add(_normalized_rows_(block), layers[part], columns[part], weights[part])
 
-    n_logits = len(tokens)
-    logits = torch.full((n_logits,), sweep.L, device=device)
-    last = torch.full((n_logits,), sweep.P - 1, device=device)
-    no_column = torch.full((n_logits,), -1, device=device)
-    add_rows(logits, last, sweep.logit_reads(tokens), no_column, probabilities.to(device), "logit sweep")
+    n_targets = len(targets.ids)
+    layers = torch.full((n_targets,), targets.layer, device=device)
+    where = torch.full((n_targets,), targets.position, device=device)
+    no_column = torch.full((n_targets,), -1, device=device)
+    weights = targets.weights.to(device)
+    add_rows(layers, where, sweep.target_reads(targets), no_column, weights, "target sweep")
     chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
     capacity = min(max_feature_nodes, n_f)
     bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not sweep.progress, leave=False)
@@ -467,9 +476,9 @@ def _choose_features(
     return chosen.nonzero().flatten()
 
 
-def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, chosen: torch.Tensor) -> Graph:
+def _kept_graph(sweep: _Sweep, targets: Targets, chosen: torch.Tensor) -> Graph:
     """The exact square graph of the chosen features (all of them: the dense graph), errors, tokens and
-    logits; other features are dropped with their edges."""
+    targets; other features are dropped with their edges."""
     rm, device = sweep.rm, sweep.device
     f = rm.features
     kept = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
@@ -480,15 +489,28 @@ def _kept_graph(sweep: _Sweep, tokens: list[int], probabilities: torch.Tensor, c
         column_map = torch.full((sweep.n_columns,), -1, dtype=torch.long, device=device)
         column_map[chosen] = torch.arange(n_kept, device=device)
         column_map[others] = n_kept + torch.arange(len(others), device=device)
-    n_nodes = n_kept + len(others) + len(tokens)
+    n_targets = len(targets.ids)
+    n_nodes = n_kept + len(others) + n_targets
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
-    layers = torch.cat([kept.layer, torch.full((len(tokens),), sweep.L, device=device)])
-    positions = torch.cat([kept.position, torch.full((len(tokens),), sweep.P - 1, device=device)])
-    reads = torch.cat([sweep.feature_reads(chosen), sweep.logit_reads(tokens)])
-    out_rows = torch.arange(n_kept + len(tokens), device=device)
+    layers = torch.cat([kept.layer, torch.full((n_targets,), targets.layer, device=device)])
+    positions = torch.cat([kept.position, torch.full((n_targets,), targets.position, device=device)])
+    reads = torch.cat([sweep.feature_reads(chosen), sweep.target_reads(targets)])
+    out_rows = torch.arange(n_kept + n_targets, device=device)
     out_rows[n_kept:] += len(others)
     sweep.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="exact rows")
-    return Graph(rm.ids.tolist(), kept, sweep.L, tokens, probabilities, adjacency, sweep.n_features)
+    return Graph(
+        rm.ids.tolist(),
+        kept,
+        sweep.L,
+        targets.ids,
+        targets.weights,
+        adjacency,
+        sweep.n_features,
+        targets.description,
+        targets.labels,
+        targets.layer,
+        targets.position,
+    )
 
 
 def keep_top_features(graph: Graph, keep: int | None) -> Graph:
@@ -503,15 +525,7 @@ def keep_top_features(graph: Graph, keep: int | None) -> Graph:
     f = graph.features
     features = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
     adjacency = graph.adjacency[rows[:, None], rows[None, :]]  # one gather, no intermediate copy
-    return Graph(
-        graph.ids,
-        features,
-        graph.n_layers,
-        graph.logit_tokens,
-        graph.logit_probabilities,
-        adjacency,
-        graph.n_active_features,
-    )
+    return dataclasses.replace(graph, features=features, adjacency=adjacency)
 
 
 def check_prompt(n_tokens: int, limit: int) -> None:

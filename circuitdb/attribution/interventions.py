@@ -64,7 +64,7 @@ def _mlp_with(rm: ReplacementModel, interventions: list[Intervention], frozen_la
             pending.clear()
         frozen = layer in frozen_layers
         if frozen:  # the replacement model's MLP: clean latents, live linear skip, clean error
-            out = rm.reconstruction(layer, mlp_in, traced) + rm.errors[layer]
+            out = rm.reconstruction(layer, mlp_in, traced) + rm.errors[layer] + rm.constants[layer]
         mine = [i for i in interventions if i.layer == layer]
         if mine:
             latents = traced[layer] if frozen else tc.encode(layer, mlp_in)
@@ -119,6 +119,8 @@ def intervene(
 def validate_edges(rm: ReplacementModel, graph: Graph, n_features: int) -> list[dict]:
     """Zero each of the `n_features` features with the largest direct effect on the top logit, in the
     frozen replacement model, and compare the logit's change with minus that edge."""
+    if graph.target_labels is not None and graph.target.startswith(("difference", "vector", "feature")):
+        raise CircuitDBError("edge validation measures logits: it checks graphs of the top logits or chosen tokens")
     row = graph.adjacency[graph.logit_start, : graph.n_features]
     token = graph.logit_tokens[0]
     f = graph.features

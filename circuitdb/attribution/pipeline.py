@@ -16,7 +16,8 @@ from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_f
 from circuitdb.attribution.graph import MemoryEstimate, attribute, check_prompt
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
-from circuitdb.attribution.replacement_model import ReplacementModel, trace
+from circuitdb.attribution.replacement_model import ReplacementModel, start_positions, trace
+from circuitdb.attribution.targets import TargetSpec, check_spec
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
 from circuitdb.config import AttributionConfig
 from circuitdb.models import LoadedModel
@@ -33,10 +34,21 @@ def resolve_transcoders(store: Store, cfg: AttributionConfig, folder: str | None
 
 
 def trace_prompt(lm: LoadedModel, prompt: str, transcoders: Transcoders, cfg: AttributionConfig) -> ReplacementModel:
-    """The prompt traced through the replacement model, after the length checks."""
+    """The prompt traced through the replacement model, after the length checks, with the configured rule
+    for the leading positions (circuit-tracer's by default)."""
     ids = lm.encode(prompt)
     check_prompt(len(ids), min(cfg.max_prompt_tokens, lm.max_context))
-    return trace(lm, ids, transcoders)
+    start = cfg.start_positions if cfg.start_positions is not None else start_positions(lm)
+    return trace(lm, ids, transcoders, start, cfg.start_error_nodes)
+
+
+def target_tokens(lm: LoadedModel, graph) -> list[str]:
+    """The target nodes' tokens: the logit's token, or the target's label when it is no single token."""
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    return [
+        lm.token_strings([token])[0] if 0 <= token < vocab else label
+        for token, label in zip(graph.logit_tokens, graph.target_labels or graph.logit_tokens, strict=True)
+    ]
 
 
 def _describe(report: Callable[[str], None], cfg: AttributionConfig, estimate: MemoryEstimate) -> None:
@@ -55,11 +67,13 @@ def build_graph(
     transcoders_dir: str | None = None,
     validate: bool = False,
     report: Callable[[str], None] | None = None,
+    target: TargetSpec = TargetSpec(),
 ) -> tuple[dict, list[dict]]:
-    """Attribute `prompt`, prune, and write `graphs`, `graph_nodes`, `graph_edges` rows (partition = slug)
-    and `<store>/graphs/<slug>.json`. Returns the `graphs` row and, with `validate`, the intervention
-    checks of the top features' edges into the top logit (`validate_edges`). `report` hears the memory
-    estimate before the graph is allocated."""
+    """Attribute `prompt` (for `target`: the top logits by default), prune, and write `graphs`,
+    `graph_nodes`, `graph_edges` rows (partition = slug) and `<store>/graphs/<slug>.json`. Returns the
+    `graphs` row and, with `validate`, the intervention checks of the top features' edges into the first
+    target (`validate_edges`). `report` hears the memory estimate before the graph is allocated."""
+    check_spec(target)
     transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
@@ -67,6 +81,7 @@ def build_graph(
         rm,
         logit_cumulative=cfg.logit_cumulative,
         max_logits=cfg.max_logits,
+        target=target,
         max_feature_nodes=cfg.max_feature_nodes,
         memory_gb=cfg.memory_gb,
         report=partial(_describe, report, cfg) if report is not None else None,
@@ -78,8 +93,8 @@ def build_graph(
     pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
     seconds += time.perf_counter() - started
 
-    slug = graph_slug(prompt, lm.name, dictionary)
-    tokens, logit_tokens = lm.token_strings(graph.ids), lm.token_strings(graph.logit_tokens)
+    slug = graph_slug(prompt, lm.name, dictionary, graph.target)
+    tokens, logit_tokens = lm.token_strings(graph.ids), target_tokens(lm, graph)
     labels = dict(read_table(store, "features", ["feature_id", "label"]).iter_rows())
     nodes = node_frame(graph, pruned, slug, dictionary, tokens, logit_tokens, labels)
     edges = edge_frame(graph, pruned, slug)
@@ -97,6 +112,7 @@ def build_graph(
         "n_edges_pruned": edges.height,
         "replacement_score": pruned.replacement_score,
         "completeness_score": pruned.completeness_score,
+        "target": graph.target,
         "top_logits": logit_tokens,
         "top_probabilities": graph.logit_probabilities.tolist(),
         "settings": json.dumps(settings),

@@ -5,8 +5,10 @@ norm's denominator, and each MLP's input and output. In the *replacement model*:
 - attention patterns and norm denominators are frozen at those values (constants, no gradient);
 - each MLP output becomes its transcoders' reconstruction plus an **error** term, the part the
   transcoders missed, held constant (so with errors the replacement reproduces the model exactly);
-- features at position 0 (the BOS attention sink) are not used: the dictionaries were trained without
-  it, so that position's MLP output is all error.
+- the leading positions (`start_positions`: the BOS attention sink; Gemma-3-IT's chat prefix
+  `<bos><start_of_turn>user\n`) have no features: the dictionaries were trained without them. Their MLP
+  errors are either constants of the graph (circuit-tracer's `zero_positions` rule: no error node there,
+  what the MLP wrote is a fixed bias like the transcoders' b_dec) or error nodes (`start_error_nodes`).
 Everything between feature activations and logits is then linear, which is what makes the direct
 effects of `graph.py` exact. `run` replays the model through Hugging Face's own modules in this
 frozen state; tests measure edges with it by finite differences, independently of `graph.py`.
@@ -27,6 +29,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
 
 from circuitdb.attribution.transcoders import Transcoders
+from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 from circuitdb.models.hooks import replace_mlp_out
 
@@ -207,8 +210,14 @@ class ReplacementModel:
     """[positions, vocab]: the model's own logits."""
     features: Features
     errors: torch.Tensor
-    """[layers, positions, d]: mlp_out minus the transcoders' reconstruction (all of mlp_out where uncovered)."""
+    """[layers, positions, d]: the error nodes' vectors, mlp_out minus the transcoders' reconstruction (all of
+    mlp_out where uncovered); zero at the leading positions when those are constants."""
+    constants: torch.Tensor
+    """[layers, positions, d]: the errors of the leading positions when they are constants of the graph
+    (else zero): always added, whether error nodes are on or not."""
     n_latents: int
+    start_positions: int
+    """Leading positions without features (and, unless their errors are nodes, without error nodes)."""
 
     @property
     def n_positions(self) -> int:
@@ -232,23 +241,43 @@ class ReplacementModel:
         read: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Logits of the frozen replacement model with feature activations fixed to `features` (default:
-        the prompt's own), errors included or not; `read(layer, mlp_in)` sees each layer's MLP input."""
+        the prompt's own), error nodes included or not (the leading positions' constants always are);
+        `read(layer, mlp_in)` sees each layer's MLP input."""
         latents = self.latents(features)
 
         def mlp(layer: int, mlp_in: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
             if read is not None:
                 read(layer, mlp_in)
-            out = self.reconstruction(layer, mlp_in, latents)
+            out = self.reconstruction(layer, mlp_in, latents) + self.constants[layer]
             return out + self.errors[layer] if errors else out
 
         return forward(self.lm, self.ids, mlp, self.freezer, inputs_embeds)
 
 
+def start_positions(lm: LoadedModel) -> int:
+    """circuit-tracer's rule for the leading positions that are constants of the graph: Gemma-3
+    instruction-tuned models' `<bos><start_of_turn>user\n` (its GemmaScope-2 IT transcoders were trained
+    without them), else the first token (BOS, the attention sink)."""
+    gemma3 = lm.config.model_type in ("gemma3", "gemma3_text")
+    return 4 if gemma3 and lm.name.rstrip("/").lower().endswith("-it") else 1
+
+
 @torch.no_grad()
-def trace(lm: LoadedModel, ids: list[int] | torch.Tensor, transcoders: Transcoders) -> ReplacementModel:
-    """Run the prompt once, record what the replacement model freezes, and find the active features."""
+def trace(
+    lm: LoadedModel,
+    ids: list[int] | torch.Tensor,
+    transcoders: Transcoders,
+    start: int = 1,
+    start_error_nodes: bool = True,
+) -> ReplacementModel:
+    """Run the prompt once, record what the replacement model freezes, and find the active features.
+
+    The first `start` positions have no features; their MLP errors are error nodes (`start_error_nodes`)
+    or constants of the graph (circuit-tracer's rule, which `AttributionConfig` makes the default)."""
     transcoders.check_model(lm)
     ids = torch.as_tensor(ids, dtype=torch.long)
+    if len(ids) <= start:
+        raise CircuitDBError(f"the prompt has {len(ids)} tokens; the first {start} are constants of the graph")
     dtype = next(lm.model.parameters()).dtype
     transcoders.to(lm.device, dtype)
     mlp_in = torch.zeros(lm.n_layers, len(ids), lm.d_model, dtype=dtype, device=lm.device)
@@ -264,12 +293,18 @@ def trace(lm: LoadedModel, ids: list[int] | torch.Tensor, transcoders: Transcode
     latents, parts = {}, []
     for layer in transcoders.layers:
         latents[layer] = transcoders.encode(layer, mlp_in[layer])
-        latents[layer][0] = 0  # position 0 (BOS) is left to the error node
+        latents[layer][:start] = 0  # the leading positions are left to their errors
         position, index = latents[layer].nonzero(as_tuple=True)
         parts.append((torch.full_like(position, layer), position, index, latents[layer][position, index]))
     features = Features(*(torch.cat(column) for column in zip(*parts, strict=True)))
     errors = mlp_out.clone()
     for layer in transcoders.layers:
         errors[layer] = mlp_out[layer] - transcoders.reconstruct(layer, mlp_in[layer], latents)
+    constants = torch.zeros_like(errors)
+    if not start_error_nodes:
+        constants[:, :start] = errors[:, :start]
+        errors[:, :start] = 0
     n_latents = latents[transcoders.layers[0]].shape[-1]
-    return ReplacementModel(lm, transcoders, ids, freezer, mlp_in, mlp_out, logits, features, errors, n_latents)
+    return ReplacementModel(
+        lm, transcoders, ids, freezer, mlp_in, mlp_out, logits, features, errors, constants, n_latents, start
+    )

@@ -69,6 +69,13 @@ class Transcoders:
     def d_model(self) -> int:
         return self.set.d_model
 
+    @property
+    def n_latents(self) -> int:
+        """Latents per layer."""
+        if self.clt is not None:
+            return self.clt.W_enc.shape[1]
+        return next(iter(self.per_layer.values())).W_enc.shape[0]
+
     def check_model(self, lm: LoadedModel) -> None:
         """One clear line, naming the file, when these transcoders cannot belong to `lm`."""
         self.set.check_model(lm.name, lm.n_layers, lm.d_model)

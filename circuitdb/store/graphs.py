@@ -17,10 +17,12 @@ from circuitdb.store.layout import Store
 from circuitdb.store.parquet import read_table
 
 
-def graph_slug(prompt: str, model: str, dictionaries: str) -> str:
-    """Readable and stable: the prompt's first words + a hash of (prompt, model, transcoders)."""
+def graph_slug(prompt: str, model: str, dictionaries: str, target: str = "") -> str:
+    """Readable and stable: the prompt's first words + a hash of (prompt, model, transcoders, target); the
+    top logits' target ('') leaves the hash as it was before targets existed."""
     words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6])[:40] or "prompt"
-    digest = hashlib.sha256(f"{prompt}\0{model}\0{dictionaries}".encode()).hexdigest()[:8]
+    key = f"{prompt}\0{model}\0{dictionaries}" + (f"\0{target}" if target else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return f"{words}-{digest}"
 
 

@@ -149,7 +149,7 @@ TABLES: dict[str, TableSchema] = {
     "graphs": TableSchema(
         "one row per attribution graph (one prompt, one set of transcoders)",
         {
-            "slug": (pl.String(), "graph id: prompt words + a hash of prompt, model and transcoders"),
+            "slug": (pl.String(), "graph id: prompt words + a hash of prompt, model, transcoders and target"),
             "prompt": (pl.String(), "the prompt as given"),
             "tokens": (pl.List(pl.String()), "prompt tokens as text, BOS first"),
             "token_ids": (pl.List(pl.Int32()), "prompt token ids, BOS first"),
@@ -161,12 +161,18 @@ TABLES: dict[str, TableSchema] = {
             "n_edges_pruned": (pl.Int64(), "edges kept by pruning"),
             "replacement_score": (pl.Float64(), "share of the logits' influence starting at tokens, not errors"),
             "completeness_score": (pl.Float64(), "influence-weighted share of node inputs not from errors"),
-            "top_logits": (pl.List(pl.String()), "target logits, most probable first"),
+            "target": (
+                pl.String(),
+                "what the graph explains: '' (or null, before targets existed) the top logits; 'tokens ...', "
+                "'difference ...', 'vector ...', 'feature ...'",
+            ),
+            "top_logits": (pl.List(pl.String()), "target logits, most probable first (or the targets' labels)"),
             "top_probabilities": (pl.List(pl.Float32()), "their probabilities"),
             "settings": (pl.String(), "JSON: thresholds and limits used"),
             "seconds": (pl.Float64(), "time to trace, attribute and prune"),
             "created_at": (pl.Datetime("us", "UTC"), "when the graph was built"),
         },
+        filled_later=frozenset({"target"}),
     ),
     "graph_nodes": TableSchema(
         "one row per node kept by pruning",
