@@ -15,8 +15,11 @@ two graph files with nodes matched by meaning: feature (layer, position, index),
 position), token (position), logit (token, or the custom target).
 
 Prints one JSON line: node_jaccard (worst uncapped prompt), node_jaccard_capped, top50_overlap (worst:
-shared share of the 50 most influential nodes), edge_max_rel_err (over edges both kept), score_max_abs_diff
-(replacement and completeness), prompts (per prompt and set: the figures, node counts, seconds of each).
+shared share of the 50 most influential nodes), edge_max_rel_err (over edges both kept: the difference
+relative to the largest edge into the same target, since both sum float32 terms in different orders and
+an edge that is a near-cancellation of large terms differs more relative to itself; the per-edge figures
+are in `prompts`), score_max_abs_diff (replacement and completeness), prompts (per prompt and set: the
+figures, node counts, seconds of each).
 `--write-fixture` writes `tests/fixtures/vs_circuit_tracer.json`: circuit-tracer's node sets and scores of
 the random set, whose transcoders the test rebuilds from their seed (so the suite pins them without
 the side environment).
@@ -50,7 +53,7 @@ from circuitdb.models.loading import _plain_directory, cache_root
 ROOT = Path(__file__).resolve().parent.parent
 SIDE_PACKAGES = ["circuit-tracer==0.5.0", "transformers==4.57.3", "nnsight==0.6.3"]
 CAP = 7500
-PROMPTS = [
+PROMPTS = [  # the trained set runs the first (circuit-tracer takes ~7 min a graph on 2 cores)
     {"name": "capital", "text": "The capital of France is Paris, and the capital of Germany is", "cap": None},
     {"name": "code", "text": "def add(a, b):\n    return a +", "cap": None},
     {
@@ -204,11 +207,15 @@ def _target_vector(lm, cache: Path, pair: tuple[str, str]) -> tuple[Path, str]:
     return path, f"{pair[0]!r} - {pair[1]!r}"
 
 
-def circuit_tracer_graphs(python: Path, cache: Path, lm, folder: Path, model_dir: Path) -> Path:
+def set_prompts(name: str) -> list[dict]:
+    return PROMPTS if name == "random" else PROMPTS[:1]
+
+
+def circuit_tracer_graphs(python: Path, cache: Path, lm, folder: Path, model_dir: Path) -> tuple[Path, list[dict]]:
     """circuit-tracer's graph files and scores for every prompt (cached by transcoders + ids + cap)."""
     out = cache / "graphs" / folder.name
     prompts = []
-    for prompt in PROMPTS:
+    for prompt in set_prompts(folder.name):
         ids = lm.encode(prompt["text"])
         custom = None
         if "difference" in prompt:
@@ -227,8 +234,7 @@ def our_graph(store: Path, folder: Path, prompt: dict) -> tuple[dict, dict]:
     """Our graph of the prompt through the CLI, as a user builds it: (its JSON file, its `graphs` row)."""
     command = [str(Path(sys.executable).parent / "circuitdb"), "graph", "build", prompt["text"]]
     command += ["--transcoders", str(folder), "--store", str(store), "-f", "json"]
-    if prompt["cap"]:
-        command += ["--max-feature-nodes", str(prompt["cap"])]
+    command += ["--max-feature-nodes", str(prompt["cap"] or 10**7)]  # uncapped: every active feature, as theirs
     if "difference" in prompt:
         command += ["--target", prompt["difference"][0], "--target", "-" + prompt["difference"][1]]
     line = _run(command, capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -269,12 +275,19 @@ def compare(ours: dict, theirs: dict, scores: dict, row: dict) -> dict:
         return {(keys[link["source"]], keys[link["target"]]): link["weight"] for link in document["links"]}
 
     our_edges, their_edges = edges(ours, our_keys), edges(theirs, their_keys)
-    shared = our_edges.keys() & their_edges.keys()
-    errors = [abs(our_edges[e] - their_edges[e]) / max(abs(their_edges[e]), 1e-12) for e in shared]
+    shared = list(our_edges.keys() & their_edges.keys())
+    largest: dict[tuple, float] = {}  # each target's largest incoming |weight| (theirs)
+    for (_, target), weight in their_edges.items():
+        largest[target] = max(largest.get(target, 0.0), abs(weight))
+    difference = np.array([abs(our_edges[e] - their_edges[e]) for e in shared])
+    per_edge = difference / np.maximum(np.abs([their_edges[e] for e in shared]), 1e-30)
+    per_target = difference / np.array([largest[e[1]] for e in shared])
     return {
         "node_jaccard": round(len(a & b) / len(a | b), 4),
         "top50_overlap": round(len(top_ours & top_theirs) / max(len(top_theirs), 1), 4),
-        "edge_max_rel_err": float(f"{max(errors, default=0.0):.3g}"),
+        "edge_max_rel_err": float(f"{per_target.max(initial=0.0):.3g}"),
+        "edge_p999_rel_err_per_edge": float(f"{np.quantile(per_edge, 0.999) if len(shared) else 0.0:.3g}"),
+        "edge_max_rel_err_per_edge": float(f"{per_edge.max(initial=0.0):.3g}"),
         "edges_shared": len(shared),
         "edge_jaccard": round(len(shared) / len(our_edges.keys() | their_edges.keys()), 4),
         "nodes": [len(a), len(b)],
@@ -306,7 +319,7 @@ def main() -> None:
         for name in args.sets.split(","):
             folder = transcoder_folder(cache, name, lm)
             out, jobs = circuit_tracer_graphs(python, cache, lm, folder, model_dir)
-            for prompt, job in zip(PROMPTS, jobs, strict=True):
+            for prompt, job in zip(set_prompts(name), jobs, strict=True):
                 theirs = json.loads((out / f"{job['name']}.json").read_text())
                 scores = json.loads((out / f"{job['name']}.scores.json").read_text())
                 ours, row = our_graph(Path(scratch) / "store", folder, prompt)

@@ -132,6 +132,7 @@ def render_graph_tree(
     """
     console = Console()
     console.print(f"[bold]{graph['slug']}[/bold]  {_shortened(graph['prompt'])}")
+    console.print(f"target: {graph.get('target') or 'top logits'}", highlight=False, markup=False)
     console.print(
         f"{graph['n_nodes_pruned']} nodes, {graph['n_edges_pruned']} edges kept of {graph['n_nodes']} nodes; "
         f"replacement score {graph['replacement_score']:.3f}, completeness {graph['completeness_score']:.3f}"

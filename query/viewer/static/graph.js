@@ -63,7 +63,7 @@ function edgeTrace(edges, at, sign, width, opacity) {
   const tokens = graph.tokens || [];
   const layout = {
     margin: { t: 30, l: 50, r: 10, b: 80 }, hovermode: "closest", dragmode: "pan",
-    title: { text: `${graph.slug} — ${graph.n_nodes_pruned} nodes, ${data.n_edges} edges (strongest shown)`, font: { size: 13 } },
+    title: { text: `${graph.slug} — target: ${graph.target || "top logits"} — ${graph.n_nodes_pruned} nodes, ${data.n_edges} edges (strongest shown)`, font: { size: 13 } },
     xaxis: { tickvals: tokens.map((_, i) => i), ticktext: tokens, tickangle: -45 },
     yaxis: { title: { text: "layer" }, tickvals: [-1, ...Array.from({ length: nLayers }, (_, i) => i), nLayers],
       ticktext: ["tokens", ...Array.from({ length: nLayers }, (_, i) => String(i)), "logits"] },
