@@ -28,6 +28,7 @@ import torch
 
 from circuitdb.attribution import Graph, Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
 from circuitdb.attribution.pruning import node_influence
+from circuitdb.attribution.replacement_model import start_positions
 from circuitdb.config import DictionaryConfig, load_config
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
@@ -96,7 +97,7 @@ def main() -> None:
         print(repr(lm.tokenizer.decode(ids[1:])), file=sys.stderr)
     memory_gb = args.memory_gb or config.attribution.memory_gb
     started = time.perf_counter()
-    rm = trace(lm, ids, transcoders)
+    rm = trace(lm, ids, transcoders, start_positions(lm), start_error_nodes=False)  # circuit-tracer's rule
     estimates = []
     graph = attribute(
         rm, progress=False, max_feature_nodes=args.max_feature_nodes, memory_gb=memory_gb, report=estimates.append

@@ -257,3 +257,30 @@ def test_queries_start_without_loading_torch() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_graph_targets(built: tuple[str, str], cli) -> None:
+    """A logit difference and a feature target through the CLI: stored, named, and bad ones one line each."""
+    prompt = "The quick brown fox jumps"
+    code, out, err = cli("graph", "build", prompt, "--target", " the", "-", " over", "-f", "json", *built)
+    difference = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and difference["target"] == "difference ' the' - ' over'", err
+    assert difference["top_logits"] == ["' the' - ' over'"]
+    code, out, err = cli("graph", "build", prompt, "--target-feature", "plt/2/3@4", "-f", "json", *built)
+    feature = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and feature["target"] == "feature plt/2/3@4" and feature["slug"] != difference["slug"], err
+    code, out, _ = cli("sql", "SELECT slug, target FROM graphs ORDER BY created_at", "-f", "json", *built)
+    stored = {row["slug"]: row["target"] for row in json.loads(out)}
+    assert stored[difference["slug"]] == difference["target"] and stored[feature["slug"]] == feature["target"]
+    code, out, err = cli("graph", "show", difference["slug"], *built)
+    assert code == 0 and "target: difference ' the' - ' over'" in out, err
+    for args, message in (
+        (["--target", " the", "--target-feature", "plt/1/2@3"], "one kind of target"),
+        (["--target", " the quick"], "exactly one token"),
+        (["--target", " the", "-"], "a logit difference is"),
+        (["--target-feature", "plt/9/1@2"], "no transcoder reads layer 9"),
+        (["--target-vector", "/no/such.npy"], "no such file"),
+    ):
+        code, _, err = cli("graph", "build", prompt, *args, *built)
+        lines = err.strip().splitlines()
+        assert code == 1 and lines[-1].startswith("error: ") and message in lines[-1], (args, err)

@@ -272,8 +272,9 @@ def trace(
 ) -> ReplacementModel:
     """Run the prompt once, record what the replacement model freezes, and find the active features.
 
-    The first `start` positions have no features; their MLP errors are error nodes (`start_error_nodes`)
-    or constants of the graph (circuit-tracer's rule, which `AttributionConfig` makes the default)."""
+    The first `start` positions have no features; their MLP errors are error nodes (`start_error_nodes`,
+    the literal replacement model) or constants of the graph (circuit-tracer's rule: the pipeline's
+    default, `AttributionConfig.start_error_nodes` False)."""
     transcoders.check_model(lm)
     ids = torch.as_tensor(ids, dtype=torch.long)
     if len(ids) <= start:
