@@ -40,9 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitdb.config import DictionaryConfig, TrainConfig
+from circuitdb.config import CorpusConfig, DictionaryConfig, TrainConfig
 from circuitdb.corpus import iter_documents
-from circuitdb.config import CorpusConfig
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.dictionaries.formats.circuit_tracer import export_transcoders
 from circuitdb.dictionaries.train import train_dictionary
@@ -222,7 +221,8 @@ def circuit_tracer_graphs(python: Path, cache: Path, lm, folder: Path, model_dir
             vector, label = _target_vector(lm, cache, prompt["difference"])
             custom = {"label": label, "prob": 1.0, "vector": str(vector)}
         key = hashlib.sha256(json.dumps([ids, prompt["cap"], custom is not None]).encode()).hexdigest()[:12]
-        prompts.append({"name": f"{prompt['name']}-{key}", "ids": ids, "max_feature_nodes": prompt["cap"], "custom": custom})
+        name = f"{prompt['name']}-{key}"
+        prompts.append({"name": name, "ids": ids, "max_feature_nodes": prompt["cap"], "custom": custom})
     job = {"model_dir": str(model_dir), "transcoders": str(folder), "n_layers": lm.n_layers, "out": str(out)}
     job_file = cache / f"job-{folder.name}.json"
     job_file.write_text(json.dumps(job | {"prompts": prompts}))
@@ -253,11 +253,16 @@ def node_key(node: dict) -> tuple:
         return ("error", int(node["layer"]), int(node["ctx_idx"]))
     if kind == "embedding":
         return ("token", int(node["ctx_idx"]))
-    return ("logit",)  + ((node["feature"],) if node["feature"] < 10**9 else ())
+    return ("logit",) + ((node["feature"],) if node["feature"] < 10**9 else ())
+
+
+def _score_differences(row: dict, scores: dict) -> list[float]:
+    return [abs(row[key] - scores[key]) for key in ("replacement_score", "completeness_score")]
 
 
 def compare(ours: dict, theirs: dict, scores: dict, row: dict) -> dict:
     """Node Jaccard, top-50 overlap, edge agreement and score differences of two graph files."""
+
     def keyed(document: dict) -> dict[str, tuple]:
         return {node["node_id"]: node_key(node) for node in document["nodes"]}
 
@@ -294,9 +299,7 @@ def compare(ours: dict, theirs: dict, scores: dict, row: dict) -> dict:
         "features": [sum(k[0] == "feature" for k in a), sum(k[0] == "feature" for k in b)],
         "replacement": [round(row["replacement_score"], 6), round(scores["replacement_score"], 6)],
         "completeness": [round(row["completeness_score"], 6), round(scores["completeness_score"], 6)],
-        "score_abs_diff": float(
-            f"{max(abs(row['replacement_score'] - scores['replacement_score']), abs(row['completeness_score'] - scores['completeness_score'])):.3g}"
-        ),
+        "score_abs_diff": float(f"{max(_score_differences(row, scores)):.3g}"),
         "active_features": [row["n_active_features"], scores["n_active_features"]],
         "seconds": [round(row["seconds"], 1), round(scores["seconds"], 1)],
         "their_nodes": sorted(b),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from circuitdb.attribution.pruning import node_influence
 from circuitdb.attribution.replacement_model import Features, ReplacementModel, is_centred
-from circuitdb.attribution.targets import TOP_LOGITS, Targets, TargetSpec, resolve
+from circuitdb.attribution.targets import TOP_LOGITS, TOP_LOGITS_TARGET, Targets, TargetSpec, resolve
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 
@@ -337,7 +337,7 @@ def attribute(
     logit_cumulative: float = 0.95,
     max_logits: int = MAX_LOGITS,
     progress: bool = True,
-    target: TargetSpec = TargetSpec(),
+    target: TargetSpec = TOP_LOGITS_TARGET,
     max_feature_nodes: int | None = None,
     memory_gb: float | None = None,
     influence_first: bool | None = None,

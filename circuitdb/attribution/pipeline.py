@@ -17,7 +17,7 @@ from circuitdb.attribution.graph import MemoryEstimate, attribute, check_prompt
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, start_positions, trace
-from circuitdb.attribution.targets import TargetSpec, check_spec
+from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec, check_spec
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
 from circuitdb.config import AttributionConfig
 from circuitdb.models import LoadedModel
@@ -67,7 +67,7 @@ def build_graph(
     transcoders_dir: str | None = None,
     validate: bool = False,
     report: Callable[[str], None] | None = None,
-    target: TargetSpec = TargetSpec(),
+    target: TargetSpec = TOP_LOGITS_TARGET,
 ) -> tuple[dict, list[dict]]:
     """Attribute `prompt` (for `target`: the top logits by default), prune, and write `graphs`,
     `graph_nodes`, `graph_edges` rows (partition = slug) and `<store>/graphs/<slug>.json`. Returns the

@@ -65,6 +65,8 @@ class Targets(NamedTuple):
     """The last position, or the feature's."""
 
 
+TOP_LOGITS_TARGET = TargetSpec()
+"""The default request: the most probable next tokens."""
 FEATURE = re.compile(r"^(?P<name>.+)/(?P<layer>\d+)/(?P<index>\d+)@(?P<position>\d+)$")
 
 
@@ -174,6 +176,8 @@ def _feature_target(feature: str, transcoders: Transcoders, positions: int, voca
     if index >= transcoders.n_latents:
         raise CircuitDBError(f"--target-feature {feature}: layer {layer} has {transcoders.n_latents} latents")
     if not 0 <= position < positions:
-        raise CircuitDBError(f"--target-feature {feature}: position {position} is outside the prompt (0-{positions - 1})")
+        raise CircuitDBError(
+            f"--target-feature {feature}: position {position} is outside the prompt (0-{positions - 1})"
+        )
     rows, _ = transcoders.encoder(layer, torch.tensor([index]))
     return Targets(description, [feature], [vocab], torch.ones(1), rows, layer, position)
