@@ -18,27 +18,17 @@ import torch
 
 from circuitdb.attribution import TargetSpec, Transcoders, attribute, prune, trace
 from circuitdb.attribution.replacement_model import Features, start_positions
-from circuitdb.config import DictionaryConfig
-from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import load_model
 from circuitdb.store.graphs import graph_slug
+from tests.test_attribution import _per_layer
 
 PROMPT = "The quick brown fox jumps over"
 LAYERS = 12
 
 
 def _transcoders() -> Transcoders:
-    torch.manual_seed(3)
-    coders = {}
-    for layer in range(LAYERS):
-        coder = SparseCoder(DictionaryConfig(kind="plt", n_latents=32, k=4, skip=True), 64, 64)
-        with torch.no_grad():
-            coder.W_skip.normal_(std=0.05)
-            coder.b_dec.normal_(std=0.1)
-            coder.W_dec.mul_(0.5)
-        coders[layer] = coder
-    return Transcoders(coders, name="plt")
+    return Transcoders(_per_layer(list(range(LAYERS)), seed=3).per_layer, name="plt")
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +190,7 @@ def test_targets_are_part_of_the_graphs_identity_and_bad_ones_are_one_line(trace
         (TargetSpec(feature="plt/7/32@4"), "has 32 latents"),
         (TargetSpec(feature="plt/7/5@40"), "outside the prompt"),
         (TargetSpec(feature="plt/7/5"), "expected <dictionary>"),
+        (TargetSpec(feature="clt/7/5@4"), "the graph's transcoders are 'plt'"),
         (TargetSpec(tokens=(" the",), vector=str(wide)), "one kind of target"),
     ):
         with pytest.raises(CircuitDBError, match=message):

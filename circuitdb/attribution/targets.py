@@ -171,6 +171,8 @@ def _read_vector(path: str, d_model: int) -> torch.Tensor:
 def _feature_target(feature: str, transcoders: Transcoders, positions: int, vocab: int, description: str) -> Targets:
     match = FEATURE.match(feature)
     layer, index, position = (int(match[key]) for key in ("layer", "index", "position"))
+    if match["name"] != transcoders.name:
+        raise CircuitDBError(f"--target-feature {feature}: the graph's transcoders are {transcoders.name!r}")
     if layer not in transcoders.layers:
         raise CircuitDBError(f"--target-feature {feature}: no transcoder reads layer {layer} ({transcoders.layers})")
     if index >= transcoders.n_latents:
