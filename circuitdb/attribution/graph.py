@@ -92,6 +92,9 @@ class Graph:
 
 MAX_LOGITS = 10
 """Target logits at most (the default of `max_logits`)."""
+SELECTION_BATCH = 2048
+"""Influence-first: features given rows between two rankings, circuit-tracer's schedule (its default
+4 batches of 512 between updates), so a capped graph keeps the features circuit-tracer's keeps."""
 SCRATCH_BYTES = 1 << 27
 """Influence-first computes a batch's rows in fp32 before keeping them in bf16: batches stay this small."""
 
@@ -341,7 +344,7 @@ def attribute(
     max_feature_nodes: int | None = None,
     memory_gb: float | None = None,
     influence_first: bool | None = None,
-    batch_size: int = 512,
+    batch_size: int = SELECTION_BATCH,
     report: Callable[[MemoryEstimate], None] | None = None,
 ) -> Graph:
     """The attribution graph of the traced prompt (see the module docstring), with at most
@@ -350,8 +353,9 @@ def attribute(
     Dense when it fits `memory_gb` (every active feature gets its exact row, the cap keeps the most
     influential by exact influence: `keep_top_features`); otherwise influence-first: logit rows, then
     feature rows in batches, each batch the features of highest influence estimated from the rows so far,
-    until the cap; then the kept graph's rows once more, exactly, over the kept nodes only. Features
-    never given a row are left out of the graph with their edges, as circuit-tracer's are.
+    until the cap (`batch_size` features between two rankings); then the kept graph's rows once more,
+    exactly, over the kept nodes only. Features never given a row are left out of the graph with their
+    edges, as circuit-tracer's are.
     `influence_first` forces one way (tests). `report` hears the memory estimate before anything is
     allocated; past `memory_gb`, one clear error instead. `target` says what the graph explains (the top
     logits unless asked otherwise: `targets.py`).
