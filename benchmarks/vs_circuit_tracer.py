@@ -7,7 +7,8 @@ and its pinned transformers 4.57.3 + nnsight 0.6.3 (never a dependency of ours),
 folder both can load offline, and two 30-layer transcoder sets in circuit-tracer's format:
 - `random`: random encoders with per-latent JumpReLU thresholds at a fixed firing rate, decoders fitted by
   ridge regression to the model's MLP outputs (so features, not only errors, carry influence);
-- `trained`: JumpReLU transcoders trained by our own trainer on the embedded corpus.
+- `trained`: BatchTopK transcoders trained by our own trainer on the embedded corpus (a JumpReLU with one
+  threshold at inference, which circuit-tracer's loader reads).
 For each prompt it runs circuit-tracer's `attribute` + `prune_graph` + `compute_graph_scores` +
 `create_graph_files` in the side environment (results cached: circuit-tracer takes minutes a graph here),
 and our `circuitdb graph build --transcoders` through the CLI into a scratch store, then compares the
@@ -177,10 +178,11 @@ class _InMemory:
 
 
 def trained_set(lm) -> dict[int, SparseCoder]:
-    """JumpReLU transcoders trained by our trainer, one per layer (16k tokens, 4 epochs: small but real)."""
-    acts = _activations(lm, _corpus_blocks(lm, 128, 128))
-    cfg = DictionaryConfig(kind="plt", activation="jumprelu", n_latents=4096, k=1, sparsity_coefficient=3e-3)
-    train = TrainConfig(batch_size=512, epochs=4, checkpoint_every=0, device="cpu")
+    """BatchTopK transcoders (k = 16) trained by our trainer, one per layer, on 8k corpus tokens: small but
+    real. At inference BatchTopK is a JumpReLU with one learned threshold, which circuit-tracer reads."""
+    acts = _activations(lm, _corpus_blocks(lm, 64, 128))
+    cfg = DictionaryConfig(kind="plt", activation="batchtopk", n_latents=4096, k=16)
+    train = TrainConfig(batch_size=512, epochs=3, checkpoint_every=0, device="cpu")
     coders = {}
     for layer in range(lm.n_layers):
         source = _InMemory(layer, acts[f"mlp_in.{layer}"], acts[f"mlp_out.{layer}"])
@@ -236,7 +238,7 @@ def our_graph(store: Path, folder: Path, prompt: dict) -> tuple[dict, dict]:
     command += ["--transcoders", str(folder), "--store", str(store), "-f", "json"]
     command += ["--max-feature-nodes", str(prompt["cap"] or 10**7)]  # uncapped: every active feature, as theirs
     if "difference" in prompt:
-        command += ["--target", prompt["difference"][0], "--target", "-" + prompt["difference"][1]]
+        command += ["--target", prompt["difference"][0], "-", prompt["difference"][1]]
     line = _run(command, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     row = json.loads(line)
     document = json.loads((store / "graphs" / f"{row['slug']}.json").read_text())
@@ -302,9 +304,21 @@ def compare(ours: dict, theirs: dict, scores: dict, row: dict) -> dict:
         "score_abs_diff": float(f"{max(_score_differences(row, scores)):.3g}"),
         "active_features": [row["n_active_features"], scores["n_active_features"]],
         "seconds": [round(row["seconds"], 1), round(scores["seconds"], 1)],
-        "their_nodes": sorted(b),
-        "their_scores": scores,
     }
+
+
+def write_fixture(out: Path, jobs: list[dict]) -> None:
+    """circuit-tracer's kept nodes (by meaning) and scores of the random set's uncapped top-logit prompts."""
+    graphs = {}
+    for prompt, job in zip(PROMPTS, jobs, strict=True):
+        if prompt["cap"] or "difference" in prompt:
+            continue
+        document = json.loads((out / f"{job['name']}.json").read_text())
+        scores = json.loads((out / f"{job['name']}.scores.json").read_text())
+        nodes = sorted({node_key(node) for node in document["nodes"]})
+        graphs[f"random/{prompt['name']}"] = {"text": prompt["text"], "their_nodes": nodes, "their_scores": scores}
+    FIXTURE.parent.mkdir(exist_ok=True)
+    FIXTURE.write_text(json.dumps({"circuit_tracer": SIDE_PACKAGES, "graphs": graphs}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -317,24 +331,21 @@ def main() -> None:
     python = side_environment(cache)
     model_dir = model_folder(cache)
     lm = load_model("embedded", "cpu")
+    runs = {}
+    for name in args.sets.split(","):
+        folder = transcoder_folder(cache, name, lm)
+        out, jobs = circuit_tracer_graphs(python, cache, lm, folder, model_dir)
+        runs[name] = (folder, out, jobs)
+    if args.write_fixture:
+        write_fixture(*runs["random"][1:])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for name in args.sets.split(","):
-            folder = transcoder_folder(cache, name, lm)
-            out, jobs = circuit_tracer_graphs(python, cache, lm, folder, model_dir)
+        for name, (folder, out, jobs) in runs.items():
             for prompt, job in zip(set_prompts(name), jobs, strict=True):
                 theirs = json.loads((out / f"{job['name']}.json").read_text())
                 scores = json.loads((out / f"{job['name']}.scores.json").read_text())
                 ours, row = our_graph(Path(scratch) / "store", folder, prompt)
                 results[f"{name}/{prompt['name']}"] = compare(ours, theirs, scores, row) | {"cap": prompt["cap"]}
-    if args.write_fixture:
-        pinned = {
-            key: {"text": next(p["text"] for p in PROMPTS if p["name"] == key.split("/")[1]), **value}
-            for key, value in results.items()
-            if key.startswith("random/")
-        }
-        FIXTURE.parent.mkdir(exist_ok=True)
-        FIXTURE.write_text(json.dumps({"prompts": PROMPTS, "graphs": pinned}, indent=1) + "\n")
     uncapped = [r for r in results.values() if not r["cap"]]
     capped = [r for r in results.values() if r["cap"]]
     summary = {
@@ -343,10 +354,7 @@ def main() -> None:
         "top50_overlap": min(r["top50_overlap"] for r in results.values()),
         "edge_max_rel_err": max(r["edge_max_rel_err"] for r in results.values()),
         "score_max_abs_diff": max(r["score_abs_diff"] for r in results.values()),
-        "prompts": {
-            key: {k: v for k, v in value.items() if k not in ("their_nodes", "their_scores")}
-            for key, value in results.items()
-        },
+        "prompts": results,
     }
     print(json.dumps(summary))
 
