@@ -7,7 +7,7 @@ forward pass per batch that captures every requested layer at once, instead of o
 import dagster as dg
 
 from assets.partitions import per_layer_options
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.harvest import harvest_layers
 from circuitdb.store import count_rows
 
@@ -20,12 +20,11 @@ def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDef
         group_name="activations",
         kinds={"pytorch", "safetensors"},
     )
-    def activations(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+    def activations(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """Activations at the configured hook kinds of each layer: fp16 safetensors shards under
         `<store>/activations/`, listed with their checksums in the `activation_shards` table."""
-        config, store, lm, corpus = project.open_stage()
-        layers = [int(key) for key in context.partition_keys]
-        shards = harvest_layers(store, lm, corpus, layers, config.harvest)
+        store, layers = project.store, [int(key) for key in context.partition_keys]
+        shards = harvest_layers(store, project.model, project.corpus, layers, project.config.harvest)
         return dg.MaterializeResult(
             metadata={
                 "layers": dg.MetadataValue.text(", ".join(map(str, layers))),

@@ -9,10 +9,11 @@ schedule that add and refresh partitions live in `orchestration/`.
 import dagster as dg
 
 from assets.partitions import gpu_step, prompt_partitions
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.attribution.pipeline import build_graph
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
+from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 from circuitdb.store.graphs import graph_slug
 
@@ -37,9 +38,9 @@ def stored_prompts(store: Store) -> dict[str, str]:
     return dict(zip(graphs["slug"], graphs["prompt"], strict=True))
 
 
-def partition_prompt(config: ProjectConfig, key: str) -> str:
+def partition_prompt(project: Project, key: str) -> str:
     """The prompt of a partition: a configured prompt's or a built graph's slug, else the key is the prompt."""
-    known = configured_prompts(config) | stored_prompts(Store(config.store))
+    known = configured_prompts(project.config) | stored_prompts(project.store)
     prompt = known.get(key, key)
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
@@ -79,15 +80,12 @@ def graph_metadata(row: dict, viewer_url: str) -> dict:
         )
     ],
 )
-def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
     """The pruned attribution graph of one prompt: rows of the `graphs`, `graph_nodes` and `graph_edges`
     tables (partition = slug) and `<store>/graphs/<slug>.json` in circuit-tracer's schema."""
-    from circuitdb.models import load_model
-
-    config = project.load()
-    prompt = partition_prompt(config, context.partition_key)
-    lm = load_model(config.model.spec, config.model.device)
-    row, validation = build_graph(Store(config.store), lm, prompt, config.attribution, validate=True)
+    config = project.config
+    prompt = partition_prompt(project, context.partition_key)
+    row, validation = build_graph(project.store, project.model, prompt, config.attribution, validate=True)
     worst = max((v["relative_error"] for v in validation), default=0.0)
     return dg.MaterializeResult(
         metadata=graph_metadata(row, config.viewer_url),

@@ -2,20 +2,17 @@
 
 import dagster as dg
 
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.corpus import store_corpus, tokenize_corpus
-from circuitdb.models import load_model
-from circuitdb.store import Store
 
 
 @dg.asset(group_name="corpus", kinds={"parquet"})
-def corpus_tokens(project: ProjectResource) -> dg.MaterializeResult:
+def corpus_tokens(project: ProjectParam) -> dg.MaterializeResult:
     """The configured corpus cut into fixed-length blocks (BOS first) with a deterministic eval split:
     the `corpora` table (one row) and `corpus_blocks` (one row per block, its token ids)."""
-    config = project.load()
-    lm = load_model(config.model.spec, config.model.device)
+    config, lm = project.config, project.model
     corpus = tokenize_corpus(lm, config.corpus)
-    counts = store_corpus(Store(config.store), corpus, lm.name, config.corpus.seed)
+    counts = store_corpus(project.store, corpus, lm.name, config.corpus.seed)
     return dg.MaterializeResult(
         metadata={
             "corpus": corpus.name,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.partitions import gpu_step
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
 from circuitdb.store import count_rows
 
@@ -16,10 +16,10 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
         kinds={"pytorch", "safetensors", "parquet"},
         **gpu_step(),
     )
-    def cross_layer_transcoder(project: ProjectResource) -> dg.MaterializeResult:
+    def cross_layer_transcoder(project: ProjectParam) -> dg.MaterializeResult:
         """A cross-layer transcoder reading every mlp_in.l and writing to every later mlp_out (config `clt`)."""
-        config, store, lm, corpus = project.open_stage()
-        rows = build_cross_layer_transcoder(store, lm, corpus, layers, config.clt)
+        store = project.store
+        rows = build_cross_layer_transcoder(store, project.model, project.corpus, layers, project.config.clt)
         table = "| layer | fvu_excl_pos0 | l0 | dead_frac |\n|---|---|---|---|\n" + "\n".join(
             f"| {r['layer']} | {r['fvu_excl_pos0']:.4g} | {r['l0']:.4g} | {r['dead_frac']:.4g} |" for r in rows
         )

@@ -10,31 +10,32 @@ import polars as pl
 
 from assets.layer_steps import per_layer_graph_asset, run_layer_bounds
 from assets.plots import svg_lines
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.dictionaries.pipeline import build_layer_dictionary
-from circuitdb.store import Store, count_rows, read_table
+from circuitdb.project import Project
+from circuitdb.store import count_rows, read_table
 
 METRIC_COLUMNS = ("layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 
 
-def _train_layer(project: ProjectResource, layer: int, device: str) -> None:
-    config, store, lm, corpus = project.open_stage(device)
-    build_layer_dictionary(store, lm, corpus, layer, config.dictionaries)
+def _train_layer(project: Project, layer: int, device: str) -> None:
+    build_layer_dictionary(project.store, project.model_on(device), project.corpus, layer, project.config.dictionaries)
 
 
-def _rows(project: ProjectResource, first: int, last: int) -> list[dict]:
+def _rows(project: Project, first: int, last: int) -> list[dict]:
     """The `dictionaries` rows of the configured set for layers first..last."""
-    config = project.load()
-    table = read_table(Store(config.store), "dictionaries")
-    chosen = table.filter((pl.col("name") == config.dictionaries.name) & pl.col("layer").is_between(first, last))
+    table = read_table(project.store, "dictionaries")
+    chosen = table.filter(
+        (pl.col("name") == project.config.dictionaries.name) & pl.col("layer").is_between(first, last)
+    )
     return chosen.sort("layer").to_dicts()
 
 
 def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.op(name="dictionaries_report", ins={"trained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
-    def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+    def report(context: dg.OpExecutionContext, project: ProjectParam) -> None:
         """The run's metrics, loss curves and viewer links, as the materialization's metadata."""
-        config = project.load()
+        config = project.config
         layers = [int(key) for key in context.partition_keys]
         rows = [r for r in _rows(project, min(layers), max(layers)) if r["layer"] in layers]
         for r in rows:
@@ -57,7 +58,7 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
                     )
                     + f"\n\nAll dictionaries: {viewer}/"
                 ),
-                "dagster/row_count": count_rows(Store(config.store), "dictionaries"),
+                "dagster/row_count": count_rows(project.store, "dictionaries"),
             }
         )
 
@@ -80,8 +81,8 @@ def build_dictionaries_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
     description="Held-out FVU (excl. position 0), dead fraction and L0 within dictionaries.max_fvu_excl_pos0, "
     "max_dead_frac and l0_range (a warning, not a failed run)",
 )
-def dictionaries_quality(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
-    cfg = project.load().dictionaries
+def dictionaries_quality(context: dg.AssetCheckExecutionContext, project: ProjectParam) -> dg.AssetCheckResult:
+    cfg = project.config.dictionaries
     failures = []
     for r in _rows(project, *run_layer_bounds(context)):
         problem = [

@@ -8,20 +8,19 @@ import dagster as dg
 import polars as pl
 
 from assets.layer_steps import per_layer_graph_asset
-from assets.resources import ProjectResource, explainer
+from assets.resources import ProjectParam
 from circuitdb.explanations.explain import densest_live, explain_and_score
+from circuitdb.project import Project
 from circuitdb.store import Store, count_rows, read_table
 
 
-def _explain_layer(project: ProjectResource, layer: int, device: str) -> None:
-    config = project.load()
-    cfg = config.explanations
+def _explain_layer(project: Project, layer: int, device: str) -> None:
+    cfg = project.config.explanations
     if not cfg.top_per_layer or (cfg.layers is not None and layer not in cfg.layers):
         return
-    _, store, lm, corpus = project.open_stage(device)
-    chosen = densest_live(store, config.dictionaries.name, layer, cfg.top_per_layer)
-    chat = explainer(cfg.explainer, cfg.explainer_model, device)
-    explain_and_score(store, chat, chosen, (lm, corpus) if cfg.score else None)
+    chosen = densest_live(project.store, project.config.dictionaries.name, layer, cfg.top_per_layer)
+    scoring = (project.model_on(device), project.corpus) if cfg.score else None
+    explain_and_score(project.store, project.explainer(device=device), chosen, scoring)
 
 
 def _summary_table(store: Store, dictionary: str) -> str:
@@ -39,9 +38,9 @@ def _summary_table(store: Store, dictionary: str) -> str:
 
 def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.op(name="explanations_report", ins={"explained": dg.In(dg.Nothing)}, out=dg.Out(dagster_type=dg.Nothing))
-    def report(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+    def report(context: dg.OpExecutionContext, project: ProjectParam) -> None:
         """How many features the run explained, their mean scores, and a sample of explanations."""
-        store = Store(project.load().store)
+        store = project.store
         layers = [int(key) for key in context.partition_keys]
         metadata: dict = {"layers_in_run": len(layers)}
         if "explanations" in store.table_names():
@@ -57,7 +56,7 @@ def build_explanations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDe
             scores = read_table(store, "explanation_scores").filter(pl.col("layer").is_in(layers))
             for method, accuracy in scores.group_by("method").agg(pl.col("accuracy").mean()).iter_rows():
                 metadata[f"mean_{method}_accuracy"] = round(float(accuracy), 4)
-            metadata["by_dictionary"] = dg.MetadataValue.md(_summary_table(store, project.load().dictionaries.name))
+            metadata["by_dictionary"] = dg.MetadataValue.md(_summary_table(store, project.config.dictionaries.name))
         context.add_output_metadata(metadata)
 
     return per_layer_graph_asset(

@@ -7,23 +7,24 @@ import polars as pl
 from assets.layer_steps import layer_fan_out, layer_step, run_layer_bounds
 from assets.partitions import per_layer_options
 from assets.plots import svg_bars
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.dictionaries.stored import stored_dictionary
 from circuitdb.features import build_layer_features
-from circuitdb.store import Store, count_rows, read_table
+from circuitdb.project import Project
+from circuitdb.store import count_rows, read_table
 from circuitdb.store.vectors import count_vectors, ensure_index, write_vectors
 
 
-def _encode_layer(project: ProjectResource, layer: int, device: str) -> None:
-    config, store, lm, corpus = project.open_stage(device)
-    build_layer_features(store, lm, corpus, config.dictionaries.name, layer)
+def _encode_layer(project: Project, layer: int, device: str) -> None:
+    build_layer_features(
+        project.store, project.model_on(device), project.corpus, project.config.dictionaries.name, layer
+    )
 
 
-def _stored_latents(project: ProjectResource, first: int, last: int) -> tuple[pl.DataFrame, int]:
+def _stored_latents(project: Project, first: int, last: int) -> tuple[pl.DataFrame, int]:
     """The `features` rows of the configured set for layers first..last, and how many latents those layers'
     dictionaries have (trained here or imported: the stored widths)."""
-    config = project.load()
-    store, name = Store(config.store), config.dictionaries.name
+    store, name = project.store, project.config.dictionaries.name
     summary = ["feature_id", "dictionary", "layer", "label", "density", "dead"]
     features = read_table(store, "features", summary).filter(
         (pl.col("dictionary") == name) & pl.col("layer").is_between(first, last)
@@ -44,7 +45,7 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         ins={"encoded": dg.In(dg.Nothing)},
         out={"feature_stats": dg.Out(dagster_type=dg.Nothing), "exemplars": dg.Out(dagster_type=dg.Nothing)},
     )
-    def report(context: dg.OpExecutionContext, project: ProjectResource):
+    def report(context: dg.OpExecutionContext, project: ProjectParam):
         """Density histogram and label sample of the run's layers; row counts of both tables."""
         layers = [int(key) for key in context.partition_keys]
         features, _ = _stored_latents(project, min(layers), max(layers))
@@ -53,7 +54,7 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         sample = live.sample(min(10, live.height), seed=0)
         edges = np.linspace(-6, 0, 25)
         density, _ = np.histogram(np.log10(live["density"].to_numpy().clip(1e-6)), bins=edges)
-        store = Store(project.load().store)
+        store = project.store
         context.add_output_metadata(
             {
                 "features": features.height,
@@ -107,7 +108,7 @@ def build_feature_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
     name="every_latent_has_a_row",
     description="The `features` table has one row per latent of every dictionary in the run.",
 )
-def every_latent_has_a_row(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+def every_latent_has_a_row(context: dg.AssetCheckExecutionContext, project: ProjectParam) -> dg.AssetCheckResult:
     features, expected = _stored_latents(project, *run_layer_bounds(context))
     return dg.AssetCheckResult(
         passed=features.height == expected, metadata={"rows": features.height, "latents": expected}
@@ -122,12 +123,10 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         group_name="features",
         kinds={"lancedb"},
     )
-    def feature_vectors(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+    def feature_vectors(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """Unit decoder directions, one row per feature, in the LanceDB table `feature_vectors` for
         nearest-feature search (an ANN index once the table is large)."""
-        config = project.load()
-        store = Store(config.store)
-        name = config.dictionaries.name
+        store, name = project.store, project.config.dictionaries.name
         columns = ["feature_id", "dictionary", "layer", "index", "label", "density"]  # what write_vectors stores
         features = read_table(store, "features", columns).filter(pl.col("dictionary") == name)
         written = 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.resources import ProjectResource
-from circuitdb.store import Store
+from assets.resources import ProjectParam
 from circuitdb.store.integrity import check_files, rebuild_target
 
 ASSET_FILES = {
@@ -26,8 +25,8 @@ def files_intact_check(asset: str) -> dg.AssetChecksDefinition:
         description=f"Every file under {', '.join(ASSET_FILES[asset])} matches the checksum recorded when it was "
         "written (`circuitdb check` for the whole store).",
     )
-    def files_intact(project: ProjectResource) -> dg.AssetCheckResult:
-        store = Store(project.load().store)
+    def files_intact(project: ProjectParam) -> dg.AssetCheckResult:
+        store = project.store
         report = check_files(store.root, ASSET_FILES[asset])
         listed = "\n".join(
             f"- {p.path.relative_to(store.root)}: {p.problem} → {rebuild_target(store.root, p.path)}"

@@ -16,10 +16,11 @@ import dagster as dg
 import torch
 
 from assets.partitions import POOL, gpu_step, per_layer_options
-from assets.resources import ProjectResource
+from assets.resources import ProjectParam
 from circuitdb.models import claimed_device, resolve_device
+from circuitdb.project import Project
 
-LayerWork = Callable[[ProjectResource, int, str], None]
+LayerWork = Callable[[Project, int, str], None]
 """(project, layer, device) → None: the work of one layer, writing its results into the store."""
 
 
@@ -43,9 +44,9 @@ def layer_step(asset: str, work: LayerWork) -> dg.OpDefinition:
         pool=options["pool"],
         tags=options["op_tags"],
     )
-    def step(context: dg.OpExecutionContext, project: ProjectResource) -> None:
+    def step(context: dg.OpExecutionContext, project: ProjectParam) -> None:
         layer = int(context.get_mapping_key().removeprefix("layer_"))
-        with claimed_device(project.load().model.device) as device:
+        with claimed_device(project.config.model.device) as device:
             if resolve_device(device).type == "cpu":
                 _share_cores(context)
             work(project, layer, device)

@@ -1,20 +1,19 @@
-"""Dagster resources: the project configuration, with the fields a run may override."""
+"""Dagster resources: the project resource hands every step a ready `Project` (circuitdb/project.py)."""
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
-from circuitdb.config import ProjectConfig, load_config
-from circuitdb.corpus import TokenizedCorpus, load_stored_corpus
-from circuitdb.explanations.chat import ChatModel, chat_model
-from circuitdb.models import LoadedModel, load_model
-from circuitdb.store import Store
+from circuitdb.project import Project
 
 
 class ProjectResource(dg.ConfigurableResource):
-    """circuitdb.yaml + environment, with optional per-run overrides of store, model and device."""
+    """circuitdb.yaml + environment, with optional per-run overrides of store, model and device. A step gets the
+    opened `Project`: on object storage its store is pulled before the step and pushed after it, also when the
+    step failed (every file is whole, and a later step resumes from it: shards, checkpoints, finished layers)."""
 
     config_file: str | None = None
     """Path of a circuitdb.yaml; None reads ./circuitdb.yaml when present, else the embedded default."""
@@ -25,40 +24,17 @@ class ProjectResource(dg.ConfigurableResource):
     device: str | None = None
     """Overrides `model.device`: auto, cpu or cuda."""
 
-    def load(self) -> ProjectConfig:
-        overrides = {"store": self.store, "model.spec": self.model, "model.device": self.device}
-        return load_config(self.config_file, overrides)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """A store on object storage: its local mirror is brought in step before the step runs."""
-        Store(self.load().store).pull()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        """...and what the step wrote is published after it, also when it failed: every file is whole, and
-        a later step resumes from it (shards, checkpoints, finished layers)."""
-        Store(self.load().store).push()
-
-    def open_stage(self, device: str | None = None) -> tuple[ProjectConfig, Store, LoadedModel, TokenizedCorpus]:
-        """What every model-running stage after the corpus starts from: config, store, model (on `device`,
-        default the configured one), stored corpus."""
-        config = self.load()
-        store = Store(config.store)
-        return (
-            config,
-            store,
-            _model(config.model.spec, device or config.model.device),
-            load_stored_corpus(store, config.corpus.name),
+    def open(self) -> Project:
+        """The project these fields name (also for sensors and schedules, which run outside a step)."""
+        return Project.open(
+            self.config_file, {"store": self.store, "model.spec": self.model, "model.device": self.device}
         )
 
-
-@functools.lru_cache(maxsize=2)
-def _model(spec: str, device: str) -> LoadedModel:
-    """The model of a process's steps: per-layer steps run in one process load it once (the in-process build),
-    each in its own process load their own (multiprocess or Kubernetes executors)."""
-    return load_model(spec, device)
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[Project]:
+        with self.open() as project:
+            yield project
 
 
-@functools.lru_cache(maxsize=2)
-def explainer(spec: str, endpoint_model: str, device: str) -> ChatModel:
-    """The chat model that explains (and scores) features, loaded once per process like the subject model."""
-    return chat_model(spec, endpoint_model, device)
+ProjectParam = dg.ResourceParam[Project]
+"""How an asset, op or check asks for the opened project."""

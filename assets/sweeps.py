@@ -7,12 +7,12 @@ import polars as pl
 
 from assets.partitions import gpu_step
 from assets.plots import svg_lines
-from assets.resources import ProjectResource, explainer
+from assets.resources import ProjectParam
 from circuitdb.config import ProjectConfig
-from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, count_rows, read_table
+from circuitdb.store import count_rows, read_table
 from circuitdb.store.sweeps import mean_and_interval, summary
+from circuitdb.sweeps import PointExplanations, sweep_layer
 
 sweep_key = dg.AssetKey("sweep")
 
@@ -68,11 +68,11 @@ def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
         kinds={"pytorch", "parquet"},
         **gpu_step(),
     )
-    def sweep(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+    def sweep(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """One point of a sparsity sweep: the recipe at this partition's k and seed on `sweep.layer`, evaluated
         on the held-out split (FVU both ways, ΔCE, KL, L0, dead fraction; with `sweep.explain_features`, the
         explanation scores of its densest latents) into the `sweeps` table."""
-        config, store, lm, corpus = project.open_stage()
+        config, store = project.config, project.store
         layer = config.sweep.layer
         if layer is None:
             raise CircuitDBError("set sweep.layer to the layer to sweep")
@@ -80,12 +80,10 @@ def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
         skips = [False, True] if config.sweep.compare_skip else None
         explain = None
         if config.sweep.explain_features:
-            cfg = config.explanations
-            chat = explainer(cfg.explainer, cfg.explainer_model, config.model.device)
-            explain = PointExplanations(chat, config.sweep.explain_features)
+            explain = PointExplanations(project.explainer(), config.sweep.explain_features)
         point = [int(keys["k"])], [int(keys["seed"])]
-        sweep_layer(store, lm, corpus, config.dictionaries, layer, *point, skips, explain)
-        swept = read_table(Store(config.store), "sweeps").filter(
+        sweep_layer(store, project.model, project.corpus, config.dictionaries, layer, *point, skips, explain)
+        swept = read_table(store, "sweeps").filter(
             (pl.col("dictionary") == config.dictionaries.name) & (pl.col("layer") == layer)
         )
         return dg.MaterializeResult(metadata=_pareto(swept, layer) | {"dagster/row_count": count_rows(store, "sweeps")})

@@ -23,12 +23,12 @@ import polars as pl  # noqa: E402
 
 from circuitdb.config import load_config  # noqa: E402
 from circuitdb.corpus import load_stored_corpus  # noqa: E402
-from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer  # noqa: E402
 from circuitdb.explanations.chat import LocalChatModel  # noqa: E402
 from circuitdb.explanations.explain import ChatScorer, explain_features, score_explanations  # noqa: E402
 from circuitdb.models import load_model  # noqa: E402
 from circuitdb.store import Store  # noqa: E402
 from circuitdb.store.sweeps import summary  # noqa: E402
+from circuitdb.sweeps import PointExplanations, sweep_layer  # noqa: E402
 from query.questions import top_features  # noqa: E402
 
 

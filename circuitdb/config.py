@@ -9,7 +9,9 @@ once, in `load_config`, with an error that names the bad field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -21,7 +23,6 @@ from typing import Any
 import yaml
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store.remote import cache_folder, is_remote
 
 HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 """Hook points per layer, in the order the residual stream passes them."""
@@ -314,16 +315,6 @@ class ProjectConfig:
     viewer_url: str = "http://127.0.0.1:8080"
     """Where `circuitdb serve` answers: Dagster's metadata links each graph and dictionary to its page there."""
 
-    @property
-    def store_path(self) -> Path:
-        """The store's local folder (for a store on object storage, its local mirror)."""
-        return cache_folder(self.store) if is_remote(self.store) else Path(self.store).expanduser().resolve()
-
-    @property
-    def store_location(self) -> str:
-        """The store as written into an effective configuration: a resolved folder, or the URI."""
-        return self.store if is_remote(self.store) else str(self.store_path)
-
 
 CONFIG_FILE = "circuitdb.yaml"
 CONFIG_ENV = "CIRCUITDB_CONFIG"
@@ -343,18 +334,26 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None and not file.is_file():
         raise CircuitDBError(f"config file not found: {file}")
     if file.is_file():
-        try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise CircuitDBError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise CircuitDBError(f"{file}: expected a mapping of fields at the top level")
-        values = loaded
+        status = file.stat()
+        values = copy.deepcopy(_read_fields(file.resolve(), status.st_mtime_ns, status.st_size))
     flat = {dotted: os.environ[env] for env, dotted in ENV_OVERRIDES.items() if os.environ.get(env)}
     flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for dotted, value in flat.items():
         _set_dotted(values, dotted, value)
     return _build(ProjectConfig, values, prefix="")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_fields(file: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    """A config file's fields, read once per process while the file is unchanged: the in-process build's
+    runs and a Dagster step's resource all read the store's effective configuration."""
+    try:
+        loaded = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CircuitDBError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise CircuitDBError(f"{file}: expected a mapping of fields at the top level")
+    return loaded
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:

@@ -12,9 +12,9 @@ from assets.attribution import attribution_graphs, configured_prompts, stored_pr
 from assets.partitions import project_layers, prompt_partitions
 from assets.resources import ProjectResource
 from assets.sweeps import sweep_key
-from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, atomic_write_bytes
+from circuitdb.project import Project
+from circuitdb.store import atomic_write_bytes
 from orchestration.definitions import build_definitions
 from orchestration.instance import EFFECTIVE_CONFIG, add_graph_partitions, project_instance
 
@@ -24,7 +24,7 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """The CLI reports progress bars and a summary itself; a failure surfaces as one CircuitDBError line."""
 
 
-def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
+def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
     """Run every per-layer asset for every layer partition in one run (one forward pass over all layers),
     then one attribution graph per configured prompt. Returns every asset check's evaluation (a run
     whose step fails raises; a failed check is reported, not raised, as in Dagster).
@@ -32,22 +32,22 @@ def build_all(config: ProjectConfig) -> list[dg.AssetCheckEvaluation]:
     The merged configuration is written to `<store>/circuitdb.effective.yaml` first: every asset
     reads exactly it, and it records how the store was built.
     """
-    layers = project_layers(config)  # validates model and layers before anything is written
-    config = dataclasses.replace(config, store=config.store_location)
-    effective = config.store_path / EFFECTIVE_CONFIG
+    layers = project_layers(project.config)  # validates model and layers before anything is written
+    config = dataclasses.replace(project.config, store=project.store.location)
+    effective = project.store.root / EFFECTIVE_CONFIG
     atomic_write_bytes(effective, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
-    project = ProjectResource(config_file=str(effective))
-    defs = build_definitions(config, project)
+    resource = ProjectResource(config_file=str(effective))
+    defs = build_definitions(config, resource)
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
     on_demand = [a for a in defs.assets or [] if sweep_key in a.keys]  # its (k, seed) partitions: UI or CLI
     per_layer = [a for a in defs.assets or [] if a not in per_prompt + on_demand]
     for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
         (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}
-    instance = project_instance(config.store_path)
+    instance = project_instance(project.store.root)
     slugs = list(configured_prompts(config))
-    add_graph_partitions(instance, slugs + list(stored_prompts(Store(config.store))))
-    resources = {"project": project}
+    add_graph_partitions(instance, slugs + list(stored_prompts(project.store)))
+    resources = {"project": resource}
     try:
         results = [dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)]
         for slug in slugs:  # one run per graph: a prompt partition is its own unit of work

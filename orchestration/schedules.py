@@ -5,7 +5,7 @@ import polars as pl
 
 from assets.attribution import attribution_graphs
 from assets.partitions import prompt_partitions
-from assets.resources import ProjectResource
+from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 
 
@@ -25,10 +25,10 @@ def stale_graphs(store: Store) -> dict[str, str]:
     description="Hourly: re-attributes every graph whose transcoders were retrained after it was built.",
 )
 def refresh_stale_graphs(context: dg.ScheduleEvaluationContext):
-    config = ProjectResource().load()
+    store = Project.open().store
     known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))
     # a partition is keyed by the graph's slug, or (added in the UI) by its prompt
-    keys = [slug if slug in known else prompt for slug, prompt in stale_graphs(Store(config.store)).items()]
+    keys = [slug if slug in known else prompt for slug, prompt in stale_graphs(store).items()]
     keys = [key for key in keys if key in known]
     if not keys:
         return dg.SkipReason("every graph is newer than its transcoders")

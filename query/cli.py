@@ -15,20 +15,31 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from circuitdb.config import HOOK_KINDS, ProjectConfig, load_config
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import TABLES, Store, count_rows
-from query.engine import QueryResult, run_sql
+from circuitdb.project import Project
+from circuitdb.store import Store
+from query.engine import run_sql
 from query.questions import (
-    export_graph_html,
     export_graph_json,
     feature_page,
     graph_listing,
     graph_tree,
     node_edges,
+    table_listing,
     top_features,
 )
-from query.render import OutputFormat, render, render_feature, render_graph_tree
+from query.render import (
+    OutputFormat,
+    render,
+    render_build,
+    render_check,
+    render_feature,
+    render_graph_row,
+    render_graph_tree,
+    render_steering,
+    render_sweep,
+    render_tables,
+)
 
 app = typer.Typer(
     help="circuitdb: a feature and circuit database for transformer language models.",
@@ -48,8 +59,9 @@ ExplainerOption = Annotated[
 ExplainerModelOption = Annotated[str, typer.Option(help="Model name to ask an endpoint for.")]
 
 
-def _config(config_file: str | None, **overrides: object) -> ProjectConfig:
-    return load_config(config_file, overrides)
+def _project(config_file: str | None, **overrides: object) -> Project:
+    """The project of `--config` with the command's flags as dotted overrides (None: not given)."""
+    return Project.open(config_file, overrides)
 
 
 def _to_stderr(message: str) -> None:
@@ -57,7 +69,8 @@ def _to_stderr(message: str) -> None:
 
 
 def _store(store: str | None, config_file: str | None) -> Store:
-    return Store.open_existing(_config(config_file, store=store).store)
+    """The built store a question reads (nothing is pushed: questions do not write)."""
+    return _project(config_file, store=store).built().store
 
 
 MAX_ROWS = 10_000
@@ -80,27 +93,10 @@ def tables(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, co
     """List the store's tables with their row counts and documented columns.
 
     A damaged table is named in the error line at the end; the others are still listed."""
-    opened = _store(store, config)
-    flat, damaged = [], []
-    for table in opened.table_names():
-        try:
-            count = count_rows(opened, table)
-            described = run_sql(opened, f'DESCRIBE "{table}"').rows
-        except CircuitDBError as exc:
-            damaged.append(exc)
-            continue
-        documented = TABLES[table].columns if table in TABLES else {}
-        columns = [(name, dtype, documented[name][1] if name in documented else "") for name, dtype, *_ in described]
-        if fmt is OutputFormat.table:
-            about = TABLES[table].description if table in TABLES else ""
-            render(
-                QueryResult(["column", "type", "meaning"], [], columns), fmt, title=f"{table}  ({count} rows) {about}"
-            )
-        flat.extend((table, count, *column) for column in columns)
-    if fmt is not OutputFormat.table:
-        render(QueryResult(["table", "rows", "column", "type", "meaning"], [], flat), fmt)
-    if damaged:
-        raise CircuitDBError("; ".join(str(exc) for exc in damaged))
+    listing = table_listing(_store(store, config))
+    render_tables(listing, fmt)
+    if listing.damaged:
+        raise CircuitDBError("; ".join(listing.damaged))
 
 
 @app.command()
@@ -114,65 +110,45 @@ def build(
 ) -> None:
     """Materialize the whole pipeline (corpus → activations → ...) into the store, in-process."""
     overrides = {"store": store, "model.spec": model, "model.device": device, "harvest.layers": layers}
-    project = _config(config, **overrides, **{"corpus.max_tokens": max_tokens})  # flags checked before imports
+    project = _project(config, **overrides, **{"corpus.max_tokens": max_tokens})  # flags checked before imports
 
     from orchestration.build import build_all
 
-    checks = build_all(project)
-    opened = Store.open_existing(_config(config, store=store).store)
-    typer.echo(f"store ready at {opened.location}")
-    for table in opened.table_names():
-        typer.echo(f"  {table}: {count_rows(opened, table)} rows")
-    failed = [c for c in checks if not c.passed]
-    typer.echo(f"asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
-    for check in failed:
-        details = ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
-        typer.echo(f"  failed: {check.asset_key.to_user_string()} {check.check_name} ({details})", err=True)
+    with project:
+        checks = build_all(project)
+    render_build(project.built().store, checks)
 
 
 @app.command()
 def check(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
     """Verify every file of the store against the checksum recorded when it was written; list what to rebuild."""
-    from circuitdb.store.integrity import check_files, rebuild_target
+    from query.questions import store_check
 
-    opened = _store(store, config)
-    opened.pull(large=True)  # on object storage: every file, to hash it
-    report = check_files(opened.root, progress=True)
-    rows = [
-        (str(p.path.relative_to(opened.root)), p.problem, rebuild_target(opened.root, p.path)) for p in report.problems
-    ]
-    if rows:
-        render(QueryResult(["file", "problem", "rebuild"], [], rows), fmt)
-    damaged = [p for p in report.problems if not p.problem.startswith("no checksum")]
-    _to_stderr(
-        f"{report.n_files} files checked: {len(damaged)} damaged or missing, "
-        f"{len(report.problems) - len(damaged)} without a checksum"
-    )
-    if damaged:
-        raise CircuitDBError(f"{len(damaged)} damaged or missing files; re-materialize what the rebuild column names")
+    report = store_check(_store(store, config))
+    render_check(report, fmt)
+    if report.damaged:
+        raise CircuitDBError(f"{report.damaged} damaged or missing files; re-materialize what the rebuild column names")
 
 
 dictionary_app = typer.Typer(help="Trained sparse dictionaries.", no_args_is_help=True)
 app.add_typer(dictionary_app, name="dictionary")
 
 
-class DictionaryFormat(StrEnum):
-    circuit_tracer = "circuit-tracer"
-    gemmascope = "gemmascope"
-    saelens = "saelens"
-    sparsify = "sparsify"
-    circuitdb = "circuitdb"
+FORMAT_HELP = "see `circuitdb dictionary formats`"
 
 
-class DictionaryKind(StrEnum):
-    sae = "sae"
-    plt = "plt"
+@dictionary_app.command("formats")
+def dictionary_formats(fmt: FormatOption = OutputFormat.table) -> None:
+    """The dictionary file formats `export`, `import` and `graph build --transcoders` know."""
+    from circuitdb.dictionaries.formats import format_table
+
+    render(format_table(), fmt)
 
 
 @dictionary_app.command("export")
 def dictionary_export(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty; see --overwrite).")],
-    fmt: Annotated[DictionaryFormat, typer.Option("--format", help="Target format.")] = DictionaryFormat.circuit_tracer,
+    fmt: Annotated[str, typer.Option("--format", help=f"Target format ({FORMAT_HELP}).")] = "circuit-tracer",
     name: Annotated[str, typer.Option(help="Dictionary set name.")] = "plt",
     layer: Annotated[int | None, typer.Option(min=0, help="Export only this layer.")] = None,
     overwrite: Annotated[
@@ -182,28 +158,18 @@ def dictionary_export(
     config: ConfigOption = None,
 ) -> None:
     """Export a dictionary set of the store in another project's format (circuit-tracer, SAELens, ...)."""
-    from circuitdb.dictionaries.formats import check_export_target, write_dictionaries
-    from circuitdb.dictionaries.stored import stored_set
+    from circuitdb.dictionaries.stored import export_set
 
-    check_export_target(out, overwrite)
-    dictionaries = stored_set(_store(store, config), name)
-    if layer is not None:
-        if layer not in dictionaries.coders:
-            raise CircuitDBError(
-                f"dictionary set {name!r} has no layer {layer} of its own (layers {dictionaries.layers})"
-            )
-        dictionaries.coders = {layer: dictionaries.coders[layer]}
-    write_dictionaries(dictionaries, fmt.value, out, overwrite)
-    count = 1 if dictionaries.clt is not None else len(dictionaries.coders)
+    count = export_set(_store(store, config), name, layer, fmt, out, overwrite)
     typer.echo(f"wrote {count} dictionar{'y' if count == 1 else 'ies'} to {out}")
 
 
 @dictionary_app.command("import")
 def dictionary_import(
     folder: Annotated[Path, typer.Argument(help="Folder with the published files (nothing is downloaded).")],
-    fmt: Annotated[DictionaryFormat | None, typer.Option("--format", help="Format (default: recognized).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help=f"Format (default: recognized; {FORMAT_HELP}).")] = None,
     name: Annotated[str | None, typer.Option(help="Name in the store (default: the folder's name).")] = None,
-    kind: Annotated[DictionaryKind | None, typer.Option(help="sae or plt, where the files don't say.")] = None,
+    kind: Annotated[str | None, typer.Option(help="sae or plt, where the files don't say.")] = None,
     hook: Annotated[str | None, typer.Option(help="Hook kind an SAE reads, where the files don't say.")] = None,
     store: StoreOption = None,
     config: ConfigOption = None,
@@ -211,21 +177,15 @@ def dictionary_import(
     """Store a published dictionary set (circuit-tracer, GemmaScope, sparsify, SAELens) for the configured model."""
     from circuitdb.dictionaries.formats import ReadHint, read_dictionaries
     from circuitdb.dictionaries.pipeline import import_dictionary_set
-    from circuitdb.models import load_model
 
-    if hook is not None and hook not in HOOK_KINDS:
-        raise CircuitDBError(f"--hook must be one of {', '.join(HOOK_KINDS)}, got {hook!r}")
-    hint = ReadHint(kind=kind.value if kind else None, hook=hook, name=name)
-    dictionaries = read_dictionaries(folder, fmt.value if fmt else None, hint)
-    project = _config(config, store=store)
-    lm = load_model(project.model.spec, project.model.device)
-    opened = Store(project.store)
-    rows = import_dictionary_set(opened, lm, dictionaries)
-    opened.push()
+    hint = ReadHint(kind=kind, hook=hook, name=name)
+    dictionaries = read_dictionaries(folder, fmt, hint)
+    with _project(config, store=store) as project:
+        rows = import_dictionary_set(project.store, project.model, dictionaries)
     typer.echo(
         f"imported {dictionaries.name!r} ({dictionaries.format}, {dictionaries.kind}, "
         f"{rows[0]['input_hook'].split('.')[0]} → {rows[0]['target_hook'].split('.')[0]}): "
-        f"{len(rows)} layers × {rows[0]['n_latents']} latents into {project.store}"
+        f"{len(rows)} layers × {rows[0]['n_latents']} latents into {project.store.location}"
     )
 
 
@@ -234,6 +194,9 @@ class SkipChoice(StrEnum):
     both = "both"
     on = "on"
     off = "off"
+
+
+SKIPS = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}
 
 
 @dictionary_app.command("sweep")
@@ -256,43 +219,31 @@ def dictionary_sweep(
 ) -> None:
     """Train the configured recipe at several sparsities (and seeds) on one layer; held-out metrics (and
     with --explain, explanation scores) per point in the `sweeps` table, and per k their mean ± 95% interval."""
-    from circuitdb.corpus import load_stored_corpus
-    from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
-    from circuitdb.explanations.chat import chat_model
-    from circuitdb.models import load_model
-    from circuitdb.store.sweeps import mean_and_interval, summary
+    from circuitdb.sweeps import PointExplanations, sweep_layer
 
-    try:
-        ks = sorted({int(value) for value in k.split(",")})
-    except ValueError:
-        raise CircuitDBError(f"--k must be comma-separated integers, got {k!r}") from None
-    project = _config(config, store=store)
-    opened = Store.open_existing(project.store)
-    explained = None
-    if explain:
-        explained = PointExplanations(chat_model(explainer, explainer_model, project.model.device), explain)
-    lm = load_model(project.model.spec, project.model.device)
-    corpus = load_stored_corpus(opened, project.corpus.name)
-    skips = {"recipe": None, "both": [False, True], "on": [True], "off": [False]}[skip.value]
-    rows = sweep_layer(opened, lm, corpus, project.dictionaries, layer, ks, list(range(seeds)), skips, explained)
-    opened.push()
-    table = summary(rows)
-    if fmt is not OutputFormat.table:
-        render(QueryResult(table.columns, [], table.rows()), fmt)
-        return
-    shown = ["fvu_excl_pos0", "delta_ce", "kl"] + (["detection_acc", "fuzzing_acc"] if explain else [])
-    rows_shown = [
-        (
-            "yes" if r["skip"] else "no",
-            r["k"],
-            r["seeds"],
-            *(mean_and_interval(r, m) for m in shown),
-            f"{r['l0']:.1f}",
-            f"{r['dead_frac']:.3f}",
+    ks = _integers(k, "--k")
+    with _project(config, store=store) as project:
+        project.built()
+        explained = PointExplanations(project.explainer(explainer, explainer_model), explain) if explain else None
+        rows = sweep_layer(
+            project.store,
+            project.model,
+            project.corpus,
+            project.config.dictionaries,
+            layer,
+            sorted(set(ks)),
+            list(range(seeds)),
+            SKIPS[skip.value],
+            explained,
         )
-        for r in table.iter_rows(named=True)
-    ]
-    render(QueryResult(["skip", "k", "seeds", *shown, "l0", "dead_frac"], [], rows_shown), fmt)
+    render_sweep(rows, bool(explain), fmt)
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(value) for value in text.split(",")]
+    except ValueError:
+        raise CircuitDBError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
 feature_app = typer.Typer(help="Features of the trained dictionaries.", no_args_is_help=True)
@@ -362,7 +313,7 @@ def search_similar(
         None if layer_min is None and layer_max is None else (layer_min or 0, 10**6 if layer_max is None else layer_max)
     )
     found = nearest(opened, query, k, layers, dictionary, (min_density, max_density), exclude=feature_id)
-    render(QueryResult(found.columns, [], found.rows()), fmt)
+    render(found, fmt)
 
 
 @search_app.command("text")
@@ -378,15 +329,12 @@ def search_text(
     """Features most active on a text: pooled (max over tokens) or per token, ranked by activation / max."""
     from circuitdb.dictionaries.stored import stored_set
     from circuitdb.features import ranked_text_matches
-    from circuitdb.models import load_model
 
-    project = _config(config, store=store)
-    opened = Store.open_existing(project.store)
+    project = _project(config, store=store).built()
     if not text.strip():
         raise CircuitDBError("empty text: give some words to search with")
-    lm = load_model(project.model.spec, project.model.device)
-    found = ranked_text_matches(opened, lm, stored_set(opened, name), text, k, per_token)
-    render(QueryResult(found.columns, [], found.rows()), fmt)
+    found = ranked_text_matches(project.store, project.model, stored_set(project.store, name), text, k, per_token)
+    render(found, fmt)
 
 
 @feature_app.command("top")
@@ -416,22 +364,15 @@ def feature_explain(
 ) -> None:
     """Explain features in one line each with a chat model (stored in `explanations`), and score the
     explanations on held-out text as delphi does (stored in `explanation_scores`)."""
-    from circuitdb.corpus import load_stored_corpus
-    from circuitdb.explanations.chat import chat_model
     from circuitdb.explanations.explain import explain_and_score
-    from circuitdb.models import load_model
     from query.questions import explained_table, explanation_targets
 
-    project = _config(config, store=store)
-    opened = Store.open_existing(project.store)
-    targets = explanation_targets(opened, project.dictionaries.name, feature_id, layer, top)
-    chat = chat_model(explainer, explainer_model, project.model.device)
-    scoring = None
-    if score:
-        lm = load_model(project.model.spec, project.model.device)
-        scoring = (lm, load_stored_corpus(opened, project.corpus.name))
-    explanations, scores = explain_and_score(opened, chat, targets, scoring)
-    opened.push()
+    with _project(config, store=store) as project:
+        project.built()
+        targets = explanation_targets(project.store, project.config.dictionaries.name, feature_id, layer, top)
+        scoring = (project.model, project.corpus) if score else None
+        chat = project.explainer(explainer, explainer_model)
+        explanations, scores = explain_and_score(project.store, chat, targets, scoring)
     render(explained_table(explanations, scores), fmt)
 
 
@@ -494,26 +435,21 @@ def graph_build(
 ) -> None:
     """Trace the prompt through the replacement model, attribute, prune, and store the graph."""
     from circuitdb.attribution.pipeline import build_graph
-    from circuitdb.models import load_model
     from orchestration.instance import record_graph
 
     overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
     overrides["attribution.start_error_nodes"] = start_error_nodes or None
-    project = _config(config, store=store, **overrides)
     spec = target_spec(target, minus, target_vector, target_feature)
-    opened = Store(project.store) if transcoders else Store.open_existing(project.store)  # a folder is enough
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
-    lm = load_model(project.model.spec, project.model.device)
-    row, _ = build_graph(opened, lm, prompt, project.attribution, transcoders, report=_to_stderr, target=spec)
-    opened.push()
-    record_graph(opened.root, row, project.viewer_url)  # its partition in the UI, materialized
-    keys = ["slug", "target", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned", "replacement_score"]
-    keys += ["completeness_score", "seconds"]
-    if fmt is OutputFormat.table:
-        render(QueryResult(["field", "value"], [], [(k, row[k]) for k in keys]), OutputFormat.table)
-    else:
-        typer.echo(json.dumps({k: row[k] for k in keys} | {"top_logits": row["top_logits"]}))
+    with _project(config, store=store, **overrides) as project:
+        if not transcoders:  # a folder of transcoders needs no built store
+            project.built()
+        row, _ = build_graph(
+            project.store, project.model, prompt, project.config.attribution, transcoders, _to_stderr, target=spec
+        )
+    record_graph(project.store.root, row, project.config.viewer_url)  # its partition in the UI, materialized
+    render_graph_row(row, fmt)
 
 
 def target_spec(tokens: list[str] | None, minus: list[str] | None, vector: str | None, feature: str | None):
@@ -575,6 +511,8 @@ def graph_export(
     if out is not None:
         export_graph_json(_store(store, config), slug, out)
     else:
+        from query.viewer.pages import export_graph_html
+
         export_graph_html(_store(store, config), slug, html, max_edges)
     typer.echo(f"wrote {out or html}")
 
@@ -596,32 +534,15 @@ def steer(
     config: ConfigOption = None,
 ) -> None:
     """Clamp, scale or zero features on a prompt and show how the next-token prediction moves."""
-    from circuitdb.attribution.steering import steer_prompt
-    from circuitdb.models import load_model
+    from circuitdb.attribution.steering import Clamp, steer_prompt
 
-    if scale is not None and set_to is not None:
-        raise CircuitDBError("give --scale or --set, not both")
-    mode, value = ("set", set_to) if set_to is not None else ("scale", 0.0 if scale is None else scale)
-    if mode == "scale" and value == 0.0:
-        mode = "zero"
-    try:
-        where = [int(p) for p in positions.split(",")] if positions else None
-    except ValueError:
-        raise CircuitDBError(f"--positions must be comma-separated integers, got {positions!r}") from None
-    project = _config(config, store=store)
-    opened = Store.open_existing(project.store)
-    lm = load_model(project.model.spec, project.model.device)
-    row, changes = steer_prompt(
-        opened, lm, project.attribution, prompt, feature, mode, value, where, freeze_attention, generate, k
-    )
-    opened.push()
-    if fmt is OutputFormat.table:
-        typer.echo(f"top token: {row['top_token_before']!r} → {row['top_token_after']!r}")
-        if row["generated"]:
-            typer.echo(f"continuation while steering: {row['generated']!r}")
-        render(QueryResult(["token", "p before", "p after", "change"], [], changes), OutputFormat.table)
-    else:
-        typer.echo(json.dumps({k_: v for k_, v in row.items() if k_ != "created_at"}))
+    clamp = Clamp.from_options(scale, set_to)
+    where = _integers(positions, "--positions") if positions else None
+    with _project(config, store=store) as project:
+        project.built()
+        store_, lm, cfg = project.store, project.model, project.config.attribution
+        row, changes = steer_prompt(store_, lm, cfg, prompt, feature, *clamp, where, freeze_attention, generate, k)
+    render_steering(row, changes, fmt)
 
 
 @app.command()
@@ -632,13 +553,11 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Browse the store: graphs drawn by layer and position, feature pages, dictionaries' metrics (read-only)."""
-    from query.viewer.app import Model
     from query.viewer.app import serve as serve_store
 
-    project = _config(config, store=store)
-    opened = Store.open_existing(project.store)
-    typer.echo(f"serving {opened.location} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    serve_store(opened, Model(project.model.spec, project.model.device, project.dictionaries.name), host, port)
+    project = _project(config, store=store).built()
+    typer.echo(f"serving {project.store.location} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve_store(project, host, port)
 
 
 @app.command()
@@ -651,8 +570,7 @@ def ui(
     """Serve the Dagster UI (webserver + daemon) over the store's persistent instance; Ctrl-C stops both."""
     from orchestration.ui import serve
 
-    project = _config(config, store=store)
-    serve(project.store_path, config, host, port)
+    serve(_project(config, store=store).store.root, config, host, port)
 
 
 _DEBUG = "CIRCUITDB_DEBUG"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, parse_feature_id, read_table, sql_literal, write_partition
+from circuitdb.store import TABLES, Store, count_rows, parse_feature_id, read_table, sql_literal, write_partition
 from circuitdb.store.graphs import graph_json_path, graph_row
 from circuitdb.store.integrity import verify
 from circuitdb.store.layout import atomic_write_bytes
@@ -27,6 +28,60 @@ def require(store: Store, table: str) -> Store:
     if table not in store.table_names():
         raise CircuitDBError(NOT_BUILT[table])
     return store
+
+
+class TableColumns(NamedTuple):
+    name: str
+    rows: int
+    about: str
+    """The table's documented description."""
+    columns: list[tuple[str, str, str]]
+    """(column, DuckDB type, documented meaning)."""
+
+
+class TableListing(NamedTuple):
+    tables: list[TableColumns]
+    damaged: list[str]
+    """One line per table whose files could not be read."""
+
+
+def table_listing(store: Store) -> TableListing:
+    """Every table with rows, its columns and their documented meanings; damaged tables named apart."""
+    tables, damaged = [], []
+    for table in store.table_names():
+        try:
+            count = count_rows(store, table)
+            described = run_sql(store, f'DESCRIBE "{table}"').rows
+        except CircuitDBError as exc:
+            damaged.append(str(exc))
+            continue
+        schema = TABLES.get(table)
+        documented = schema.columns if schema else {}
+        columns = [(name, dtype, documented[name][1] if name in documented else "") for name, dtype, *_ in described]
+        tables.append(TableColumns(table, count, schema.description if schema else "", columns))
+    return TableListing(tables, damaged)
+
+
+class StoreCheck(NamedTuple):
+    problems: QueryResult
+    """(file, problem, what to rebuild) of every file that does not verify."""
+    n_files: int
+    damaged: int
+    """Files damaged or missing (the others listed only lack a checksum)."""
+
+
+def store_check(store: Store) -> StoreCheck:
+    """Every file of the store against the checksum recorded when it was written (on object storage every
+    file is downloaded first, to hash it)."""
+    from circuitdb.store.integrity import check_files, rebuild_target
+
+    store.pull(large=True)
+    report = check_files(store.root, progress=True)
+    rows = [
+        (str(p.path.relative_to(store.root)), p.problem, rebuild_target(store.root, p.path)) for p in report.problems
+    ]
+    damaged = sum(not p.problem.startswith("no checksum") for p in report.problems)
+    return StoreCheck(QueryResult(["file", "problem", "rebuild"], [], rows), report.n_files, damaged)
 
 
 def _dicts(result: QueryResult) -> list[dict]:
@@ -164,7 +219,8 @@ def node_edges(store: Store, slug: str, source: str | None, target: str | None, 
     )
 
 
-def _check_target(out: Path) -> None:
+def check_output_file(out: Path) -> None:
+    """One line, before any work, when `out` cannot be written as a file."""
     if out.is_dir():
         raise CircuitDBError(f"{out} is a folder; give the file to write")
     if not out.parent.is_dir():
@@ -177,18 +233,9 @@ def export_graph_json(store: Store, slug: str, out: Path) -> None:
     source = graph_json_path(store, slug)
     if not store.fetch(source):
         raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
-    _check_target(out)
+    check_output_file(out)
     verify(store.root, source)
     atomic_write_bytes(out, source.read_bytes(), checksum=False)
-
-
-def export_graph_html(store: Store, slug: str, out: Path, max_edges: int) -> None:
-    """Write the graph page as one self-contained HTML file (opens from disk, no server, no network)."""
-    from query.viewer.app import graph_html
-
-    document = graph_document(store, slug, max_edges)
-    _check_target(out)
-    atomic_write_bytes(out, graph_html(document).encode(), checksum=False)
 
 
 def graph_document(store: Store, slug: str, max_edges: int) -> dict:

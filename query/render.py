@@ -6,12 +6,20 @@ import csv
 import json
 import sys
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from query.engine import QueryResult
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from circuitdb.store import Store
+    from query.questions import StoreCheck, TableListing
 
 
 class OutputFormat(StrEnum):
@@ -20,7 +28,10 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def render(result: QueryResult, fmt: OutputFormat, title: str | None = None) -> None:
+def render(result: QueryResult | pl.DataFrame, fmt: OutputFormat, title: str | None = None) -> None:
+    """Rows as a terminal table, CSV or JSON records."""
+    if isinstance(result, pl.DataFrame):
+        result = QueryResult(result.columns, [], result.rows())
     if fmt is OutputFormat.json:
         records = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
         sys.stdout.write(json.dumps(records, default=str) + "\n")
@@ -33,7 +44,7 @@ def render(result: QueryResult, fmt: OutputFormat, title: str | None = None) -> 
         for column in result.columns:
             table.add_column(column, overflow="fold")
         for row in result.rows:
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(Text(_cell(v)) for v in row))  # cells are text: "[x]" is not markup
         Console().print(table)
 
 
@@ -165,3 +176,86 @@ def render_graph_tree(
 
     console.print(_describe(logits[0]), style="bold")
     walk(logits[0]["node_id"], 0, "")
+
+
+def render_tables(listing: TableListing, fmt: OutputFormat) -> None:
+    """Per table its columns with their meanings (a terminal table each), or one flat listing as CSV/JSON."""
+    if fmt is not OutputFormat.table:
+        flat = [(t.name, t.rows, *column) for t in listing.tables for column in t.columns]
+        render(QueryResult(["table", "rows", "column", "type", "meaning"], [], flat), fmt)
+        return
+    for t in listing.tables:
+        render(
+            QueryResult(["column", "type", "meaning"], [], t.columns), fmt, title=f"{t.name}  ({t.rows} rows) {t.about}"
+        )
+
+
+def render_build(store: Store, checks: list[dg.AssetCheckEvaluation]) -> None:
+    """Where the store is, its tables' row counts, and the asset checks (failed ones on stderr)."""
+    from circuitdb.store import count_rows
+
+    print(f"store ready at {store.location}")
+    for table in store.table_names():
+        print(f"  {table}: {count_rows(store, table)} rows")
+    failed = [c for c in checks if not c.passed]
+    print(f"asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    for check in failed:
+        details = ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
+        print(f"  failed: {check.asset_key.to_user_string()} {check.check_name} ({details})", file=sys.stderr)
+
+
+GRAPH_FIELDS = ["slug", "target", "n_active_features", "n_nodes", "n_nodes_pruned", "n_edges_pruned"]
+GRAPH_FIELDS += ["replacement_score", "completeness_score", "seconds"]
+
+
+def render_graph_row(row: dict, fmt: OutputFormat) -> None:
+    """A built graph's summary: field/value rows, or one JSON line with its top logits."""
+    if fmt is OutputFormat.table:
+        render(QueryResult(["field", "value"], [], [(k, row[k]) for k in GRAPH_FIELDS]), fmt)
+    else:
+        print(json.dumps({k: row[k] for k in GRAPH_FIELDS} | {"top_logits": row["top_logits"]}))
+
+
+def render_steering(row: dict, changes: list[tuple], fmt: OutputFormat) -> None:
+    """How the next-token prediction moved (and what was generated), or the `interventions` row as JSON."""
+    if fmt is not OutputFormat.table:
+        print(json.dumps({k: v for k, v in row.items() if k != "created_at"}))
+        return
+    print(f"top token: {row['top_token_before']!r} → {row['top_token_after']!r}")
+    if row["generated"]:
+        print(f"continuation while steering: {row['generated']!r}")
+    render(QueryResult(["token", "p before", "p after", "change"], [], changes), fmt)
+
+
+def render_sweep(points: pl.DataFrame, explained: bool, fmt: OutputFormat) -> None:
+    """Per (skip, k): the mean ± 95% interval over seeds of the held-out metrics (and explanation scores)."""
+    from circuitdb.store.sweeps import mean_and_interval, summary
+
+    table = summary(points)
+    if fmt is not OutputFormat.table:
+        render(table, fmt)
+        return
+    shown = ["fvu_excl_pos0", "delta_ce", "kl"] + (["detection_acc", "fuzzing_acc"] if explained else [])
+    rows = [
+        (
+            "yes" if r["skip"] else "no",
+            r["k"],
+            r["seeds"],
+            *(mean_and_interval(r, m) for m in shown),
+            f"{r['l0']:.1f}",
+            f"{r['dead_frac']:.3f}",
+        )
+        for r in table.iter_rows(named=True)
+    ]
+    render(QueryResult(["skip", "k", "seeds", *shown, "l0", "dead_frac"], [], rows), fmt)
+
+
+def render_check(report: StoreCheck, fmt: OutputFormat) -> None:
+    """The files that do not verify, then a count on stderr."""
+    if report.problems.rows:
+        render(report.problems, fmt)
+    unchecked = len(report.problems.rows) - report.damaged
+    print(
+        f"{report.n_files} files checked: {report.damaged} damaged or missing, {unchecked} without a checksum",
+        file=sys.stderr,
+    )

@@ -212,6 +212,7 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     """A whole tiny store (corpus, activations, dictionaries, features, vectors, the default prompts' graphs),
     built once; tests that damage it work on a copy (`shutil.copytree`)."""
     from circuitdb.config import load_config
+    from circuitdb.project import Project
     from orchestration.build import build_all
 
     folder = tmp_path_factory.mktemp("built")
@@ -223,7 +224,7 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
         "dictionaries:\n  dictionary:\n    n_latents: 64\n    k: 4\n"
         "  train:\n    batch_size: 32\n    epochs: 2\n    warmup_steps: 2\n  ce_eval_blocks: 2\n"
     )
-    build_all(load_config(config))
+    build_all(Project(load_config(config)))
     return folder / "store"
 
 

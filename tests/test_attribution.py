@@ -239,7 +239,7 @@ def test_keep_top_features_is_the_submatrix_of_the_most_influential(traced) -> N
 
 
 def test_a_graph_too_large_for_the_memory_limit_is_refused_before_allocating(traced) -> None:
-    from circuitdb.attribution.graph import memory_estimate
+    from circuitdb.attribution.attribute import memory_estimate
     from circuitdb.errors import CircuitDBError
 
     rm, graph = traced
@@ -303,10 +303,10 @@ def test_capped_influence_first_keeps_the_most_influential(traced) -> None:
 
 def test_targets_in_chunks_give_the_same_rows(traced, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long prompt's targets go through the sweep in chunks (bounded gradient memory): same rows."""
-    from circuitdb.attribution import graph as graph_module
+    from circuitdb.attribution import attribute as attribute_module
 
     rm, graph = traced
-    monkeypatch.setattr(graph_module, "SCRATCH_BYTES", 64 * rm.lm.d_model)  # a handful of targets per chunk
+    monkeypatch.setattr(attribute_module, "SCRATCH_BYTES", 64 * rm.lm.d_model)  # a handful of targets per chunk
     chunked = attribute(rm, progress=False)
     torch.testing.assert_close(chunked.adjacency, graph.adjacency, rtol=1e-6, atol=1e-12)
 
@@ -324,14 +324,15 @@ def traced12(deep_llama_dirs):
 def test_selection_influence_is_the_power_series_of_the_rows_given(traced12) -> None:
     """The selection keeps each row only over the features of earlier layers; its influence equals the power
     series of the full normalized |A| restricted to the same rows, added in any order and grouping."""
-    from circuitdb.attribution.graph import _normalized_rows_, _SelectionRows
+    from circuitdb.attribution.attribute import _SelectionRows
+    from circuitdb.attribution.pruning import normalized as normalized_rows
 
     rm, graph = traced12
     n_f, n_logits = graph.n_features, len(graph.logit_tokens)
     generator = torch.Generator().manual_seed(0)
     given = torch.randperm(n_f, generator=generator)[: n_f // 2]  # features with a row, in no order
     targets = torch.cat([given, torch.arange(graph.logit_start, graph.n_nodes)])
-    normalized = _normalized_rows_(graph.adjacency[targets].clone())
+    normalized = normalized_rows(graph.adjacency[targets])
     assert not normalized[: len(given), :n_f][graph.features.layer[given, None] <= graph.features.layer].any()
 
     selection = _SelectionRows(graph.features, graph.n_layers)

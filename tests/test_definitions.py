@@ -16,6 +16,7 @@ from assets.resources import ProjectResource
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import load_dictionary
 from circuitdb.dictionaries.formats.circuit_tracer import read_clt
+from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 from circuitdb.store.vectors import feature_vector, nearest
 from orchestration.build import RANGE_END, RANGE_START, build_all
@@ -108,7 +109,7 @@ def test_cross_layer_transcoder_asset(
     clt_yaml += "  train: {batch_size: 32, epochs: 2}\nattribution: {dictionaries: clt, prompts: []}\n"
     file.write_text(file.read_text() + clt_yaml)
     config = load_config(file)
-    assert all(check.passed for check in build_all(config) if check.check_name != "quality")
+    assert all(check.passed for check in build_all(Project(config)) if check.check_name != "quality")
     rows = read_table(Store(config.store), "dictionaries").filter(pl.col("kind") == "clt").sort("layer")
     assert rows["layer"].to_list() == [0, 1, 2] and rows["delta_ce"].n_unique() == 1
     clt, meta = load_dictionary(Store(config.store).root / rows["path"][0])
@@ -133,7 +134,7 @@ def test_build_all_runs_the_pipeline(
     tiny model the tokens carry most of the influence, so the node threshold is raised to keep features."""
     overrides = {"harvest.layers": "1", "attribution.node_threshold": 0.95}
     config = load_config(_project(tmp_path, llama_dir, text_file, tiny_dictionaries), overrides)
-    checks = build_all(config)
+    checks = build_all(Project(config))
     store = Store(config.store)
     shards = read_table(store, "activation_shards")
     assert set(shards["hook"]) == {"mlp_in.1", "mlp_out.1", "resid_post.1"}
@@ -149,7 +150,9 @@ def test_build_all_runs_the_pipeline(
     slug = graphs["slug"][0]
     from orchestration.instance import project_instance
 
-    records = project_instance(config.store_path).fetch_materializations(dg.AssetKey("attribution_graphs"), limit=10)
+    records = project_instance(Store(config.store).root).fetch_materializations(
+        dg.AssetKey("attribution_graphs"), limit=10
+    )
     pages = {r.event_log_entry.asset_materialization.metadata["page"].value for r in records.records}
     assert pages == {f"http://127.0.0.1:8080/graph/{slug}" for slug in graphs["slug"]}
     code, out, err = cli(
@@ -213,7 +216,7 @@ def test_build_evaluates_an_imported_set_instead_of_training_over_it(
     lm = load_model(str(llama_dir), device="cpu")
     store = Store(config.store)
     import_dictionary_set(store, lm, read_dictionaries(tmp_path / "run", hint=ReadHint(name="plt")))
-    assert all(check.passed for check in build_all(config) if check.check_name == "every_latent_has_a_row")
+    assert all(check.passed for check in build_all(Project(config)) if check.check_name == "every_latent_has_a_row")
     row = read_table(store, "dictionaries").row(0, named=True)
     assert (row["n_latents"], row["k"], row["train_tokens"]) == (80, 6, 0) and row["fvu"] is not None
     coder, meta = load_dictionary(store.root / row["path"])

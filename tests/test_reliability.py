@@ -256,6 +256,7 @@ def test_a_second_build_skips_finished_work_and_redoes_only_the_damaged(built_st
     """Finished partitions whose inputs did not change are skipped; a damaged weights file or shard is
     rebuilt (to the same bytes); a changed recipe retrains."""
     from circuitdb.config import load_config
+    from circuitdb.project import Project
     from orchestration.build import build_all
 
     copy = Path(shutil.copytree(built_store, tmp_path / "store"))
@@ -270,12 +271,12 @@ def test_a_second_build_skips_finished_work_and_redoes_only_the_damaged(built_st
         return {str(p): p.stat().st_mtime_ns for p in [*weights.values(), features, shard]}
 
     before = written()
-    build_all(config)
+    build_all(Project(config))
     assert written() == before  # nothing trained, encoded or harvested again
 
     _flip_a_byte(weights[1])
     _flip_a_byte(shard)
-    build_all(config)
+    build_all(Project(config))
     after = written()
     assert [after[str(weights[layer])] != before[str(weights[layer])] for layer in range(3)] == [False, True, False]
     assert weights[1].read_bytes() == original[1] and shard.read_bytes() == shard_bytes  # rebuilt, identical
@@ -288,5 +289,5 @@ def test_a_second_build_skips_finished_work_and_redoes_only_the_damaged(built_st
             config.dictionaries, train=dataclasses.replace(config.dictionaries.train, epochs=3)
         ),
     )
-    build_all(retrained)
+    build_all(Project(retrained))
     assert all(weights[layer].read_bytes() != original[layer] for layer in range(3))

@@ -44,10 +44,10 @@ def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_p
     assert [round(entry["fvu"], 4) for entry in table] == [round(v, 4) for v in expected["fvu"].to_list()]
     from starlette.testclient import TestClient
 
-    from circuitdb.store import Store
+    from circuitdb.project import Project
     from query.viewer.app import make_app
 
-    (swept,) = TestClient(make_app(Store(store))).get("/api/index").json()["sweeps"]
+    (swept,) = TestClient(make_app(Project.open(overrides={"store": str(store)}))).get("/api/index").json()["sweeps"]
     assert (swept["dictionary"], swept["layer"]) == ("plt", 1)
     assert [p["fvu"] for p in swept["points"]] == pytest.approx([entry["fvu"] for entry in table])
     code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "4,x", "--config", str(config))
@@ -59,7 +59,7 @@ def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_p
 def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, tmp_path: Path, cli) -> None:
     from starlette.testclient import TestClient
 
-    from circuitdb.store import Store
+    from circuitdb.project import Project
     from query.viewer.app import make_app
 
     store = shutil.copytree(built_store, tmp_path / "store")
@@ -79,7 +79,7 @@ def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, 
     second = pl.DataFrame(json.loads(cli("sql", sql, "-f", "json", *c)[1]))
     changed = [a != b for a, b in zip(first["created_at"], second["created_at"], strict=True)]
     assert changed == [False, False, True, False]  # only the re-run point was replaced
-    curves = TestClient(make_app(Store(store))).get("/api/index").json()["sweeps"]
+    curves = TestClient(make_app(Project.open(overrides={"store": str(store)}))).get("/api/index").json()["sweeps"]
     assert [(s["layer"], s["skip"]) for s in curves] == [(1, False), (1, True)]
 
 
@@ -125,9 +125,9 @@ def test_the_sweep_asset_trains_one_point_per_partition_and_plots_the_sweep(
 def test_every_sweep_point_records_the_scores_of_its_explained_features(built_store: Path, tmp_path: Path) -> None:
     from circuitdb.config import load_config
     from circuitdb.corpus import load_stored_corpus
-    from circuitdb.dictionaries.sweep import PointExplanations, sweep_layer
     from circuitdb.models import load_model
     from circuitdb.store import Store, read_table
+    from circuitdb.sweeps import PointExplanations, sweep_layer
 
     store = Store(shutil.copytree(built_store, tmp_path / "store"))
     config = load_config(built_store.parent / "circuitdb.yaml")

@@ -20,6 +20,7 @@ import pytest
 from assets.attribution import configured_prompts
 from assets.resources import ProjectResource
 from circuitdb.config import load_config
+from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 from orchestration.build import build_all
 from orchestration.definitions import build_definitions
@@ -59,7 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
     env["CIRCUITDB_CONFIG"] = str(project)
     cli = str(Path(sys.executable).parent / "circuitdb")
     config = load_config(project)
-    build_all(config)
+    build_all(Project(config))
     built = subprocess.run([cli, "graph", "build", CLI_PROMPT, "-f", "json"], env=env, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     port = free_port()
@@ -76,9 +77,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
     yield url, config, json.loads(built.stdout.strip().splitlines()[-1])["slug"]
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0
-    left = subprocess.run(["pgrep", "-f", str(config.store_path)], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", str(Store(config.store).root)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes left behind: {left}"
-    assert not list(root.glob(".tmp_dagster_home_*")) and (config.store_path / ".dagster").is_dir()
+    assert not list(root.glob(".tmp_dagster_home_*")) and (Store(config.store).root / ".dagster").is_dir()
 
 
 def test_graphql_shows_the_build(served) -> None:
@@ -160,10 +161,10 @@ def test_a_prompt_typed_as_a_partition_key_gets_its_graph(served) -> None:
     """A partition a user adds in the UI may be the prompt itself: materializing it builds that prompt's graph."""
     _, config, _ = served
     prompt = "The lazy dog sleeps"
-    instance = project_instance(config.store_path)
+    instance = project_instance(Store(config.store).root)
     instance.add_dynamic_partitions("prompts", [prompt])
     graph_asset = [a for a in build_definitions(config).assets if dg.AssetKey("attribution_graphs") in a.keys]
-    project = ProjectResource(config_file=str(config.store_path / EFFECTIVE_CONFIG))
+    project = ProjectResource(config_file=str(Store(config.store).root / EFFECTIVE_CONFIG))
     result = dg.materialize(graph_asset, partition_key=prompt, instance=instance, resources={"project": project})
     assert result.success
     graphs = read_table(Store(config.store), "graphs")
@@ -175,7 +176,7 @@ def test_the_sensor_runs_only_prompts_without_a_graph(served, monkeypatch: pytes
     from orchestration.sensors import prompts_file_sensor
 
     _, config, _ = served
-    monkeypatch.setenv("CIRCUITDB_CONFIG", str(config.store_path / EFFECTIVE_CONFIG))
+    monkeypatch.setenv("CIRCUITDB_CONFIG", str(Store(config.store).root / EFFECTIVE_CONFIG))
     result = prompts_file_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
     assert result.run_requests == []
     (request,) = result.dynamic_partitions_requests
@@ -185,7 +186,7 @@ def test_the_sensor_runs_only_prompts_without_a_graph(served, monkeypatch: pytes
 def test_a_busy_port_is_one_error_line(served, cli) -> None:
     url, config, _ = served
     port = url.rsplit(":", 1)[1]
-    code, _, err = cli("ui", "--port", port, "--store", str(config.store_path))
+    code, _, err = cli("ui", "--port", port, "--store", str(Store(config.store).root))
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: cannot serve on 127.0.0.1:" + port)
     code, _, err = cli("ui", "--port", "0")
     assert code == 2 and err.strip() == "error: Invalid value for '--port': Input should be greater than or equal to 1"

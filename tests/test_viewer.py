@@ -16,15 +16,20 @@ import polars as pl
 import pytest
 from starlette.testclient import TestClient
 
+from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 from query.viewer.app import make_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def _project(store: Path, llama_dir: Path) -> Project:
+    return Project.open(overrides={"store": str(store), "model.spec": str(llama_dir), "model.device": "cpu"})
+
+
 @pytest.fixture(scope="module")
 def client(built_store: Path) -> TestClient:
-    return TestClient(make_app(Store(built_store)))
+    return TestClient(make_app(Project.open(overrides={"store": str(built_store)})))
 
 
 def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: Path) -> None:
@@ -51,9 +56,7 @@ def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: P
 def test_texts_run_through_the_model(built_store: Path, llama_dir: Path, cli) -> None:
     """'Try your text' gives the feature's value on every token (the same as text search's per-token rows);
     the index's text search ranks as `circuitdb search text` does."""
-    from query.viewer.app import Model
-
-    client = TestClient(make_app(Store(built_store), Model(str(llama_dir), "cpu", "plt")))
+    client = TestClient(make_app(_project(built_store, llama_dir)))
     text = "The quick brown fox jumps over the lazy dog"
     code, out, _ = cli(
         "search",
@@ -92,14 +95,12 @@ def viewed(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(viewed: Path, llama_dir: Path):
     import uvicorn
 
-    from query.viewer.app import Model
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            make_app(Store(viewed), Model(str(llama_dir), "cpu", "plt")),
+            make_app(_project(viewed, llama_dir)),
             host="127.0.0.1",
             port=port,
             log_level="warning",

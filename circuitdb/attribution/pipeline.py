@@ -12,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
+from circuitdb.attribution.attribute import MemoryEstimate, attribute, check_prompt
 from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
-from circuitdb.attribution.graph import MemoryEstimate, attribute, check_prompt
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, start_positions, trace

@@ -21,21 +21,23 @@ where circuit-tracer's `>=` would mark every pair of nodes as an edge.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from circuitdb.attribution.graph import Graph
+from circuitdb.attribution.graph import Graph
+from circuitdb.attribution.replacement_model import Features
 
 
 def normalized(adjacency: torch.Tensor) -> torch.Tensor:
     """|A| with each row (target) scaled to sum 1 (a new matrix)."""
-    return _normalize_rows_(adjacency.abs())
+    return normalize_rows_(adjacency.abs())
 
 
-def _normalize_rows_(matrix: torch.Tensor) -> torch.Tensor:
+def normalize_rows_(matrix: torch.Tensor) -> torch.Tensor:
+    """`matrix` (non-negative) with each row scaled to sum 1 (over every source: features, errors, tokens),
+    in place."""
     return matrix.div_(matrix.sum(1, keepdim=True).clamp_min(1e-10))
 
 
@@ -125,7 +127,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     keep[graph.token_start :] = True
     matrix[~keep] = 0
     matrix[:, ~keep] = 0
-    _normalize_rows_(matrix)
+    normalize_rows_(matrix)
     target_scores = influence(matrix, weights) + weights
     matrix.mul_(target_scores[:, None])
     edge_floor = _matrix_threshold(matrix, edge_threshold)
@@ -141,3 +143,18 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
         if torch.equal(before, keep):
             break
     return Pruned(keep, edges, node_scores, replacement, completeness)
+
+
+def keep_top_features(graph: Graph, keep: int | None) -> Graph:
+    """The graph restricted to the `keep` features of most influence on the logits (others dropped, with
+    their edges); the graph itself when it has no more. Call it once the replacement model is freed:
+    it holds the adjacency, its normalized copy and the smaller result at once."""
+    if keep is None or graph.n_features <= keep:
+        return graph
+    influence = node_influence(graph)[: graph.n_features]
+    chosen = influence.topk(keep).indices.sort().values
+    rows = torch.cat([chosen, torch.arange(graph.n_features, graph.n_nodes, device=chosen.device)])
+    f = graph.features
+    features = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
+    adjacency = graph.adjacency[rows[:, None], rows[None, :]]  # one gather, no intermediate copy
+    return dataclasses.replace(graph, features=features, adjacency=adjacency)

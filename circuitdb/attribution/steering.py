@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import polars as pl
 
@@ -15,6 +16,22 @@ from circuitdb.config import AttributionConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, parse_feature_id, write_partition
+
+
+class Clamp(NamedTuple):
+    """What happens to the steered features: `Intervention.mode` and its value."""
+
+    mode: str
+    value: float
+
+    @classmethod
+    def from_options(cls, scale: float | None, set_to: float | None) -> Clamp:
+        """`--scale X` or `--set X`; neither (or a scale of 0) zeroes the features."""
+        if scale is not None and set_to is not None:
+            raise CircuitDBError("give --scale or --set, not both")
+        if set_to is not None:
+            return cls("set", set_to)
+        return cls("scale", scale) if scale else cls("zero", 0.0)
 
 
 def steer_prompt(

@@ -4,10 +4,18 @@ stored dictionaries through here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
-from circuitdb.dictionaries.formats import DictionarySet, load_dictionary
+from circuitdb.dictionaries.formats import (
+    DictionarySet,
+    check_export_target,
+    check_format,
+    load_dictionary,
+    write_dictionaries,
+)
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint
@@ -56,3 +64,19 @@ def stored_set(store: Store, name: str) -> DictionarySet:
         coders[row["layer"]], _ = load_stored(store, row["path"])
         sources[row["layer"]] = str(store.root / row["path"])
     return DictionarySet(name, "circuitdb", coders, None, input_kind, output_kind, sources, first["model"])
+
+
+def export_set(store: Store, name: str, layer: int | None, fmt: str, out: Path, overwrite: bool) -> int:
+    """Write the stored set `name` (or only its `layer`) into `out` in format `fmt`; returns how many
+    dictionaries were written. The target is checked before anything is loaded."""
+    check_format(fmt)
+    check_export_target(out, overwrite)
+    dictionaries = stored_set(store, name)
+    if layer is not None:
+        if layer not in dictionaries.coders:
+            raise CircuitDBError(
+                f"dictionary set {name!r} has no layer {layer} of its own (layers {dictionaries.layers})"
+            )
+        dictionaries.coders = {layer: dictionaries.coders[layer]}
+    write_dictionaries(dictionaries, fmt, out, overwrite)
+    return 1 if dictionaries.clt is not None else len(dictionaries.coders)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from circuitdb.errors import CircuitDBError
 from circuitdb.store.integrity import replace_atomically, write_checksum
 from circuitdb.store.remote import Mirror, is_remote, open_mirror
 
@@ -25,15 +24,6 @@ class Store:
         self.root = self.mirror.root if self.mirror else Path(root).expanduser().resolve()
         self.location = self.mirror.uri if self.mirror else str(self.root)
         """Where the store lives: its folder, or its object-store URI."""
-
-    @classmethod
-    def open_existing(cls, root: str | Path) -> Store:
-        """A store that must already hold tables (for readers such as the query CLI)."""
-        store = cls(root)
-        store.pull()
-        if not store.tables_dir.is_dir():
-            raise CircuitDBError(f"store not found: {store.location} has no tables (run `circuitdb build` first)")
-        return store
 
     def pull(self, under: str = "", large: bool = False) -> None:
         """On object storage: bring the local mirror in step (large files only when `large`). Else nothing."""

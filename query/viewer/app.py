@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-from functools import cache
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store
+from circuitdb.project import Project
 from query.engine import keep_catalog
 from query.questions import (
     dictionary_metrics,
@@ -31,51 +29,10 @@ from query.questions import (
     save_supernode,
     sweep_summaries,
 )
+from query.viewer.pages import STATIC, graph_body, page, plotly_js
 
-STATIC = Path(__file__).parent / "static"
 MAX_EDGES = 5000
 """Edges a graph page draws at first (the strongest); its slider shows fewer."""
-
-
-@cache
-def plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
-def _page(title: str, body: str, scripts: list[str]) -> str:
-    tags = "".join(f'<script src="/static/{name}"></script>' for name in scripts)
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · circuitdb</title>'
-        f'<link rel="stylesheet" href="/static/style.css"></head><body>'
-        f'<nav><a href="/">circuitdb</a></nav>{body}{tags}</body></html>'
-    )
-
-
-def _graph_body(slug: str) -> str:
-    return (
-        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div>'
-        '<aside id="side"><div id="controls"></div><div id="panel"></div></aside></main>'
-    )
-
-
-def _inline_script(source: str) -> str:
-    return "<script>" + source.replace("</script", "<\\/script") + "</script>"
-
-
-def graph_html(document: dict) -> str:
-    """The graph page as one file: styles, plotly.js, the page's script and the graph's data inlined, so it
-    opens from disk with no server and no network (feature cards show what the graph itself holds)."""
-    data = json.dumps(document, default=str).replace("</", "<\\/")
-    pages = [(STATIC / name).read_text() for name in ("common.js", "graph.js")]
-    scripts = [f"window.PAGE_DATA = {data};", plotly_js(), *pages]
-    slug = document["graph"]["slug"]
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(slug)} · circuitdb</title>'
-        f"<style>{(STATIC / 'style.css').read_text()}</style></head><body>"
-        f"<nav>circuitdb</nav>{_graph_body(slug)}{''.join(_inline_script(s) for s in scripts)}</body></html>"
-    )
 
 
 async def _json_body(request: Request) -> dict:
@@ -98,38 +55,23 @@ def _json(document: dict) -> Response:
     return Response(json.dumps(document, default=str), media_type="application/json")
 
 
-class Model:
-    """The model, loaded on the first request that runs it (text search, "try your text"): pages that only
-    read the store never wait for it."""
-
-    def __init__(self, spec: str, device: str, dictionaries: str) -> None:
-        self.spec, self.device, self.dictionaries = spec, device, dictionaries
-        self._lm = None
-
-    @property
-    def lm(self):
-        if self._lm is None:
-            from circuitdb.models import load_model
-
-            self._lm = load_model(self.spec, self.device)
-        return self._lm
-
-
-def make_app(store: Store, model: Model | None = None) -> Starlette:
-    """The app over `store` (every request reads the tables as they are now); `model` runs texts."""
+def make_app(project: Project) -> Starlette:
+    """The app over the project's store (every request reads the tables as they are now) and its model, loaded
+    on the first request that runs one (text search, "try your text"): pages that only read never wait for it."""
+    store = project.store
     keep_catalog(store)  # views made once, remade when a table's files change
 
     def index(_: Request) -> HTMLResponse:
-        return HTMLResponse(_page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))
+        return HTMLResponse(page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))
 
     def graph(request: Request) -> HTMLResponse:
         slug = request.path_params["slug"]
-        return HTMLResponse(_page(slug, _graph_body(slug), ["plotly.js", "common.js", "graph.js"]))
+        return HTMLResponse(page(slug, graph_body(slug), ["plotly.js", "common.js", "graph.js"]))
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]
         body = f'<main id="feature-page" data-feature="{html.escape(feature_id)}"></main>'
-        return HTMLResponse(_page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
+        return HTMLResponse(page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
 
     def api_index(_: Request) -> JSONResponse:
         listing = graph_listing(store) if "graphs" in store.table_names() else None
@@ -169,13 +111,11 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
         from circuitdb.features import feature_on_text
         from circuitdb.store import parse_feature_id
 
-        if model is None:
-            return JSONResponse({"error": "this viewer runs no model"}, status_code=400)
         try:
             name, layer, index = parse_feature_id(request.path_params["feature_id"])
             coder, meta = stored_dictionary(store, name, layer)
             text = str((await _json_body(request))["text"])
-            found = await run_in_threadpool(feature_on_text, model.lm, coder, meta["input_hook"], index, text)
+            found = await run_in_threadpool(feature_on_text, project.model, coder, meta["input_hook"], index, text)
         except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return _json({"tokens": found["token"].to_list(), "values": found["activation"].to_list()})
@@ -185,12 +125,10 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
         from circuitdb.dictionaries.stored import stored_set
         from circuitdb.features import ranked_text_matches
 
-        if model is None:
-            return JSONResponse({"error": "this viewer runs no model"}, status_code=400)
         try:
             text = request.query_params.get("text", "")
-            dictionaries = stored_set(store, model.dictionaries)
-            found = await run_in_threadpool(ranked_text_matches, store, model.lm, dictionaries, text, 10, False)
+            dictionaries = stored_set(store, project.config.dictionaries.name)
+            found = await run_in_threadpool(ranked_text_matches, store, project.model, dictionaries, text, 10, False)
         except CircuitDBError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return _json({"features": found.to_dicts()})
@@ -217,8 +155,8 @@ def make_app(store: Store, model: Model | None = None) -> Starlette:
     )
 
 
-def serve(store: Store, model: Model, host: str, port: int) -> None:
+def serve(project: Project, host: str, port: int) -> None:
     """Serve until Ctrl-C (127.0.0.1 by default: this machine only)."""
     import uvicorn
 
-    uvicorn.run(make_app(store, model), host=host, port=port, log_level="warning")
+    uvicorn.run(make_app(project), host=host, port=port, log_level="warning")

@@ -1,9 +1,10 @@
 """Dictionary file formats, one module each, found by this registry.
 
-A format module defines `NAME`, `recognizes(folder) -> bool`, `read(folder, hint) -> DictionarySet`
-and `write(dictionaries, folder)`. `read_dictionaries` asks every module whether it recognizes the
-folder, so a `--transcoders` folder or `dictionary import` needs no format named, and adding a
-format is one new file in this package.
+A format module is named after its format (`circuit_tracer.py` is `circuit-tracer`), opens with a
+docstring whose first sentence describes its files, and defines `NAME`, `recognizes(folder) -> bool`,
+`read(folder, hint) -> DictionarySet` and `write(dictionaries, folder)`. `read_dictionaries` asks every
+module whether it recognizes the folder, so a `--transcoders` folder or `dictionary import` needs no
+format named, and adding a format is one new file in this package (the CLI lists it by itself).
 
 - circuitdb: ours (config.json + weights.safetensors per dictionary, the store's layout);
 - circuit-tracer: transcoder sets (config.yaml + per-layer files) and cross-layer transcoders;
@@ -24,7 +25,10 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from circuitdb.dictionaries.formats.ours import FORMAT, load_dictionary, save_dictionary
+import polars as pl
+
+from circuitdb.config import HOOK_KINDS
+from circuitdb.dictionaries.formats.circuitdb import FORMAT, load_dictionary, save_dictionary
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.errors import CircuitDBError
 
@@ -40,16 +44,44 @@ class ReadHint:
     name: str | None = None
     """Name for the set (default: the folder's name)."""
 
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "sae", "plt"):
+            raise CircuitDBError(f"the kind of a published per-layer set is sae or plt, got {self.kind!r}")
+        if self.hook is not None and self.hook not in HOOK_KINDS:
+            raise CircuitDBError(f"hook must be one of {', '.join(HOOK_KINDS)}, got {self.hook!r}")
+
+
+def format_names() -> list[str]:
+    """The formats' names, from their modules' file names, without importing them (a CLI lists them as its
+    choices before it knows whether the command will need torch)."""
+    return sorted(
+        info.name.replace("_", "-") for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+    )
+
 
 @cache
 def formats() -> dict[str, ModuleType]:
     """Every format module of this package, by NAME."""
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            found[module.NAME] = module
+    found = {name: importlib.import_module(f"{__name__}.{name.replace('-', '_')}") for name in format_names()}
+    for name, module in found.items():
+        if module.NAME != name:
+            raise RuntimeError(
+                f"format module {module.__name__} calls itself {module.NAME!r}: name it after its format"
+            )
     return found
+
+
+def check_format(name: str) -> None:
+    """One line when no module of this package writes and reads format `name`."""
+    if name not in format_names():
+        raise CircuitDBError(f"unknown dictionary format {name!r}; expected one of {', '.join(format_names())}")
+
+
+def format_table() -> pl.DataFrame:
+    """Each format with the first sentence of its module's docstring."""
+    openings = {name: " ".join((module.__doc__ or "").split()) for name, module in formats().items()}
+    described = [(name, text.split(". ")[0].rstrip(".") + ".") for name, text in openings.items()]
+    return pl.DataFrame(described, schema=["format", "files"], orient="row")
 
 
 def detect(folder: Path) -> ModuleType:
@@ -73,9 +105,8 @@ def read_dictionaries(folder: Path, fmt: str | None = None, hint: ReadHint | Non
     folder = Path(folder)
     if fmt is None:
         module = detect(folder)
-    elif fmt not in formats():
-        raise CircuitDBError(f"unknown dictionary format {fmt!r}; expected one of {', '.join(formats())}")
     else:
+        check_format(fmt)
         module = formats()[fmt]
         if not folder.is_dir():
             raise CircuitDBError(f"dictionary folder {folder} does not exist")
@@ -86,8 +117,7 @@ def write_dictionaries(dictionaries: DictionarySet, fmt: str, folder: Path, over
     """Write the set in format `fmt` into `folder`, which may exist: written whole in a staging folder
     beside it, then moved in file by file. A folder that holds anything is refused unless `overwrite`,
     and then only the files the set writes are replaced: nothing circuitdb did not write is deleted."""
-    if fmt not in formats():
-        raise CircuitDBError(f"unknown dictionary format {fmt!r}; expected one of {', '.join(formats())}")
+    check_format(fmt)
     folder = Path(folder)
     check_export_target(folder, overwrite)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -124,5 +154,14 @@ def _move_into(source: Path, target: Path) -> None:
             os.replace(entry, destination)
 
 
-__all__ = ["FORMAT", "DictionarySet", "ReadHint", "detect", "formats", "load_dictionary", "read_dictionaries"]
+__all__ = [
+    "FORMAT",
+    "DictionarySet",
+    "ReadHint",
+    "detect",
+    "format_names",
+    "formats",
+    "load_dictionary",
+    "read_dictionaries",
+]
 __all__ += ["save_dictionary", "write_dictionaries"]

@@ -1,0 +1,102 @@
+"""One project in one process: its effective configuration, its store, its model and its corpus.
+
+Every face opens one and adapts it: a CLI command (`with Project.open(...)`), a Dagster run (the
+`project` resource hands one out), the viewer (one per server) and the benchmarks. So the
+configuration is parsed once, the store is resolved once (a local folder, or the local mirror of an
+object-store URI: `Store`), the model is loaded once per process and spec, and the mirror is pulled
+when the project is entered and pushed when it is left, also after a failure: every file in the store
+is written whole, so what a failed command finished (shards, checkpoints, finished layers) is kept.
+
+The model and the corpus are loaded on first use: a SQL question never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from circuitdb.config import ProjectConfig, load_config
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import Store
+
+if TYPE_CHECKING:
+    from circuitdb.corpus import TokenizedCorpus
+    from circuitdb.explanations.chat import ChatModel
+    from circuitdb.models import LoadedModel
+
+
+class Project:
+    """A configuration and the store, model and corpus it names."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.store = Store(config.store)
+        self._pulled = False
+
+    @classmethod
+    def open(cls, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Project:
+        """The project of a config file (default: $CIRCUITDB_CONFIG, else ./circuitdb.yaml when present, else the
+        embedded default) with dotted `overrides` (None values ignored: optional CLI flags pass straight through)."""
+        return cls(load_config(config_file, dict(overrides or {})))
+
+    def __enter__(self) -> Project:
+        self._pull()
+        return self
+
+    def __exit__(self, *failure: object) -> None:
+        self.store.push()
+
+    def built(self) -> Project:
+        """This project, its store brought in step and checked to hold tables (what a question needs)."""
+        self._pull()
+        if not self.store.tables_dir.is_dir():
+            raise CircuitDBError(f"store not found: {self.store.location} has no tables (run `circuitdb build` first)")
+        return self
+
+    def _pull(self) -> None:
+        if not self._pulled:
+            self.store.pull()
+            self._pulled = True
+
+    @property
+    def model(self) -> LoadedModel:
+        """The configured model on the configured device, loaded on first use."""
+        return self.model_on(None)
+
+    def model_on(self, device: str | None) -> LoadedModel:
+        """The configured model on `device` (None: the configured one): per-layer steps claim a GPU each."""
+        return _loaded_model(self.config.model.spec, device or self.config.model.device)
+
+    @functools.cached_property
+    def corpus(self) -> TokenizedCorpus:
+        """The stored corpus the configuration names (built by the `corpus_tokens` asset)."""
+        from circuitdb.corpus import load_stored_corpus
+
+        return load_stored_corpus(self.store, self.config.corpus.name)
+
+    def explainer(
+        self, spec: str | None = None, endpoint_model: str | None = None, device: str | None = None
+    ) -> ChatModel:
+        """The chat model that explains and scores features (default: `explanations.explainer`), loaded once per
+        process like the subject model."""
+        chosen = self.config.explanations
+        device = device or self.config.model.device
+        return _chat_model(spec or chosen.explainer, endpoint_model or chosen.explainer_model, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_model(spec: str, device: str) -> LoadedModel:
+    """Models of this process: the in-process build's steps share one; each process of the multiprocess or
+    Kubernetes executors loads its own."""
+    from circuitdb.models import load_model
+
+    return load_model(spec, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _chat_model(spec: str, endpoint_model: str, device: str) -> ChatModel:
+    from circuitdb.explanations.chat import chat_model
+
+    return chat_model(spec, endpoint_model, device)

@@ -1,0 +1,62 @@
+"""The viewer's HTML: page shells whose data comes from the JSON API, and the graph page as one offline file."""
+
+from __future__ import annotations
+
+import html
+import json
+from functools import cache
+from pathlib import Path
+
+from circuitdb.store import Store
+from circuitdb.store.layout import atomic_write_bytes
+from query.questions import check_output_file, graph_document
+
+STATIC = Path(__file__).parent / "static"
+
+
+@cache
+def plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def page(title: str, body: str, scripts: list[str]) -> str:
+    tags = "".join(f'<script src="/static/{name}"></script>' for name in scripts)
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · circuitdb</title>'
+        f'<link rel="stylesheet" href="/static/style.css"></head><body>'
+        f'<nav><a href="/">circuitdb</a></nav>{body}{tags}</body></html>'
+    )
+
+
+def graph_body(slug: str) -> str:
+    return (
+        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div>'
+        '<aside id="side"><div id="controls"></div><div id="panel"></div></aside></main>'
+    )
+
+
+def _inline_script(source: str) -> str:
+    return "<script>" + source.replace("</script", "<\\/script") + "</script>"
+
+
+def graph_html(document: dict) -> str:
+    """The graph page as one file: styles, plotly.js, the page's script and the graph's data inlined, so it
+    opens from disk with no server and no network (feature cards show what the graph itself holds)."""
+    data = json.dumps(document, default=str).replace("</", "<\\/")
+    pages = [(STATIC / name).read_text() for name in ("common.js", "graph.js")]
+    scripts = [f"window.PAGE_DATA = {data};", plotly_js(), *pages]
+    slug = document["graph"]["slug"]
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(slug)} · circuitdb</title>'
+        f"<style>{(STATIC / 'style.css').read_text()}</style></head><body>"
+        f"<nav>circuitdb</nav>{graph_body(slug)}{''.join(_inline_script(s) for s in scripts)}</body></html>"
+    )
+
+
+def export_graph_html(store: Store, slug: str, out: Path, max_edges: int) -> None:
+    """Write the graph page as one self-contained HTML file (opens from disk, no server, no network)."""
+    document = graph_document(store, slug, max_edges)
+    check_output_file(out)
+    atomic_write_bytes(out, graph_html(document).encode(), checksum=False)
