@@ -158,8 +158,11 @@ def dictionary_export(
     config: ConfigOption = None,
 ) -> None:
     """Export a dictionary set of the store in another project's format (circuit-tracer, SAELens, ...)."""
+    from circuitdb.dictionaries.formats import check_export_target, check_format
     from circuitdb.dictionaries.stored import export_set
 
+    check_format(fmt)  # both before the store is opened
+    check_export_target(out, overwrite)
     count = export_set(_store(store, config), name, layer, fmt, out, overwrite)
     typer.echo(f"wrote {count} dictionar{'y' if count == 1 else 'ies'} to {out}")
 

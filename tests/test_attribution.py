@@ -10,6 +10,8 @@ Per-layer transcoders (all layers, and only some layers) and a cross-layer trans
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -303,7 +305,9 @@ def test_capped_influence_first_keeps_the_most_influential(traced) -> None:
 
 def test_targets_in_chunks_give_the_same_rows(traced, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long prompt's targets go through the sweep in chunks (bounded gradient memory): same rows."""
-    from circuitdb.attribution import attribute as attribute_module
+    attribute_module = importlib.import_module(
+        "circuitdb.attribution.attribute"
+    )  # the package's `attribute` is the function
 
     rm, graph = traced
     monkeypatch.setattr(attribute_module, "SCRATCH_BYTES", 64 * rm.lm.d_model)  # a handful of targets per chunk

@@ -300,8 +300,14 @@ def test_wrong_files_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "ct").exists()
 
 
-def test_the_cli_offers_every_registered_format() -> None:
+def test_the_cli_offers_every_registered_format(cli, tmp_path: Path) -> None:
+    """A format is its module: the CLI lists the registry's formats by themselves and refuses others in one line."""
     from circuitdb.dictionaries.formats import formats
-    from query.cli import DictionaryFormat
 
-    assert {f.value for f in DictionaryFormat} == set(formats())
+    code, out, _ = cli("dictionary", "formats", "-f", "json")
+    assert code == 0 and [row["format"] for row in json.loads(out)] == sorted(formats())
+    assert all(row["files"] for row in json.loads(out))
+    code, _, err = cli("dictionary", "export", "--out", str(tmp_path / "out"), "--format", "nope", "--store", "x")
+    assert (
+        code == 1 and err.strip() == f"error: unknown dictionary format 'nope'; expected one of {', '.join(formats())}"
+    )

@@ -11,8 +11,6 @@ import polars as pl
 from circuitdb.dictionaries.cross_layer_transcoder import CrossLayerTranscoder
 from circuitdb.dictionaries.formats import (
     DictionarySet,
-    check_export_target,
-    check_format,
     load_dictionary,
     write_dictionaries,
 )
@@ -68,9 +66,7 @@ def stored_set(store: Store, name: str) -> DictionarySet:
 
 def export_set(store: Store, name: str, layer: int | None, fmt: str, out: Path, overwrite: bool) -> int:
     """Write the stored set `name` (or only its `layer`) into `out` in format `fmt`; returns how many
-    dictionaries were written. The target is checked before anything is loaded."""
-    check_format(fmt)
-    check_export_target(out, overwrite)
+    dictionaries were written."""
     dictionaries = stored_set(store, name)
     if layer is not None:
         if layer not in dictionaries.coders:
