@@ -29,11 +29,10 @@ import torch
 from circuitdb.attribution import Graph, Transcoders, attribute, load_transcoders, prune, stored_transcoders, trace
 from circuitdb.attribution.pruning import node_influence
 from circuitdb.attribution.replacement_model import start_positions
-from circuitdb.config import DictionaryConfig, load_config
+from circuitdb.config import DictionaryConfig
 from circuitdb.dictionaries import SparseCoder
 from circuitdb.errors import CircuitDBError
-from circuitdb.models import load_model
-from circuitdb.store import Store
+from circuitdb.project import Project
 
 PROMPT = "The capital of France is Paris, and the capital of Germany is"
 FILLER = "The capital of France is Paris, and the capital of Germany is Berlin. "
@@ -78,14 +77,15 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=None, help="default: attribution.memory_gb")
     parser.add_argument("--against-dense", action="store_true", help="compare the kept features with the dense graph's")
     args = parser.parse_args()
-    config = load_config(None, {"store": args.store})
+    project = Project.open(overrides={"store": args.store})
+    config = project.config
     started = time.perf_counter()
-    lm = load_model(config.model.spec, config.model.device)
+    lm = project.model
     if args.transcoders:
         transcoders, source = load_transcoders(args.transcoders), f"trained: {args.transcoders}"
     else:
         try:
-            transcoders = stored_transcoders(Store.open_existing(config.store), config.dictionaries.name)
+            transcoders = stored_transcoders(project.built().store, config.dictionaries.name)
             source = f"trained: {config.store}"
         except CircuitDBError:
             transcoders, source = _random_transcoders(lm.n_layers, lm.d_model, 4096, 32), "random"

@@ -21,12 +21,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import polars as pl  # noqa: E402
 
-from circuitdb.config import load_config  # noqa: E402
-from circuitdb.corpus import load_stored_corpus  # noqa: E402
-from circuitdb.explanations.chat import LocalChatModel  # noqa: E402
 from circuitdb.explanations.explain import ChatScorer, explain_features, score_explanations  # noqa: E402
-from circuitdb.models import load_model  # noqa: E402
-from circuitdb.store import Store  # noqa: E402
+from circuitdb.project import Project  # noqa: E402
 from circuitdb.store.sweeps import summary  # noqa: E402
 from circuitdb.sweeps import PointExplanations, sweep_layer  # noqa: E402
 from query.questions import top_features  # noqa: E402
@@ -45,12 +41,11 @@ def main() -> None:
     parser.add_argument("--sweep-explain", type=int, default=0, help="latents explained per point of a k=16,64 sweep")
     args = parser.parse_args()
 
-    store = Store.open_existing(args.store)
-    config = load_config(store.root / "circuitdb.effective.yaml", {"store": store.location})
+    project = Project.open(Path(args.store) / "circuitdb.effective.yaml", {"store": args.store}).built()
+    config, store = project.config, project.store
     chosen = [row[0] for row in top_features(store, args.layer, "density", args.features).rows]
-    lm = load_model(config.model.spec, config.model.device)
-    explainer = LocalChatModel(load_model("embedded", config.model.device))
-    corpus = load_stored_corpus(store, config.corpus.name)
+    lm, corpus = project.model, project.corpus
+    explainer = project.explainer("embedded")
     started = time.perf_counter()
     explanations = explain_features(store, explainer, chosen)
     explained = time.perf_counter() - started

@@ -23,11 +23,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import dagster as dg  # noqa: E402
 
-from circuitdb.config import load_config  # noqa: E402
 from circuitdb.corpus import store_corpus, tokenize_corpus  # noqa: E402
 from circuitdb.harvest import harvest_layers  # noqa: E402
-from circuitdb.models import load_model  # noqa: E402
-from circuitdb.store import Store  # noqa: E402
+from circuitdb.project import Project  # noqa: E402
 from orchestration.definitions import per_layer_job  # noqa: E402
 
 LAYER_STEP = "dictionaries.dictionaries_layer["
@@ -65,10 +63,9 @@ def main() -> None:
             f"store: {work / 'store'}\nmodel:\n  device: cpu\ncorpus:\n  max_tokens: {args.tokens}\n"
             f"harvest:\n  layers: {layers}\n"
         )
-        config = load_config(config_file)
-        lm = load_model(config.model.spec, config.model.device)
+        project = Project.open(config_file)
+        config, lm, store = project.config, project.model, project.store
         corpus = tokenize_corpus(lm, config.corpus)
-        store = Store(config.store)
         store_corpus(store, corpus, lm.name, config.corpus.seed)
         harvest_layers(store, lm, corpus, layers, config.harvest, progress=False)
         home = work / "dagster_home"

@@ -45,13 +45,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from circuitdb.config import load_config  # noqa: E402
-from circuitdb.corpus import load_stored_corpus  # noqa: E402
 from circuitdb.dictionaries.data import ActivationSource  # noqa: E402
 from circuitdb.dictionaries.stored import stored_dictionary  # noqa: E402
 from circuitdb.features import build_layer_features  # noqa: E402
 from circuitdb.harvest import harvest  # noqa: E402
-from circuitdb.models import load_model, resolve_hooks  # noqa: E402
+from circuitdb.models import resolve_hooks  # noqa: E402
+from circuitdb.project import Project  # noqa: E402
 from circuitdb.store import Store, read_table  # noqa: E402
 from circuitdb.store.integrity import digest_file, write_checksum  # noqa: E402
 from circuitdb.store.vectors import ensure_index, nearest, read_vectors, write_vectors  # noqa: E402
@@ -109,8 +108,8 @@ def main() -> None:
 
 
 def _store_figures(args: argparse.Namespace) -> dict:
-    config = load_config(None, {"store": args.store})
-    store = Store.open_existing(config.store)
+    project = Project.open(overrides={"store": args.store}).built()
+    config, store = project.config, project.store
     result: dict = {}
     result["sql_p50_ms"] = round(statistics.median(_p50(lambda q=q: run_sql(store, q), 20) for q in QUERIES), 2)
 
@@ -119,8 +118,7 @@ def _store_figures(args: argparse.Namespace) -> dict:
     p50, recall = _recall(store, vectors, ids, vectors[picks])
     result |= {"search_p50_ms": round(p50, 2), "recall_at_10": round(recall, 4), "n_vectors": len(ids)}
 
-    lm = load_model(config.model.spec, config.model.device)
-    corpus = load_stored_corpus(store, config.corpus.name)
+    lm, corpus = project.model, project.corpus
     start = time.perf_counter()
     build_layer_features(store, lm, corpus, config.dictionaries.name, 12)
     seconds = time.perf_counter() - start
@@ -137,7 +135,7 @@ def _extra_graphs_figures(args: argparse.Namespace) -> dict:
     """SQL latency on a scratch copy of the store's tables with `--extra-graphs` synthetic graph partitions
     (copies of a stored graph's three partition files, checksums included): the typical queries, which
     read no graph table, and a query over every graph."""
-    store = Store.open_existing(load_config(None, {"store": args.store}).store)
+    store = Project.open(overrides={"store": args.store}).built().store
     graph_query = "SELECT slug, n_nodes_pruned FROM graphs ORDER BY created_at DESC LIMIT 5"
     with tempfile.TemporaryDirectory() as folder:
         scratch = Store(folder)

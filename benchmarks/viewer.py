@@ -26,18 +26,18 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import polars as pl  # noqa: E402
 import uvicorn  # noqa: E402
 
-from circuitdb.config import load_config  # noqa: E402
-from circuitdb.store import Store, read_table  # noqa: E402
+from circuitdb.project import Project  # noqa: E402
+from circuitdb.store import read_table  # noqa: E402
 from query.viewer.app import make_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _serve(store: Store) -> tuple[str, uvicorn.Server]:
+def _serve(project: Project) -> tuple[str, uvicorn.Server]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(make_app(project), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -82,11 +82,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--screenshots", default=None, help="also save the index, graph and feature pages here")
     args = parser.parse_args()
-    store = Store.open_existing(load_config(None, {"store": args.store}).store)
+    project = Project.open(overrides={"store": args.store}).built()
+    store = project.store
     nodes = read_table(store, "graph_nodes", ["slug", "kind", "feature_id"])
     slug = nodes.group_by("slug").len().sort("len", descending=True)["slug"][0]
     feature = nodes.filter((pl.col("slug") == slug) & (pl.col("kind") == "feature"))["feature_id"][0]
-    url, server = _serve(store)
+    url, server = _serve(project)
     renders, features, rendered = [], [], 0
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
