@@ -185,3 +185,23 @@ def test_live_source_streams_what_the_harvest_stores(llama: LoadedModel, source:
         DictionaryConfig(kind="plt", n_latents=64, k=4), live, TrainConfig(batch_size=64), progress=False
     )
     assert result.tokens == source.n_tokens // 64 * 64
+
+
+def test_each_kind_is_its_class_and_encodes_as_its_definition() -> None:
+    """`SparseCoder(cfg)` is an SAE or a transcoder by `cfg.kind`: only the SAE reads its input centred on b_dec
+    (checked against the formula), and only the SAE must read and write one width."""
+    from circuitdb.dictionaries.sparse_coder import SparseAutoencoder, Transcoder
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6)
+    for kind, cls, centred in (("sae", SparseAutoencoder, True), ("plt", Transcoder, False)):
+        coder = SparseCoder(DictionaryConfig(kind=kind, activation="relu", n_latents=16, k=4), 6, 6)
+        with torch.no_grad():
+            coder.b_dec.normal_()
+            coder.b_enc.normal_()
+        assert type(coder) is cls and coder.kind == kind
+        expected = ((x - coder.b_dec if centred else x) @ coder.W_enc.T + coder.b_enc).relu()
+        torch.testing.assert_close(coder.encode(x), expected)
+    assert type(SparseCoder(DictionaryConfig(kind="plt", n_latents=16, k=4), 6, 8)) is Transcoder
+    with pytest.raises(CircuitDBError, match="an SAE reconstructs its input"):
+        SparseCoder(DictionaryConfig(kind="sae", n_latents=16, k=4), 6, 8)

@@ -73,3 +73,23 @@ def test_bad_hook_names_and_layers(llama: LoadedModel) -> None:
         "resid_pre.1",
         "mlp_out.1",
     ]
+
+
+def test_replacing_a_hook_point_changes_what_capture_reads(any_architecture: LoadedModel) -> None:
+    """Each kind is replaced where it is read: a replacement sees the captured activation, and the model's logits
+    move as they do when that activation is doubled (identity leaves them alone)."""
+    from circuitdb.models import replaced
+
+    lm, ids = any_architecture, _ids(any_architecture)
+    clean = lm.model(input_ids=ids).logits
+    for kind in ALL_KINDS:
+        hook = HookPoint.make(kind, 1)
+        captured = capture(lm, ids, [hook])[hook.name]
+        seen: list[torch.Tensor] = []
+        with replaced(lm, hook, lambda x, seen=seen: seen.append(x.detach().clone()) or x):
+            same = lm.model(input_ids=ids).logits
+        torch.testing.assert_close(seen[0], captured)
+        torch.testing.assert_close(same, clean)
+        with replaced(lm, hook, lambda x: 2 * x):
+            doubled = lm.model(input_ids=ids).logits
+        assert not torch.allclose(doubled, clean), kind

@@ -19,6 +19,9 @@ from circuitdb.errors import CircuitDBError
 
 
 class CrossLayerTranscoder(nn.Module):
+    kind, centres_input, reconstructs_input = "clt", False, False
+    """As `SparseCoder`'s: a CLT stands in for every MLP it covers."""
+
     def __init__(self, cfg: DictionaryConfig, n_layers: int, d: int) -> None:
         super().__init__()
         if cfg.skip:

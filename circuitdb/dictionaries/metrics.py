@@ -66,7 +66,7 @@ def dictionary_splice(lm: LoadedModel, coder: SparseCoder, input_hook: str) -> C
     check_layer(lm, hook.layer)
     if coder.d_in != lm.d_model:
         raise CircuitDBError(f"dictionary width {coder.d_in} does not match {lm.name}'s d_model {lm.d_model}")
-    if coder.cfg.kind == "sae":
+    if coder.reconstructs_input:
         return lambda: replaced(lm, hook, lambda act: _keep_first(act, coder(act)[0]))
     return lambda: mlp_replaced(lm, hook.layer, lambda mlp_in, mlp_out: _keep_first(mlp_out, coder(mlp_in)[0]))
 

@@ -39,7 +39,7 @@ class DictionarySet:
 
     @property
     def kind(self) -> Literal["sae", "plt", "clt"]:
-        return "clt" if self.clt is not None else next(iter(self.coders.values())).cfg.kind
+        return self.clt.kind if self.clt is not None else next(iter(self.coders.values())).kind
 
     @property
     def layers(self) -> list[int]:

@@ -4,8 +4,10 @@
     f   = activation(pre)                             an injected module: TopK | BatchTopK | JumpReLU | ReLU
     ŷ   = f · W_dec + b_dec (+ x · W_skipᵀ)           W_dec: [n_latents, d_out]  (one row per latent)
 
-An SAE reconstructs its input (d_in = d_out, b_dec also centres the input); a per-layer transcoder
-reads `mlp_in.l` and predicts `mlp_out.l`, optionally with a linear skip. The row layouts are
+What differs between the kinds lives in their classes: an SAE (`SparseAutoencoder`) reconstructs its
+input (d_in = d_out, b_dec also centres the input); a per-layer transcoder (`Transcoder`) reads
+`mlp_in.l` and predicts `mlp_out.l`, optionally with a linear skip. `SparseCoder(cfg, ...)` makes the
+class `cfg.kind` names. The row layouts are
 circuit-tracer's, so its files map onto these tensors without transposes.
 
 TopK runs sparse in training: the dense pre-activations are computed without autograd only to pick
@@ -14,6 +16,8 @@ decoded with `embedding_bag`. Backward then costs O(k·d) per token instead of O
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +30,29 @@ from circuitdb.errors import CircuitDBError
 
 
 class SparseCoder(nn.Module):
+    kind: ClassVar[str]
+    """The `DictionaryConfig.kind` this class implements."""
+    centres_input: ClassVar[bool]
+    """Whether the encoder reads x − b_dec (b_dec is then the input's centre, not a free output bias)."""
+    reconstructs_input: ClassVar[bool]
+    """Whether the target is the input itself: trained at the input's scale, spliced in at its hook point
+    (else it stands in for the MLP that maps its input to its target)."""
+
+    def __new__(cls, cfg: DictionaryConfig | None = None, *args: object, **kwargs: object) -> SparseCoder:
+        """`SparseCoder(cfg, ...)` is the class of `cfg.kind` (copies and unpickling name their class)."""
+        return super().__new__(cls.of_kind(cfg.kind) if cls is SparseCoder and cfg is not None else cls)
+
+    @staticmethod
+    def of_kind(kind: str) -> type[SparseCoder]:
+        """The class of per-layer dictionaries of `kind` ('sae' or 'plt')."""
+        kinds = {subclass.kind: subclass for subclass in SparseCoder.__subclasses__()}
+        if kind not in kinds:
+            raise CircuitDBError(f"a per-layer dictionary is one of {', '.join(kinds)}, not {kind!r}")
+        return kinds[kind]
+
     def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int, activation: Activation | None = None) -> None:
         super().__init__()
-        if cfg.kind == "sae" and d_in != d_out:
+        if self.reconstructs_input and d_in != d_out:
             raise CircuitDBError(f"an SAE reconstructs its input: d_in {d_in} must equal d_out {d_out}")
         self.cfg, self.d_in, self.d_out = cfg, d_in, d_out
         n = cfg.n_latents
@@ -43,9 +67,12 @@ class SparseCoder(nn.Module):
         self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip else None
         self.activation = activation if activation is not None else make_activation(cfg)
 
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads of `x`."""
+        return x - self.b_dec if self.centres_input else x
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.kind == "sae":
-            x = x - self.b_dec
+        x = self.centred(x)
         flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc.T)  # bias fused into the product
         return flat.view(*x.shape[:-1], -1)
 
@@ -66,14 +93,14 @@ class SparseCoder(nn.Module):
     def sparse_topk(self, x: torch.Tensor, k: int):
         """Each token's k winners as (indices [B, k], values [B, k]) with gradients through k rows only."""
         indices = self.top_pre_activations(x, k)[1]
-        centred = x - self.b_dec if self.cfg.kind == "sae" else x
+        centred = self.centred(x)
         rows = F.embedding(indices, self.W_enc)  # [B, k, d_in]
         values = torch.bmm(rows, centred.unsqueeze(-1)).squeeze(-1) + self.b_enc[indices]
         return indices, values.relu()
 
     def top_pre_activations(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k largest fp32 pre-activations of each row of `x` [B, d_in]: (values, latents), unsorted."""
-        centred = x - self.b_dec if self.cfg.kind == "sae" else x
+        centred = self.centred(x)
         return top_products(centred.reshape(-1, centred.shape[-1]), self.W_enc, k, self.b_enc)
 
     @torch.no_grad()
@@ -116,3 +143,15 @@ class SparseCoder(nn.Module):
         self.b_dec /= scale_out
         if self.W_skip is not None:
             self.W_skip *= scale_in / scale_out
+
+
+class SparseAutoencoder(SparseCoder):
+    """Reconstructs the hook point it reads."""
+
+    kind, centres_input, reconstructs_input = "sae", True, True
+
+
+class Transcoder(SparseCoder):
+    """A per-layer transcoder: reads mlp_in.l, predicts mlp_out.l (what the MLP would write)."""
+
+    kind, centres_input, reconstructs_input = "plt", False, False

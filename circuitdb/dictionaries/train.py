@@ -52,7 +52,7 @@ def _make_coder(
         return CrossLayerTranscoder(cfg, len(source.input_hooks), source.d)
     if len(source.input_hooks) != 1 or len(source.target_hooks) != 1:
         raise CircuitDBError(f"a {cfg.kind} reads one hook point and reconstructs one")
-    if cfg.kind == "sae" and source.input_hooks != source.target_hooks:
+    if SparseCoder.of_kind(cfg.kind).reconstructs_input and source.input_hooks != source.target_hooks:
         raise CircuitDBError("an SAE reconstructs the hook point it reads")
     return SparseCoder(cfg, source.d, source.d)
 
@@ -189,12 +189,12 @@ def _initialize(coder, source: ActivationSource, tcfg: TrainConfig, device):
     x, y = torch.cat(sample_in).to(device), torch.cat(sample_out).to(device)
     ones_in, ones_out = torch.ones(x.shape[1], device=device), torch.ones(y.shape[1], device=device)
     scale_in, scale_out = (_scales(x), _scales(y)) if tcfg.normalize else (ones_in, ones_out)
-    if coder.cfg.kind == "sae":
+    if coder.reconstructs_input:
         scale_out = scale_in
     mean_out = (y * scale_out[:, None]).mean(0)
     coder.b_dec.copy_(mean_out if isinstance(coder, CrossLayerTranscoder) else mean_out[0])
     input_mean = (x * scale_in[:, None]).mean(0)
-    if coder.cfg.kind == "sae":
+    if coder.centres_input:  # b_dec, which it learns, is the input's centre
         input_mean.zero_()
     return scale_in, scale_out, input_mean
 
@@ -234,8 +234,7 @@ def _aux_loss(coder: SparseCoder, x: torch.Tensor, residual: torch.Tensor, dead:
 
     Computed densely over the dead latents only, which are few once training is healthy.
     """
-    centred = x - coder.b_dec if coder.cfg.kind == "sae" else x
-    pre = centred @ coder.W_enc[dead].T + coder.b_enc[dead]
+    pre = coder.centred(x) @ coder.W_enc[dead].T + coder.b_enc[dead]
     values, indices = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
     recon = F.embedding_bag(indices, coder.W_dec[dead], per_sample_weights=values.relu(), mode="sum")
     return (residual - recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)

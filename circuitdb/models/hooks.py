@@ -74,6 +74,39 @@ def _first(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A module's first input: positional, or a decoder block's `hidden_states` keyword."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _replace_input(fn: Callable[[torch.Tensor], torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if args:
+        return (fn(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+
+def _replace_output(fn: Callable[[torch.Tensor], torch.Tensor], out: object) -> object:
+    return (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
+
+
+PLACEMENT: dict[str, tuple[str, bool]] = {
+    "resid_pre": ("", True),
+    "attn_out": ("attn_out_module", False),
+    "mlp_in": ("mlp", True),
+    "mlp_out": ("mlp_out_module", False),
+    "resid_post": ("", False),
+}
+"""Where each hook kind sits in a block: (the `Architecture` field naming the module, '' for the block itself;
+whether the hook reads the module's input rather than its output)."""
+
+
+def _site(lm: LoadedModel, hook: HookPoint) -> tuple[torch.nn.Module, bool]:
+    """The module a hook point is read at, and whether it is that module's input."""
+    field, reads_input = PLACEMENT[hook.kind]
+    block = lm.block(hook.layer)
+    return (block.get_submodule(getattr(lm.arch, field)) if field else block), reads_input
+
+
 @torch.inference_mode()
 def capture(
     lm: LoadedModel,
@@ -100,21 +133,12 @@ def capture(
             raise _StopForward
 
     for hook in hooks:
-        block = lm.block(hook.layer)
-        if hook.kind == "resid_pre":
-            fn = lambda m, args, kwargs, h=hook: store(h, args[0] if args else kwargs["hidden_states"])  # noqa: E731
-            handles.append(block.register_forward_pre_hook(fn, with_kwargs=True))
-        elif hook.kind == "attn_out":
-            attn_out = block.get_submodule(lm.arch.attn_out_module)
-            handles.append(attn_out.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
-        elif hook.kind == "mlp_in":
-            mlp = block.get_submodule(lm.arch.mlp)
-            handles.append(mlp.register_forward_pre_hook(lambda m, args, h=hook: store(h, args[0])))
-        elif hook.kind == "mlp_out":
-            mlp_out = block.get_submodule(lm.arch.mlp_out_module)
-            handles.append(mlp_out.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+        module, reads_input = _site(lm, hook)
+        if reads_input:
+            read = lambda m, args, kwargs, h=hook: store(h, _input(args, kwargs))  # noqa: E731
+            handles.append(module.register_forward_pre_hook(read, with_kwargs=True))
         else:
-            handles.append(block.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
+            handles.append(module.register_forward_hook(lambda m, a, out, h=hook: store(h, _first(out))))
     try:
         lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
     except _StopForward:
@@ -128,26 +152,13 @@ def capture(
 @contextmanager
 def replaced(lm: LoadedModel, hook: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Within the block, forward passes use fn(activation) in place of the activation at `hook`."""
-    block = lm.block(hook.layer)
-    if hook.kind == "resid_pre":
-
-        def pre(module, args, kwargs):
-            if args:
-                return (fn(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-
-        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
-    elif hook.kind == "mlp_in":
-        mlp = block.get_submodule(lm.arch.mlp)
-        handle = mlp.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    module, reads_input = _site(lm, hook)
+    if reads_input:
+        handle = module.register_forward_pre_hook(
+            lambda m, args, kwargs: _replace_input(fn, args, kwargs), with_kwargs=True
+        )
     else:
-        module = {"attn_out": lm.arch.attn_out_module, "mlp_out": lm.arch.mlp_out_module, "resid_post": ""}[hook.kind]
-        target = block.get_submodule(module) if module else block
-
-        def post(m, args, out):
-            return (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
-
-        handle = target.register_forward_hook(post)
+        handle = module.register_forward_hook(lambda m, args, out: _replace_output(fn, out))
     try:
         yield
     finally:

@@ -121,10 +121,10 @@ def make_coder(
     d_in, d_out = W_enc.shape[1], W_dec.shape[1]
     if b_dec.shape != (d_out,):
         raise CircuitDBError(f"{source}: b_dec has shape {tuple(b_dec.shape)}; W_dec writes width {d_out}")
-    if cfg.kind == "sae" and d_in != d_out:
+    kind = SparseCoder.of_kind(cfg.kind)
+    if kind.reconstructs_input and d_in != d_out:
         raise CircuitDBError(f"{source}: an SAE reads and writes one width; W_enc reads {d_in}, W_dec writes {d_out}")
-    ours = cfg.kind == "sae"
-    if centres_input is not None and centres_input != ours:
+    if centres_input is not None and centres_input != kind.centres_input:
         b_enc = b_enc - W_enc @ b_dec if centres_input else b_enc + W_enc @ b_dec
     activation = make_activation(cfg)
     if threshold is not None:

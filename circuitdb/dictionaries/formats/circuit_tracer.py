@@ -32,7 +32,7 @@ from circuitdb.dictionaries.formats._files import (
     write_folder,
 )
 from circuitdb.dictionaries.sets import DictionarySet
-from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.dictionaries.sparse_coder import SparseCoder, Transcoder
 from circuitdb.errors import CircuitDBError
 
 NAME = "circuit-tracer"
@@ -226,7 +226,7 @@ def export_transcoders(coders: dict[int, SparseCoder], directory: Path, model_na
     """Write per-layer transcoders as a circuit-tracer transcoder set (layers must be 0..L-1)."""
     if sorted(coders) != list(range(len(coders))):
         raise CircuitDBError(f"circuit-tracer needs transcoders for layers 0..{len(coders) - 1}, got {sorted(coders)}")
-    if any(c.cfg.kind != "plt" for c in coders.values()):
+    if not all(isinstance(c, Transcoder) for c in coders.values()):
         raise CircuitDBError("circuit-tracer transcoder sets hold per-layer transcoders (kind: plt) only")
     first = coders[0].activation
     config = {

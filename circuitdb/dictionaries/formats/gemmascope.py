@@ -73,7 +73,7 @@ def write(dictionaries: DictionarySet, directory: Path) -> None:
                 raise CircuitDBError(f"layer {layer}: a TopK dictionary has no GemmaScope (JumpReLU) form")
             threshold = coder.activation.export_threshold()
             b_enc = coder.b_enc.detach()
-            if coder.cfg.kind == "sae":  # GemmaScope does not centre the input: b_enc absorbs it
+            if coder.centres_input:  # GemmaScope does not centre the input: b_enc absorbs it
                 b_enc = b_enc - coder.W_enc.detach() @ coder.b_dec.detach()
             arrays = {
                 "W_enc": coder.W_enc.detach().T,

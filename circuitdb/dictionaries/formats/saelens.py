@@ -25,7 +25,7 @@ from circuitdb.dictionaries.formats._files import (
     write_folder,
 )
 from circuitdb.dictionaries.sets import DictionarySet
-from circuitdb.dictionaries.sparse_coder import SparseCoder
+from circuitdb.dictionaries.sparse_coder import SparseAutoencoder, SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import HookPoint
 
@@ -104,7 +104,7 @@ def read(folder: Path, hint) -> DictionarySet:
 
 def write(dictionaries: DictionarySet, directory: Path) -> None:
     """SAEs as SAELens folders: the folder itself for one, a `blocks.<l>.<hook>` subfolder each for several."""
-    if dictionaries.kind != "sae":
+    if dictionaries.kind != SparseAutoencoder.kind:
         raise CircuitDBError("SAELens format holds SAEs (kind: sae); export transcoders to circuit-tracer")
     hook_name = TRANSFORMERLENS_HOOKS[dictionaries.input_kind]
 

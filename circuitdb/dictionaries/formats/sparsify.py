@@ -90,7 +90,7 @@ def write(dictionaries: DictionarySet, directory: Path) -> None:
 
     def write(folder: Path) -> None:
         for layer, coder in coders.items():
-            transcoder = coder.cfg.kind != "sae"
+            transcoder = not coder.reconstructs_input
             config = {
                 "activation": "topk",
                 "expansion_factor": coder.cfg.n_latents // coder.d_in,
