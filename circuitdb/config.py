@@ -334,8 +334,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None and not file.is_file():
         raise CircuitDBError(f"config file not found: {file}")
     if file.is_file():
-        status = file.stat()
-        values = copy.deepcopy(_read_fields(file.resolve(), status.st_mtime_ns, status.st_size))
+        values = copy.deepcopy(_parsed_fields(file.read_text(), str(file)))
     flat = {dotted: os.environ[env] for env, dotted in ENV_OVERRIDES.items() if os.environ.get(env)}
     flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for dotted, value in flat.items():
@@ -344,15 +343,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 @functools.lru_cache(maxsize=8)
-def _read_fields(file: Path, mtime_ns: int, size: int) -> dict[str, Any]:
-    """A config file's fields, read once per process while the file is unchanged: the in-process build's
-    runs and a Dagster step's resource all read the store's effective configuration."""
+def _parsed_fields(text: str, name: str) -> dict[str, Any]:
+    """A config file's fields, parsed once per process and text: the in-process build's runs and each Dagster
+    step's resource all open the store's effective configuration."""
     try:
-        loaded = yaml.safe_load(file.read_text()) or {}
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise CircuitDBError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise CircuitDBError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
-        raise CircuitDBError(f"{file}: expected a mapping of fields at the top level")
+        raise CircuitDBError(f"{name}: expected a mapping of fields at the top level")
     return loaded
 
 
