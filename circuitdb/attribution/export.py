@@ -82,7 +82,7 @@ def node_frame(
 
 def target_labels(graph: Graph, logit_tokens: list[str]) -> list[str]:
     """What each target node is: 'output ' Paris' (p=0.412)' for a token, else 'target: <what>'."""
-    if graph.target.startswith(("difference", "vector", "feature")):
+    if not graph.targets_are_logits:
         return [f"target: {label}" for label in graph.target_labels]
     probabilities = graph.logit_probabilities.tolist()
     return [f"output {t!r} (p={p:.3f})" for t, p in zip(logit_tokens, probabilities, strict=True)]

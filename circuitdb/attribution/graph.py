@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitdb.attribution.replacement_model import Features
-from circuitdb.attribution.targets import TOP_LOGITS
+from circuitdb.attribution.targets import TOP_LOGITS, reads_logits
 
 
 @dataclass
@@ -61,6 +61,11 @@ class Graph:
     @property
     def n_nodes(self) -> int:
         return self.logit_start + len(self.logit_tokens)
+
+    @property
+    def targets_are_logits(self) -> bool:
+        """Whether every target node is a next-token logit with its probability."""
+        return reads_logits(self.target)
 
     @property
     def target_at(self) -> tuple[int, int]:

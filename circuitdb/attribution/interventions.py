@@ -119,7 +119,7 @@ def intervene(
 def validate_edges(rm: ReplacementModel, graph: Graph, n_features: int) -> list[dict]:
     """Zero each of the `n_features` features with the largest direct effect on the top logit, in the
     frozen replacement model, and compare the logit's change with minus that edge."""
-    if graph.target_labels is not None and graph.target.startswith(("difference", "vector", "feature")):
+    if not graph.targets_are_logits:
         raise CircuitDBError("edge validation measures logits: it checks graphs of the top logits or chosen tokens")
     row = graph.adjacency[graph.logit_start, : graph.n_features]
     token = graph.logit_tokens[0]

@@ -84,6 +84,12 @@ def describe(spec: TargetSpec) -> str:
     return TOP_LOGITS
 
 
+def reads_logits(description: str) -> bool:
+    """Whether a target so described is next-token logits (the top ones or chosen tokens), not a difference,
+    a direction or a feature."""
+    return not description.startswith(("difference", "vector", "feature"))
+
+
 def check_spec(spec: TargetSpec) -> None:
     """One clear line for a request that names no single target kind, before any model is loaded."""
     kinds = [bool(spec.tokens), spec.vector is not None, spec.feature is not None]
