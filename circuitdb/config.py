@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,7 +29,9 @@ HOOK_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 
 ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
 DICTIONARY_KINDS = ("sae", "plt", "clt")
-ACTIVATIONS = ("topk", "batchtopk", "jumprelu", "relu")
+ActivationName = Literal["topk", "batchtopk", "jumprelu", "relu"]
+"""The activations of `dictionaries/activations.py`, one class each."""
+ACTIVATIONS = typing.get_args(ActivationName)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class HarvestConfig:
 class DictionaryConfig:
     kind: str = "plt"
     """'sae' (reconstructs its hook point), 'plt' (per-layer transcoder mlp_in.l → mlp_out.l) or 'clt' (cross-layer)."""
-    activation: str = "topk"
+    activation: ActivationName = "topk"
     """topk, batchtopk, jumprelu or relu (with L1)."""
     n_latents: int = 4096
     """Width of the dictionary."""
@@ -385,6 +387,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, name)
+    if origin is Literal:
+        if value not in args:
+            raise CircuitDBError(f"config field {name} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",")]

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from circuitdb.config import HOOK_KINDS
 from circuitdb.errors import CircuitDBError
 from circuitdb.project import Project
 from circuitdb.store import Store
@@ -181,6 +182,8 @@ def dictionary_import(
     from circuitdb.dictionaries.formats import ReadHint, read_dictionaries
     from circuitdb.dictionaries.pipeline import import_dictionary_set
 
+    if hook is not None and hook not in HOOK_KINDS:
+        raise CircuitDBError(f"--hook must be one of {', '.join(HOOK_KINDS)}, got {hook!r}")
     hint = ReadHint(kind=kind, hook=hook, name=name)
     dictionaries = read_dictionaries(folder, fmt, hint)
     with _project(config, store=store) as project:

@@ -205,3 +205,16 @@ def test_each_kind_is_its_class_and_encodes_as_its_definition() -> None:
     assert type(SparseCoder(DictionaryConfig(kind="plt", n_latents=16, k=4), 6, 8)) is Transcoder
     with pytest.raises(CircuitDBError, match="an SAE reconstructs its input"):
         SparseCoder(DictionaryConfig(kind="sae", n_latents=16, k=4), 6, 8)
+
+
+def test_every_activation_the_config_names_is_one_class() -> None:
+    import typing
+
+    from circuitdb.config import ActivationName, load_config
+    from circuitdb.dictionaries.activations import activations, make_activation
+
+    assert sorted(activations()) == sorted(typing.get_args(ActivationName))
+    for name, cls in activations().items():
+        assert type(make_activation(DictionaryConfig(activation=name, n_latents=16, k=4))) is cls
+    with pytest.raises(CircuitDBError, match="dictionaries.dictionary.activation must be one of topk, batchtopk"):
+        load_config(None, {"dictionaries.dictionary.activation": "gelu"})

@@ -11,7 +11,8 @@ A coder holds its activation as a module (`coder.activation`), built from the co
 - `k`: set only when every token keeps exactly its k largest pre-activations, so winners can be
   picked sparsely (training's sparse path, read-only passes);
 - `unit_decoder` / `revives_dead`: the TopK family keeps unit decoder rows and trains AuxK.
-Adding an activation is one class here, one entry in `ACTIVATIONS`, and its name in the config's list.
+Adding an activation is one class here, named by its `name`, and that name in the config's
+`ActivationName` (the configuration is checked without importing torch).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from circuitdb.config import DictionaryConfig
+from circuitdb.config import ActivationName, DictionaryConfig
 
 Family = Literal["topk", "relu", "jumprelu"]
 
 
 class Activation(nn.Module):
+    name: ClassVar[ActivationName]
+    """What `DictionaryConfig.activation` calls it."""
     family: ClassVar[Family]
     k: int | None = None
     unit_decoder: ClassVar[bool] = False
@@ -53,6 +56,7 @@ def topk(pre: torch.Tensor, k: int) -> torch.Tensor:
 class TopK(Activation):
     """Each token keeps its k largest pre-activations."""
 
+    name = "topk"
     family = "topk"
     unit_decoder = True
     revives_dead = True
@@ -76,6 +80,7 @@ class BatchTopK(Activation):
     value seen in training, which makes the encoder a plain JumpReLU with a shared threshold.
     """
 
+    name = "batchtopk"
     family = "jumprelu"
     unit_decoder = True
     revives_dead = True
@@ -108,6 +113,7 @@ class BatchTopK(Activation):
 class ReLU(Activation):
     """ReLU with an L1 penalty on activations weighted by decoder norms (so shrinking rows can't cheat)."""
 
+    name = "relu"
     family = "relu"
 
     def __init__(self, coefficient: float = 0.0) -> None:
@@ -164,6 +170,7 @@ class _StepFn(torch.autograd.Function):
 class JumpReLU(Activation):
     """z · H(z − θ) with a learned per-latent threshold θ (kept positive through its log); L0 penalty."""
 
+    name = "jumprelu"
     family = "jumprelu"
 
     def __init__(
@@ -197,10 +204,11 @@ class JumpReLU(Activation):
         return self
 
 
-ACTIVATIONS: dict[str, type[Activation]] = {"topk": TopK, "batchtopk": BatchTopK, "jumprelu": JumpReLU, "relu": ReLU}
-"""By the name `DictionaryConfig.activation` uses."""
+def activations() -> dict[str, type[Activation]]:
+    """Every activation class of this module, by its name."""
+    return {cls.name: cls for cls in Activation.__subclasses__()}
 
 
 def make_activation(cfg: DictionaryConfig) -> Activation:
     """The activation module a coder of `cfg` injects."""
-    return ACTIVATIONS[cfg.activation].from_config(cfg)
+    return activations()[cfg.activation].from_config(cfg)

@@ -27,7 +27,6 @@ from types import ModuleType
 
 import polars as pl
 
-from circuitdb.config import HOOK_KINDS
 from circuitdb.dictionaries.formats.circuitdb import FORMAT, load_dictionary, save_dictionary
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.errors import CircuitDBError
@@ -47,8 +46,6 @@ class ReadHint:
     def __post_init__(self) -> None:
         if self.kind not in (None, "sae", "plt"):
             raise CircuitDBError(f"the kind of a published per-layer set is sae or plt, got {self.kind!r}")
-        if self.hook is not None and self.hook not in HOOK_KINDS:
-            raise CircuitDBError(f"hook must be one of {', '.join(HOOK_KINDS)}, got {self.hook!r}")
 
 
 def format_names() -> list[str]:
