@@ -72,12 +72,12 @@ def test_a_query_binds_only_the_tables_it_names(damaged: Store) -> None:
 
 
 def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(damaged: Store, cli, monkeypatch) -> None:
-    import query.cli
+    import query.cli.store
 
     def broken(*_args, **_kwargs):
         raise ValueError("something inside broke\nsecond line")
 
-    monkeypatch.setattr(query.cli, "run_sql", broken)
+    monkeypatch.setattr(query.cli.store, "run_sql", broken)
     code, _, err = cli("sql", "select 1", "--store", str(damaged.root))
     assert code == 1 and err == "error: ValueError: something inside broke (run with --debug for the traceback)\n"
     with pytest.raises(ValueError, match="something inside broke"):
@@ -88,12 +88,12 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(damaged
 
 
 def test_a_missing_file_is_named(damaged: Store, cli, monkeypatch) -> None:
-    import query.cli
+    import query.cli.store
 
     def missing(*_args, **_kwargs):
         raise FileNotFoundError(2, "No such file or directory", "/nowhere/file.json")
 
-    monkeypatch.setattr(query.cli, "run_sql", missing)
+    monkeypatch.setattr(query.cli.store, "run_sql", missing)
     code, _, err = cli("sql", "select 1", "--store", str(damaged.root))
     assert (code, err) == (1, "error: No such file or directory: /nowhere/file.json\n")
 

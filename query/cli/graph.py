@@ -1,0 +1,181 @@
+"""`circuitdb graph` and `steer`: attribution graphs and interventions on their features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from circuitdb.errors import CircuitDBError
+from query.cli.common import (
+    MAX_ROWS,
+    ConfigOption,
+    FormatOption,
+    StoreOption,
+    app,
+    built_store,
+    integers,
+    open_project,
+    to_stderr,
+)
+from query.questions import (
+    export_graph_json,
+    graph_listing,
+    graph_tree,
+    node_edges,
+)
+from query.render import (
+    OutputFormat,
+    render,
+    render_graph_row,
+    render_graph_tree,
+    render_steering,
+)
+
+graph_app = typer.Typer(help="Attribution graphs (circuit tracing).", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
+
+
+@graph_app.command("build")
+def graph_build(
+    prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
+    minus: Annotated[
+        list[str] | None,
+        typer.Argument(help="`- TOKEN` after --target TOKEN: explain the logit difference.", show_default=False),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="Explain these next tokens (strings of one token each, or id:N) instead of the top logits."),
+    ] = None,
+    target_vector: Annotated[
+        str | None, typer.Option(help=".npy of d_model values: a direction read where the unembedding reads.")
+    ] = None,
+    target_feature: Annotated[
+        str | None, typer.Option(help="<dictionary>/<layer>/<index>@<position>: what drives that feature there.")
+    ] = None,
+    start_error_nodes: Annotated[
+        bool, typer.Option(help="Keep the BOS position's MLP errors as nodes (not circuit-tracer's rule).")
+    ] = False,
+    max_feature_nodes: Annotated[int | None, typer.Option(help="Features kept, by influence on the logits.")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Memory the graph may take (attribution.memory_gb).")] = None,
+    transcoders: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of transcoders in any known format (circuit-tracer, GemmaScope, ...): no store needed."
+        ),
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one line)")] = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Trace the prompt through the replacement model, attribute, prune, and store the graph."""
+    from circuitdb.attribution.pipeline import build_graph
+    from orchestration.instance import record_graph
+
+    overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
+    overrides["attribution.start_error_nodes"] = start_error_nodes or None
+    spec = target_spec(target, minus, target_vector, target_feature)
+    if not prompt.strip():
+        raise CircuitDBError("the prompt is empty")
+    with open_project(config, store=store, **overrides) as project:
+        if not transcoders:  # a folder of transcoders needs no built store
+            project.built()
+        row, _ = build_graph(
+            project.store, project.model, prompt, project.config.attribution, transcoders, to_stderr, target=spec
+        )
+    record_graph(project.store.root, row, project.config.viewer_url)  # its partition in the UI, materialized
+    render_graph_row(row, fmt)
+
+
+def target_spec(tokens: list[str] | None, minus: list[str] | None, vector: str | None, feature: str | None):
+    """What `graph build` explains, from its options; `- TOKEN` trails a single --target."""
+    from circuitdb.attribution.targets import TargetSpec, check_spec
+
+    minus = list(minus or [])
+    if minus and (len(minus) != 2 or minus[0] != "-"):
+        raise CircuitDBError(f"unexpected arguments {minus}: a logit difference is --target ' Paris' - ' London'")
+    spec = TargetSpec(tuple(tokens or ()), minus[1] if minus else None, vector, feature)
+    check_spec(spec)
+    return spec
+
+
+@graph_app.command("list")
+def graph_list(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, config: ConfigOption = None) -> None:
+    """The stored graphs (their prompts: `sql "select slug, prompt from graphs"`)."""
+    render(graph_listing(built_store(store, config)), fmt)
+
+
+@graph_app.command("show")
+def graph_show(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    depth: Annotated[int, typer.Option(min=1, max=32, help="Levels of the tree below the logit.")] = 4,
+    width: Annotated[int, typer.Option(min=1, max=100, help="Strongest inputs shown per node.")] = 3,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The strongest paths into the top logit, as a tree: each node's strongest inputs below it."""
+    render_graph_tree(*graph_tree(built_store(store, config), slug), depth, width)
+
+
+@graph_app.command("edges")
+def graph_edges(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    source: Annotated[str | None, typer.Option("--from", help="Edges leaving this node id.")] = None,
+    target: Annotated[str | None, typer.Option("--to", help="Edges entering this node id.")] = None,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="How many, strongest first.")] = 20,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Edges of a graph from or to one node, strongest first, with the other end's label."""
+    render(node_edges(built_store(store, config), slug, source, target, k), fmt)
+
+
+@graph_app.command("export")
+def graph_export(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file (circuit-tracer's graph schema).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="One self-contained HTML page, viewable offline.")] = None,
+    max_edges: Annotated[int, typer.Option(min=0, help="Strongest edges the HTML page holds.")] = 5000,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the graph as circuit-tracer JSON (which its viewers open) or as an offline HTML page."""
+    if (out is None) == (html is None):
+        raise CircuitDBError("give --out FILE.json or --html FILE.html")
+    if out is not None:
+        export_graph_json(built_store(store, config), slug, out)
+    else:
+        from query.viewer.pages import export_graph_html
+
+        export_graph_html(built_store(store, config), slug, html, max_edges)
+    typer.echo(f"wrote {out or html}")
+
+
+@app.command()
+def steer(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    feature: Annotated[list[str], typer.Option(help="Feature id <dictionary>/<layer>/<index>; repeat for several.")],
+    scale: Annotated[float | None, typer.Option(help="Multiply the feature's activation by this.")] = None,
+    set_to: Annotated[float | None, typer.Option("--set", help="Set the activation to this value.")] = None,
+    positions: Annotated[str | None, typer.Option(help="Comma-separated positions (default: all but BOS).")] = None,
+    freeze_attention: Annotated[
+        bool, typer.Option("--freeze-attention", help="Keep attention patterns and norms.")
+    ] = False,
+    generate: Annotated[int, typer.Option(min=0, max=1024, help="Tokens to sample greedily while steering.")] = 0,
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Logit changes to list.")] = 10,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Clamp, scale or zero features on a prompt and show how the next-token prediction moves."""
+    from circuitdb.attribution.steering import Clamp, steer_prompt
+
+    clamp = Clamp.from_options(scale, set_to)
+    where = integers(positions, "--positions") if positions else None
+    with open_project(config, store=store) as project:
+        project.built()
+        store_, lm, cfg = project.store, project.model, project.config.attribution
+        row, changes = steer_prompt(store_, lm, cfg, prompt, feature, *clamp, where, freeze_attention, generate, k)
+    render_steering(row, changes, fmt)
