@@ -81,9 +81,8 @@ def graph_build(
     with open_project(config, store=store, **overrides) as project:
         if not transcoders:  # a folder of transcoders needs no built store
             project.built()
-        row, _ = build_graph(
-            project.store, project.model, prompt, project.config.attribution, transcoders, to_stderr, target=spec
-        )
+        cfg = project.config.attribution
+        row, _ = build_graph(project.store, project.model, prompt, cfg, transcoders, report=to_stderr, target=spec)
     record_graph(project.store.root, row, project.config.viewer_url)  # its partition in the UI, materialized
     render_graph_row(row, fmt)
 
