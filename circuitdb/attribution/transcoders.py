@@ -32,7 +32,7 @@ class Transcoders:
         if per_layer is not None and not per_layer:
             raise CircuitDBError("no transcoders given: a transcoder set needs at least one layer")
         self.set = DictionarySet(name, "circuitdb", per_layer or {}, clt, sources=sources or {})
-        if any(coder.reconstructs_input for coder in self.set.coders.values()):
+        if self.set.reconstructs_input:
             layer = self.set.layers[0]
             raise CircuitDBError(
                 f"{self.set.source(layer)}: attribution needs transcoders (mlp_in → mlp_out), not SAEs"
@@ -58,8 +58,7 @@ class Transcoders:
     def from_set(cls, dictionaries: DictionarySet) -> Transcoders:
         """The transcoders of a set read from files; SAEs or other hook points are one clear error."""
         hooks = (dictionaries.input_kind, dictionaries.output_kind)
-        reconstructs = any(coder.reconstructs_input for coder in dictionaries.coders.values())
-        if not reconstructs and hooks != ("mlp_in", "mlp_out"):
+        if not dictionaries.reconstructs_input and hooks != ("mlp_in", "mlp_out"):
             raise CircuitDBError(
                 f"{dictionaries.name}: maps {hooks[0]} → {hooks[1]}; attribution needs mlp_in → mlp_out"
             )

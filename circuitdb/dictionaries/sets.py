@@ -39,7 +39,16 @@ class DictionarySet:
 
     @property
     def kind(self) -> Literal["sae", "plt", "clt"]:
-        return self.clt.kind if self.clt is not None else next(iter(self.coders.values())).kind
+        return self._member.kind
+
+    @property
+    def reconstructs_input(self) -> bool:
+        """Whether its dictionaries reconstruct what they read (SAEs), rather than stand in for MLPs."""
+        return self._member.reconstructs_input
+
+    @property
+    def _member(self) -> SparseCoder | CrossLayerTranscoder:
+        return self.clt if self.clt is not None else next(iter(self.coders.values()))
 
     @property
     def layers(self) -> list[int]:
