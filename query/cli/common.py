@@ -27,6 +27,7 @@ ExplainerOption = Annotated[
     str, typer.Option(help="'embedded', a .gguf file or HF directory, or an OpenAI-compatible URL (…/v1).")
 ]
 ExplainerModelOption = Annotated[str, typer.Option(help="Model name to ask an endpoint for.")]
+HostOption = Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
 
 
 def open_project(config_file: str | None, **overrides: object) -> Project:

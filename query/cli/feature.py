@@ -15,6 +15,7 @@ from query.cli.common import (
     ExplainerModelOption,
     ExplainerOption,
     FormatOption,
+    HostOption,
     StoreOption,
     app,
     built_store,
@@ -168,7 +169,7 @@ app.add_typer(explainer_app, name="explainer")
 def explainer_serve(
     model: Annotated[str, typer.Option(help="'embedded', a .gguf file or an HF directory.")] = "embedded",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8090,
-    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Serve /v1/chat/completions over a local chat model (what `feature explain --explainer URL` can use)."""

@@ -10,6 +10,7 @@ from circuitdb.errors import CircuitDBError
 from query.cli.common import (
     ConfigOption,
     FormatOption,
+    HostOption,
     StoreOption,
     app,
     built_store,
@@ -84,7 +85,7 @@ def check(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, con
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
-    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -99,7 +100,7 @@ def serve(
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the webserver.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
