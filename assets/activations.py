@@ -7,7 +7,7 @@ forward pass per batch that captures every requested layer at once, instead of o
 import dagster as dg
 
 from assets.partitions import per_layer_options
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.harvest import harvest_layers
 from circuitdb.store import count_rows
 
@@ -20,6 +20,7 @@ def build_activations_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDef
         group_name="activations",
         kinds={"pytorch", "safetensors"},
     )
+    @publishes
     def activations(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """Activations at the configured hook kinds of each layer: fp16 safetensors shards under
         `<store>/activations/`, listed with their checksums in the `activation_shards` table."""

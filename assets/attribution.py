@@ -9,7 +9,7 @@ schedule that add and refresh partitions live in `orchestration/`.
 import dagster as dg
 
 from assets.partitions import gpu_step, prompt_partitions
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.attribution.pipeline import build_graph
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
@@ -80,6 +80,7 @@ def graph_metadata(row: dict, viewer_url: str) -> dict:
         )
     ],
 )
+@publishes
 def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
     """The pruned attribution graph of one prompt: rows of the `graphs`, `graph_nodes` and `graph_edges`
     tables (partition = slug) and `<store>/graphs/<slug>.json` in circuit-tracer's schema."""

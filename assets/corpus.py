@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.corpus import store_corpus, tokenize_corpus
 
 
 @dg.asset(group_name="corpus", kinds={"parquet"})
+@publishes
 def corpus_tokens(project: ProjectParam) -> dg.MaterializeResult:
     """The configured corpus cut into fixed-length blocks (BOS first) with a deterministic eval split:
     the `corpora` table (one row) and `corpus_blocks` (one row per block, its token ids)."""

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.partitions import gpu_step
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.dictionaries.pipeline import build_cross_layer_transcoder
 from circuitdb.store import count_rows
 
@@ -16,6 +16,7 @@ def build_cross_layer_asset(layers: list[int]) -> dg.AssetsDefinition:
         kinds={"pytorch", "safetensors", "parquet"},
         **gpu_step(),
     )
+    @publishes
     def cross_layer_transcoder(project: ProjectParam) -> dg.MaterializeResult:
         """A cross-layer transcoder reading every mlp_in.l and writing to every later mlp_out (config `clt`)."""
         store = project.store

@@ -7,7 +7,7 @@ import polars as pl
 from assets.layer_steps import layer_fan_out, layer_step, run_layer_bounds
 from assets.partitions import per_layer_options
 from assets.plots import svg_bars
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.dictionaries.stored import stored_dictionary
 from circuitdb.features import build_layer_features
 from circuitdb.project import Project
@@ -123,6 +123,7 @@ def build_feature_vectors_asset(partitions: dg.PartitionsDefinition) -> dg.Asset
         group_name="features",
         kinds={"lancedb"},
     )
+    @publishes
     def feature_vectors(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """Unit decoder directions, one row per feature, in the LanceDB table `feature_vectors` for
         nearest-feature search (an ANN index once the table is large)."""

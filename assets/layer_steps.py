@@ -16,7 +16,7 @@ import dagster as dg
 import torch
 
 from assets.partitions import POOL, gpu_step, per_layer_options
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.models import claimed_device, resolve_device
 from circuitdb.project import Project
 
@@ -44,6 +44,7 @@ def layer_step(asset: str, work: LayerWork) -> dg.OpDefinition:
         pool=options["pool"],
         tags=options["op_tags"],
     )
+    @publishes
     def step(context: dg.OpExecutionContext, project: ProjectParam) -> None:
         layer = int(context.get_mapping_key().removeprefix("layer_"))
         with claimed_device(project.config.model.device) as device:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import dagster as dg
 
@@ -38,3 +40,25 @@ class ProjectResource(dg.ConfigurableResource):
 
 ProjectParam = dg.ResourceParam[Project]
 """How an asset, op or check asks for the opened project."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def publishes(compute: Callable[P, R]) -> Callable[P, R]:
+    """Mark a step that writes the store: what it wrote is published (on object storage) before the step
+    ends, so a push that fails fails the step and the run. The resource's own push after the step is too
+    late for that: Dagster logs an error in a resource's teardown and lets the run succeed."""
+
+    @functools.wraps(compute)
+    def step(*args: P.args, **kwargs: P.kwargs) -> R:
+        project: Project = kwargs["project"]  # Dagster passes resources by name
+        try:
+            result = compute(*args, **kwargs)
+        except BaseException as failure:
+            project.publish(failure)
+            raise
+        project.publish()
+        return result
+
+    return step

@@ -7,7 +7,7 @@ import polars as pl
 
 from assets.partitions import gpu_step
 from assets.plots import svg_lines
-from assets.resources import ProjectParam
+from assets.resources import ProjectParam, publishes
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store import count_rows, read_table
@@ -68,6 +68,7 @@ def build_sweep_asset(config: ProjectConfig) -> dg.AssetsDefinition:
         kinds={"pytorch", "parquet"},
         **gpu_step(),
     )
+    @publishes
     def sweep(context: dg.AssetExecutionContext, project: ProjectParam) -> dg.MaterializeResult:
         """One point of a sparsity sweep: the recipe at this partition's k and seed on `sweep.layer`, evaluated
         on the held-out split (FVU both ways, ΔCE, KL, L0, dead fraction; with `sweep.explain_features`, the

@@ -295,9 +295,22 @@ class SweepConfig:
 
 
 @dataclass
+class ObjectStoreConfig:
+    retry_seconds: float = 120.0
+    """How long one request to an `s3://` store is tried again on passing faults (resets, refused connections,
+    timeouts, 5xx, SlowDown) before the command fails: long enough to ride out a restart of the server."""
+    request_timeout: float = 30.0
+    """Seconds to connect, and to wait for each read, before an attempt counts as failed (a stalled server)."""
+    threads: int = 8
+    """Files moved at once between the bucket and the local mirror."""
+
+
+@dataclass
 class ProjectConfig:
     store: str = "./store"
-    """Folder that holds every table, activation shard, dictionary, vector and graph."""
+    """Folder that holds every table, activation shard, dictionary, vector and graph, or `s3://bucket/prefix`."""
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
+    """How a store on object storage is reached (retries, timeouts, parallel transfers)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Which model to study."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)

@@ -32,7 +32,7 @@ class Project:
 
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
-        self.store = Store(config.store)
+        self.store = Store(config.store, config.object_store)
         self._pulled = False
 
     @classmethod
@@ -45,8 +45,18 @@ class Project:
         self._pull()
         return self
 
-    def __exit__(self, *failure: object) -> None:
-        self.store.push()
+    def __exit__(self, kind: type[BaseException] | None, failure: BaseException | None, _: object) -> None:
+        self.publish(failure)
+
+    def publish(self, failure: BaseException | None = None) -> None:
+        """Push what this process wrote (on object storage; all or nothing). A push that fails raises, unless
+        the work itself failed: then `failure` stays the error reported and carries the push's as a note."""
+        try:
+            self.store.push()
+        except CircuitDBError as push_failed:
+            if failure is None:
+                raise
+            failure.add_note(f"and publishing what was finished failed too: {push_failed}")
 
     def built(self) -> Project:
         """This project, its store brought in step and checked to hold tables (what a question needs)."""

@@ -17,12 +17,23 @@ from circuitdb.store.remote import Mirror
 from tests.conftest import upload_store
 
 
-def _objects(uri: str) -> dict[str, tuple[str, object]]:
+def _bucket(uri: str) -> dict[str, tuple[str, object]]:
+    """Every object under the store's prefix, with its ETag and time: what a reader could see."""
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
     return {
         o["Key"][len(prefix) + 1 :]: (o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])
     }
+
+
+def _objects(uri: str) -> dict[str, str]:
+    """The committed store: each file's SHA-256 by store-relative path, read from the bucket's index."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/index.json")["Body"].read()
+    except boto3.client("s3").exceptions.NoSuchKey:
+        return {}
+    return {rel: sha for rel, (sha, _) in json.loads(body)["files"].items()}
 
 
 def _mirror(uri: str, cache: Path) -> Mirror:
@@ -91,14 +102,14 @@ def test_a_killed_upload_leaves_no_object(s3_store: str, tmp_path: Path) -> None
         time.sleep(0.01)
     pusher.send_signal(signal.SIGKILL)
     pusher.wait()
-    assert _objects(s3_store) == {}  # parts were sent, yet no object is visible
+    assert _bucket(s3_store) == {}  # parts were sent, yet no object is visible
 
 
 def test_queries_on_s3_are_read_only_and_answer_as_on_the_folder(
     built_store: Path, s3_store: str, tmp_path: Path, cli
 ) -> None:
     upload_store(built_store, s3_store, tmp_path / "writer")
-    before = _objects(s3_store)
+    before = _bucket(s3_store)
     questions = [
         ("sql", "select dictionary, layer, count(*) n, sum(density) d from features group by all order by all"),
         ("feature", "top", "--layer", "2", "--k", "4", "-f", "json"),
@@ -114,7 +125,7 @@ def test_queries_on_s3_are_read_only_and_answer_as_on_the_folder(
         code, _, err = cli("sql", statement, "--store", s3_store)
         assert code != 0 and err.strip().startswith("error:"), err
     assert not outside.exists()
-    assert _objects(s3_store) == before  # queries wrote nothing to the bucket
+    assert _bucket(s3_store) == before  # queries wrote nothing to the bucket
 
 
 def test_a_second_machine_resumes_from_what_the_first_published(

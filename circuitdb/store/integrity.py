@@ -13,7 +13,6 @@ check` lists them as unverifiable.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.digest import digest_file
 from circuitdb.store.remote import mirror_at
 
-_CHUNK = 1 << 22
 _CACHE = ".verified"
 _COMPACT_BYTES = 1 << 20
 _ATTEMPTS, _PAUSE = 10, 0.05
@@ -35,14 +34,6 @@ _remembered: dict[Path, set[str]] = {}
 
 def checksum_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
-
-
-def digest_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def ordinary_mode() -> int:

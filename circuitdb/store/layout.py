@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from circuitdb.config import ObjectStoreConfig
 from circuitdb.store.integrity import replace_atomically, write_checksum
 from circuitdb.store.remote import Mirror, is_remote, open_mirror
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
-        self.mirror: Mirror | None = open_mirror(str(root)) if is_remote(root) else None
+    def __init__(self, root: str | Path, settings: ObjectStoreConfig | None = None) -> None:
+        """`settings`: how an `s3://` store is reached (default: `ObjectStoreConfig()`)."""
+        self.mirror: Mirror | None = open_mirror(str(root), settings) if is_remote(root) else None
         self.root = self.mirror.root if self.mirror else Path(root).expanduser().resolve()
         self.location = self.mirror.uri if self.mirror else str(self.root)
         """Where the store lives: its folder, or its object-store URI."""
@@ -31,7 +33,8 @@ class Store:
             self.mirror.pull(under, large)
 
     def push(self) -> None:
-        """On object storage: publish what this process wrote. Else nothing."""
+        """On object storage: publish what this process wrote, all or nothing (raises naming what could not
+        be uploaded). Else nothing."""
         if self.mirror:
             self.mirror.push()
 
