@@ -190,3 +190,25 @@ def test_a_build_whose_uploads_fail_exits_non_zero_and_a_clean_rerun_completes(
     os.environ["CIRCUITDB_CACHE"] = str(tmp_path / "second-machine")
     code, out, _ = cli("sql", "select count(*) n from features", "--config", str(config), "-f", "json")
     assert code == 0 and json.loads(out) == [{"n": 3 * 64}]
+
+
+def test_in_dagster_a_step_that_cannot_publish_fails(
+    proxy: FaultProxy, uri: str, tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from assets.corpus import corpus_tokens
+    from assets.resources import ProjectResource
+
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text(
+        f"store: {uri}\nobject_store:\n  retry_seconds: 1\n"
+        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n"
+    )
+    monkeypatch.setenv("CIRCUITDB_CACHE", str(tmp_path / "mirror"))
+    proxy.inject(Fault("reset", times=None, method="PUT"))
+    resources = {"project": ProjectResource(config_file=str(config))}
+    result = dg.materialize([corpus_tokens], resources=resources, raise_on_error=False)
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert not result.success and len(failures) == 1  # the step, not a teardown event of a successful run
+    assert "were not uploaded" in failures[0].step_failure_data.error.to_string()
