@@ -78,11 +78,43 @@ def test_texts_run_through_the_model(built_store: Path, llama_dir: Path, cli) ->
     assert result["values"][strongest["position"]] == pytest.approx(strongest["activation"], rel=1e-5)
     assert result["values"][0] == 0.0 and len(result["tokens"]) == len(result["values"])
     code, out, _ = cli("search", "text", text, "-f", "json", "--config", str(built_store.parent / "circuitdb.yaml"))
-    assert [r["feature_id"] for r in client.get("/api/search", params={"text": text}).json()["features"]] == [
+    assert [r["feature_id"] for r in client.post("/api/search", json={"text": text}).json()["features"]] == [
         r["feature_id"] for r in json.loads(out)
     ]
     assert client.post("/api/feature/plt/1/99999/text", json={"text": text}).status_code == 400
-    assert client.get("/api/search", params={"text": "  "}).json()["error"].startswith("empty text")
+    assert client.post("/api/search", json={"text": "  "}).json()["error"].startswith("empty text")
+
+
+def test_model_requests_are_bounded(built_store: Path, llama_dir: Path) -> None:
+    """Running the model takes a POST with a JSON body (a page of another site cannot send one), a text of at
+    most MAX_TEXT_TOKENS tokens, and a place in a short queue."""
+    import asyncio
+
+    from query.viewer.model_queue import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, ModelQueue, Refused
+
+    client = TestClient(make_app(_project(built_store, llama_dir)))
+    assert client.get("/api/search", params={"text": "a dog"}).status_code == 405
+    form = client.post("/api/search", content="text=a dog", headers={"content-type": "text/plain"})
+    assert form.status_code == 400 and "application/json" in form.json()["error"]
+    too_long = client.post("/api/search", json={"text": "x" * (MAX_TEXT_CHARS + 1)})
+    assert too_long.status_code == 413 and "characters" in too_long.json()["error"]
+    many_tokens = " ".join(["dog"] * (MAX_TEXT_TOKENS + 1))
+    refused = client.post("/api/feature/plt/1/0/text", json={"text": many_tokens})
+    assert refused.status_code == 413 and f"at most {MAX_TEXT_TOKENS}" in refused.json()["error"]
+
+    async def crowd() -> list[str]:
+        queue = ModelQueue(waiting=2)
+        outcomes = await asyncio.gather(*(queue.run(time.sleep, 0.2) for _ in range(5)), return_exceptions=True)
+        return ["ran" if o is None else f"{o.status}" for o in outcomes if o is None or isinstance(o, Refused)]
+
+    assert sorted(asyncio.run(crowd())) == ["429", "429", "ran", "ran", "ran"]
+
+
+def test_bad_graph_requests_get_a_message(client: TestClient) -> None:
+    slug = client.get("/api/index").json()["graphs"][0]["slug"]
+    for bad in ("abc", "1e3", "-1", "0", "99999999999"):
+        answer = client.get(f"/api/graph/{slug}", params={"max_edges": bad})
+        assert answer.status_code == 400 and answer.json()["error"].startswith("max_edges must be"), bad
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -29,10 +29,14 @@ from query.questions import (
     save_supernode,
     sweep_summaries,
 )
+from query.viewer.model_queue import ModelQueue, Refused, check_text_length, check_token_count
 from query.viewer.pages import STATIC, graph_body, page, plotly_js
+from query.viewer.response_cache import ResponseCache
 
 MAX_EDGES = 5000
 """Edges a graph page draws at first (the strongest); its slider shows fewer."""
+EDGES_LIMIT = 200_000
+"""The most edges one request may ask for (`max_edges`)."""
 
 
 async def _json_body(request: Request) -> dict:
@@ -46,13 +50,34 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-def _error(exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=404)
+def _error(exc: Exception, status: int = 404) -> JSONResponse:
+    headers = {"Retry-After": "2"} if status == 429 else None
+    return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
+
+
+def _edge_limit(request: Request) -> int:
+    """`max_edges` of a graph request: a whole number from 1 to EDGES_LIMIT."""
+    given = request.query_params.get("max_edges", str(MAX_EDGES))
+    if not given.isdigit() or not 1 <= int(given) <= EDGES_LIMIT:
+        raise ValueError(f"max_edges must be a whole number from 1 to {EDGES_LIMIT}, not {given!r}")
+    return int(given)
+
+
+def _typed_text(body: dict) -> str:
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise ValueError('the body needs a text: {"text": "..."}')
+    check_text_length(text)
+    return text
 
 
 def _json(document: dict) -> Response:
     """`document` as JSON, timestamps as text."""
-    return Response(json.dumps(document, default=str), media_type="application/json")
+    return Response(_encoded(document), media_type="application/json")
+
+
+def _encoded(document: dict) -> bytes:
+    return json.dumps(document, default=str).encode()
 
 
 def make_app(project: Project) -> Starlette:
@@ -60,6 +85,8 @@ def make_app(project: Project) -> Starlette:
     on the first request that runs one (text search, "try your text"): pages that only read never wait for it."""
     store = project.store
     keep_catalog(store)  # views made once, remade when a table's files change
+    model_queue = ModelQueue()
+    answers = ResponseCache(store)
 
     def index(_: Request) -> HTMLResponse:
         return HTMLResponse(page("index", '<main id="index"></main>', ["plotly.js", "common.js", "index.js"]))
@@ -73,28 +100,37 @@ def make_app(project: Project) -> Starlette:
         body = f'<main id="feature-page" data-feature="{html.escape(feature_id)}"></main>'
         return HTMLResponse(page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
 
-    def api_index(_: Request) -> JSONResponse:
+    def index_document() -> dict:
         listing = graph_listing(store) if "graphs" in store.table_names() else None
         graphs = [dict(zip(listing.columns, row, strict=True)) for row in listing.rows] if listing else []
-        return JSONResponse(
-            {"graphs": graphs, "dictionaries": dictionary_metrics(store), "sweeps": sweep_summaries(store)}
-        )
+        return {"graphs": graphs, "dictionaries": dictionary_metrics(store), "sweeps": sweep_summaries(store)}
+
+    def feature_document(feature_id: str) -> dict:
+        row, exemplars = feature_page(store, feature_id, 8)
+        return {**row, "exemplars": exemplars, "graphs": graphs_with(store, row["feature_id"])}
+
+    def api_index(request: Request) -> Response:
+        return _cached(request, index_document)
 
     def api_graph(request: Request) -> Response:
         try:
-            limit = int(request.query_params.get("max_edges", MAX_EDGES))
-            return JSONResponse(
-                json.loads(json.dumps(graph_document(store, request.path_params["slug"], limit), default=str))
-            )
-        except CircuitDBError as exc:
-            return _error(exc)
+            limit = _edge_limit(request)
+        except ValueError as exc:
+            return _error(exc, 400)
+        return _cached(request, graph_document, store, request.path_params["slug"], limit)
 
     def api_feature(request: Request) -> Response:
+        return _cached(request, feature_document, request.path_params["feature_id"])
+
+    def _cached(request: Request, question: Callable[..., dict], *args: object) -> Response:
+        """The question's answer as JSON (timestamps as text), kept until the store changes; 404 with the
+        message when the question fails."""
+        key = f"{request.url.path}?{request.url.query}"
         try:
-            row, exemplars = feature_page(store, request.path_params["feature_id"], 8)
+            body = answers.answer(key, lambda: _encoded(question(*args)))
         except CircuitDBError as exc:
             return _error(exc)
-        return _json({**row, "exemplars": exemplars, "graphs": graphs_with(store, row["feature_id"])})
+        return Response(body, media_type="application/json")
 
     async def api_supernodes(request: Request) -> Response:
         """The viewer's only write: a named group of nodes, into the graph's `graph_annotations` partition."""
@@ -105,32 +141,45 @@ def make_app(project: Project) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return _json({"supernodes": saved})
 
-    async def api_feature_text(request: Request) -> Response:
-        """The feature's activation on each token of a text the reader types."""
+    def feature_on_typed_text(feature_id: str, text: str):
         from circuitdb.dictionaries.stored import stored_dictionary
         from circuitdb.features import feature_on_text
         from circuitdb.store import parse_feature_id
 
-        try:
-            name, layer, index = parse_feature_id(request.path_params["feature_id"])
-            coder, meta = stored_dictionary(store, name, layer)
-            text = str((await _json_body(request))["text"])
-            found = await run_in_threadpool(feature_on_text, project.model, coder, meta["input_hook"], index, text)
-        except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return _json({"tokens": found["token"].to_list(), "values": found["activation"].to_list()})
+        name, layer, index = parse_feature_id(feature_id)
+        coder, meta = stored_dictionary(store, name, layer)
+        check_token_count(project.model, text)
+        return feature_on_text(project.model, coder, meta["input_hook"], index, text)
 
-    async def api_search(request: Request) -> Response:
-        """The features most active on a text (pooled over its tokens), as `circuitdb search text` ranks them."""
+    def features_on_typed_text(text: str):
         from circuitdb.dictionaries.stored import stored_set
         from circuitdb.features import ranked_text_matches
 
+        dictionaries = stored_set(store, project.config.dictionaries.name)
+        check_token_count(project.model, text)
+        return ranked_text_matches(store, project.model, dictionaries, text, 10, False)
+
+    async def api_feature_text(request: Request) -> Response:
+        """The feature's activation on each token of a text the reader types (POST: runs the model)."""
         try:
-            text = request.query_params.get("text", "")
-            dictionaries = stored_set(store, project.config.dictionaries.name)
-            found = await run_in_threadpool(ranked_text_matches, store, project.model, dictionaries, text, 10, False)
-        except CircuitDBError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            text = _typed_text(await _json_body(request))
+            found = await model_queue.run(feature_on_typed_text, request.path_params["feature_id"], text)
+        except Refused as exc:
+            return _error(exc, exc.status)
+        except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
+            return _error(exc, 400)
+        return _json({"tokens": found["token"].to_list(), "values": found["activation"].to_list()})
+
+    async def api_search(request: Request) -> Response:
+        """The features most active on a text (pooled over its tokens), as `circuitdb search text` ranks them
+        (POST with a JSON body: another site's page cannot make a browser send one, so cannot run the model)."""
+        try:
+            text = _typed_text(await _json_body(request))
+            found = await model_queue.run(features_on_typed_text, text)
+        except Refused as exc:
+            return _error(exc, exc.status)
+        except (CircuitDBError, ValueError) as exc:
+            return _error(exc, 400)
         return _json({"features": found.to_dicts()})
 
     def plotly(_: Request) -> Response:
@@ -147,7 +196,7 @@ def make_app(project: Project) -> Starlette:
             Route("/api/graph/{slug}/supernodes", api_supernodes, methods=["POST"]),
             Route("/api/feature/{feature_id:path}/text", api_feature_text, methods=["POST"]),
             Route("/api/feature/{feature_id:path}", api_feature),
-            Route("/api/search", api_search),
+            Route("/api/search", api_search, methods=["POST"]),
             Route("/static/plotly.js", plotly),
             Route("/favicon.ico", lambda _: Response(status_code=204)),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -5,6 +5,13 @@ async function getJSON(url) {
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
 }
+async function postJSON(url, payload) {
+  const response = await fetch(url, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
 function escapeHTML(text) {
   const div = document.createElement("div");
   div.textContent = text == null ? "" : String(text);

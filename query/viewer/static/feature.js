@@ -25,11 +25,10 @@
     <h3>Exemplars</h3><div id="exemplars">${exemplars.join("")}</div>`;
   document.getElementById("run").addEventListener("click", async () => {
     const out = document.getElementById("text-result");
-    const response = await fetch(`/api/feature/${encodeURI(f.feature_id)}/text`, {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: document.getElementById("text").value }) });
-    const body = await response.json();
-    if (!response.ok) { out.textContent = body.error; return; }
+    let body;
+    try {
+      body = await postJSON(`/api/feature/${encodeURI(f.feature_id)}/text`, { text: document.getElementById("text").value });
+    } catch (error) { out.textContent = error.message; return; }
     out.innerHTML = body.tokens.map((t, i) =>
       `<span style="background:${heat(body.values[i], f.max_act || 1)}" title="${body.values[i].toFixed(3)}">${escapeHTML(t)}</span>`).join("");
     out.dataset.values = JSON.stringify(body.values);

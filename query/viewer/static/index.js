@@ -24,7 +24,7 @@ const fixed = (value, digits = 3) => (value == null ? "" : Number(value).toFixed
     const found = document.getElementById("found");
     found.textContent = "running the model…";
     try {
-      const body = await getJSON("/api/search?text=" + encodeURIComponent(query));
+      const body = await postJSON("/api/search", { text: query });
       found.innerHTML = "<ol>" + body.features.map(r => `<li><a href="/feature/${encodeURI(r.feature_id)}">${escapeHTML(r.feature_id)}</a>
         on ${escapeHTML(r.token)} (${Number(r.activation).toFixed(2)}) ${escapeHTML(r.label)}</li>`).join("") + "</ol>";
     } catch (error) {
