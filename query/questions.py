@@ -3,6 +3,7 @@ tables read-only and returns rows; the CLI parses flags, calls one of these and 
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -176,14 +177,17 @@ def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple], 
 
 
 def supernodes(store: Store, slug: str) -> list[dict]:
-    """The supernodes grouped in the viewer for graph `slug`: name and node ids, oldest first."""
+    """The supernodes grouped for graph `slug`: name and node ids, oldest first (of two rows of one name,
+    the newer: a store written before each supernode had its own partition holds several in one)."""
     frame = read_table(store, "graph_annotations").filter(pl.col("slug") == slug).sort("created_at")
+    frame = frame.unique("name", keep="last").sort("created_at")
     return [{"name": row["name"], "node_ids": list(row["node_ids"])} for row in frame.iter_rows(named=True)]
 
 
 def save_supernode(store: Store, slug: str, name: str, node_ids: list[str]) -> list[dict]:
-    """Group `node_ids` of graph `slug` under `name` (replacing a supernode of that name); the graph's
-    annotations partition is rewritten whole, atomically. Returns the graph's supernodes."""
+    """Group `node_ids` of graph `slug` under `name` (replacing a supernode of that name). Each supernode is
+    its own partition, written whole: two writers (the viewer, the CLI, on one machine or two) never read,
+    change and write back one another's rows, so no supernode is lost. Returns the graph's supernodes."""
     name = name.strip()
     if not name or len(name) > 100:
         raise CircuitDBError("a supernode needs a name of 1 to 100 characters")
@@ -193,9 +197,9 @@ def save_supernode(store: Store, slug: str, name: str, node_ids: list[str]) -> l
     unknown = sorted(set(node_ids) - known)
     if len(set(node_ids)) < 2 or unknown:
         raise CircuitDBError(f"a supernode groups two or more of the graph's nodes (unknown: {unknown})")
-    others = read_table(store, "graph_annotations").filter((pl.col("slug") == slug) & (pl.col("name") != name))
     row = {"slug": slug, "name": name, "node_ids": sorted(set(node_ids)), "created_at": datetime.now(UTC)}
-    write_partition(store, "graph_annotations", slug, pl.concat([others, pl.DataFrame([row])], how="vertical_relaxed"))
+    partition = f"{slug}.{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
     return supernodes(store, slug)
 
 

@@ -256,7 +256,7 @@ TABLES: dict[str, TableSchema] = {
         },
     ),
     "graph_annotations": TableSchema(
-        "one row per supernode a person grouped in the viewer (the only thing the viewer writes)",
+        "one row per supernode a person grouped (viewer or `graph supernode`), one partition each",
         {
             "slug": (pl.String(), "graph id"),
             "name": (pl.String(), "the supernode's name"),

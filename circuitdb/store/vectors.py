@@ -1,7 +1,8 @@
 """Decoder directions in LanceDB: nearest features by cosine, filtered before the search.
 
 One table, `feature_vectors`, one row per feature (unit decoder row + id, dictionary, layer,
-index, label, density). A partition (dictionary, layer) is replaced by delete + add. Below
+index, label, density). A partition (dictionary, layer) is replaced in one commit (a merge on the feature
+id that deletes the partition's rows it does not bring), so readers see the old rows or the new ones. Below
 `INDEX_MIN_ROWS` rows an exact scan is fast enough (~ms); above it an IVF-HNSW index with scalar
 quantization is built, and searches re-rank candidates exactly so recall stays high.
 """
@@ -68,13 +69,15 @@ def write_vectors(store: Store, dictionary: str, layer: int, decoder: torch.Tens
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(unit.ravel()), unit.shape[1]),
         }
     )
-    db = _connect(store)
-    if TABLE in db.list_tables().tables:
-        table = db.open_table(TABLE)
-        table.delete(f"dictionary = {sql_literal(dictionary)} AND layer = {int(layer)}")
-        table.add(data)
-    else:
-        db.create_table(TABLE, data=data)
+    table = _connect(store).create_table(TABLE, schema=data.schema, exist_ok=True)  # another writer may create it too
+    partition = f"dictionary = {sql_literal(dictionary)} AND layer = {int(layer)}"
+    (
+        table.merge_insert("feature_id")  # one commit: a reader never sees the partition gone or doubled
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .when_not_matched_by_source_delete(partition)
+        .execute(data)
+    )
     return data.num_rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 
 from circuitdb.errors import CircuitDBError
@@ -24,6 +25,7 @@ from query.questions import (
     graph_listing,
     graph_tree,
     node_edges,
+    save_supernode,
 )
 from query.render import (
     OutputFormat,
@@ -129,6 +131,21 @@ def graph_edges(
 ) -> None:
     """Edges of a graph from or to one node, strongest first, with the other end's label."""
     render(node_edges(built_store(store, config), slug, source, target, k), fmt)
+
+
+@graph_app.command("supernode")
+def graph_supernode(
+    slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
+    name: Annotated[str, typer.Argument(help="The supernode's name (an existing one of that name is replaced).")],
+    node_ids: Annotated[list[str], typer.Argument(help="Two or more node ids of the graph (see `graph show`).")],
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Group nodes of a graph under a name, as the viewer's "save group" does; lists the graph's supernodes."""
+    with open_project(config, store=store) as project:
+        saved = save_supernode(project.built().store, slug, name, node_ids)
+    render(pl.DataFrame(saved, schema={"name": pl.String, "node_ids": pl.List(pl.String)}), fmt)
 
 
 @graph_app.command("export")
