@@ -15,8 +15,9 @@ from assets.sweeps import sweep_key
 from circuitdb.errors import CircuitDBError
 from circuitdb.project import Project
 from circuitdb.store import atomic_write_bytes
+from circuitdb.store.space import is_out_of_space, lacks_room, out_of_space
 from orchestration.definitions import build_definitions
-from orchestration.instance import EFFECTIVE_CONFIG, add_graph_partitions, project_instance
+from orchestration.instance import EFFECTIVE_CONFIG, add_graph_partitions, dagster_home, project_instance
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -57,7 +58,21 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
                 )
             )
         return [check for result in results for check in result.get_asset_check_evaluations()]
-    except dg.DagsterUserCodeExecutionError as exc:
-        if isinstance(exc.user_exception, CircuitDBError):
-            raise exc.user_exception from None
-        raise
+    except Exception as failure:
+        raise _reported(failure, project) from None
+
+
+RUN_RECORDS_HEADROOM = 1 << 20
+"""Below this much free space, a run whose records (SQLite) failed to be written failed for lack of space:
+SQLite often says only "disk I/O error" then."""
+
+
+def _reported(failure: Exception, project: Project) -> Exception:
+    """What a failed build reports: the step's own error, or the full disk that stopped the run's records."""
+    cause = failure.user_exception if isinstance(failure, dg.DagsterUserCodeExecutionError) else failure
+    if isinstance(cause, CircuitDBError):
+        return cause
+    home = dagster_home(project.store.root)
+    if is_out_of_space(cause) or lacks_room(home, RUN_RECORDS_HEADROOM):
+        return out_of_space(home)
+    return cause

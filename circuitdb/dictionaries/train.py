@@ -26,6 +26,7 @@ from circuitdb.dictionaries.data import ActivationSource, LiveActivationSource
 from circuitdb.dictionaries.sparse_coder import SparseCoder
 from circuitdb.errors import CircuitDBError
 from circuitdb.models.loading import resolve_device
+from circuitdb.store.space import is_out_of_space, lacks_room, out_of_space
 
 
 @dataclass
@@ -117,8 +118,15 @@ def train_dictionary(
             "step": step,
             "scales": (scale_in, scale_out, input_mean),
         }
-        torch.save(state, tmp)
-        os.replace(tmp, checkpoint)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+        except BaseException as failure:
+            tmp.unlink(missing_ok=True)
+            needed = _state_bytes(state)
+            if is_out_of_space(failure) or lacks_room(checkpoint.parent, needed):
+                raise out_of_space(checkpoint, needed) from None
+            raise
 
     aux_k = tcfg.aux_k or source.d // 2
     bar = tqdm(
@@ -165,6 +173,17 @@ def train_dictionary(
         coder.fold_scales(float(scale_in[0]), float(scale_out[0]))
     coder.eval()
     return TrainResult(coder, history, step * tcfg.batch_size)
+
+
+def _state_bytes(state: object) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_state_bytes(value) for value in state)
+    return 0
 
 
 def _activation(coder: SparseCoder | CrossLayerTranscoder) -> Activation:

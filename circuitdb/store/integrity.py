@@ -22,6 +22,7 @@ from typing import NamedTuple
 from circuitdb.errors import CircuitDBError
 from circuitdb.store.digest import digest_file
 from circuitdb.store.remote import mirror_at
+from circuitdb.store.space import is_out_of_space, out_of_space
 
 _CACHE = ".verified"
 _COMPACT_BYTES = 1 << 20
@@ -51,8 +52,10 @@ def replace_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
         os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as failure:
         Path(tmp).unlink(missing_ok=True)
+        if is_out_of_space(failure):
+            raise out_of_space(path, len(data)) from None
         raise
 
 
@@ -157,8 +160,8 @@ def _remember(root: Path, key: str) -> None:
             handle.write(key + "\n")
         if cache.stat().st_size > _COMPACT_BYTES:
             _compact(root, cache)
-    except OSError:
-        pass  # a read-only store: this process remembers, the next one verifies again
+    except (OSError, CircuitDBError):
+        pass  # a read-only or full store: this process remembers, the next one verifies again
 
 
 def _compact(root: Path, cache: Path) -> None:

@@ -38,7 +38,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -49,6 +49,7 @@ from circuitdb.config import ObjectStoreConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.store.digest import digest_file
 from circuitdb.store.s3 import DamagedTransfer, RequestFailed, Requests, client, error_code
+from circuitdb.store.space import is_out_of_space, out_of_space
 
 CACHE_ENV = "CIRCUITDB_CACHE"
 INDEX, OBJECTS = "index.json", "objects/"
@@ -216,10 +217,15 @@ class Mirror:
     def _get_object(self, sha256: str, into: Path) -> None:
         response = self._client.get_object(Bucket=self.bucket, Key=self._key(OBJECTS + sha256))
         digest = hashlib.sha256()
-        with open(into, "wb") as handle:
-            for chunk in response["Body"].iter_chunks(_CHUNK):
-                digest.update(chunk)
-                handle.write(chunk)
+        try:
+            with open(into, "wb") as handle:
+                for chunk in response["Body"].iter_chunks(_CHUNK):
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except OSError as failure:
+            if is_out_of_space(failure):
+                raise out_of_space(into.parent, response.get("ContentLength")) from None
+            raise
         if digest.hexdigest() != sha256:
             raise DamagedTransfer(f"object {sha256[:12]} arrived damaged")
 
@@ -245,9 +251,14 @@ class Mirror:
                 if rel.startswith(under) and rel not in index and self._local_stat(rel) == record[1:]:
                     (self.root / rel).unlink(missing_ok=True)  # deleted in the bucket, unchanged here
                     del records[rel]
-            downloads = [self._pool.submit(self._download, rel, index[rel]) for rel in wanted]
-            for rel, download in zip(wanted, downloads, strict=True):
-                records[rel] = download.result()
+            downloads = {rel: self._pool.submit(self._download, rel, index[rel]) for rel in wanted}
+            wait(downloads.values())  # all of them, so a failure leaves no download under way
+            failures = [download.exception() for download in downloads.values() if download.exception()]
+            for rel, download in downloads.items():
+                if not download.exception():
+                    records[rel] = download.result()
+            if failures:
+                raise failures[0]
         return len(wanted)
 
     def fetch(self, path: Path) -> bool:

@@ -127,6 +127,8 @@ class Requests:
         while True:
             try:
                 return request()
+            except CircuitDBError:
+                raise  # ours already says what happened (a full disk)
             except Exception as exc:
                 elapsed = time.monotonic() - start
                 pause = self._pause(exc, attempt)

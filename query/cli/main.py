@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.space import is_out_of_space, out_of_space
 
 # isort: off
 from query.cli import store  # noqa: F401  (each module registers its commands; the store's lead the help)
@@ -38,10 +40,18 @@ def _failure(exc: BaseException) -> tuple[str, int]:
         return " ".join(exc.format_message().split()), exc.exit_code
     if isinstance(exc, KeyboardInterrupt | typer.Abort):
         return "interrupted", 130
+    if is_out_of_space(exc):  # a write without the store's own message (LanceDB's, a library's)
+        where = getattr(exc, "filename", None)
+        if where:
+            return str(out_of_space(Path(where))), 1
+        return f"no space left on device ({_first_line(exc)}): free some space and run the command again", 1
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename}", 1
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first} (run with --debug for the traceback)", 1
+    return f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)", 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import polars as pl
 from circuitdb.dictionaries.formats.circuitdb import FORMAT, load_dictionary, save_dictionary
 from circuitdb.dictionaries.sets import DictionarySet
 from circuitdb.errors import CircuitDBError
+from circuitdb.store.space import is_out_of_space, out_of_space
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ def write_dictionaries(dictionaries: DictionarySet, fmt: str, folder: Path, over
         formats()[fmt].write(dictionaries, staging / "set")
         folder.mkdir(exist_ok=True)
         _move_into(staging / "set", folder)
+    except Exception as failure:
+        if is_out_of_space(failure):
+            raise out_of_space(folder) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
