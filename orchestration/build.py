@@ -17,7 +17,14 @@ from circuitdb.project import Project
 from circuitdb.store import atomic_write_bytes
 from circuitdb.store.space import is_out_of_space, lacks_room, out_of_space
 from orchestration.definitions import build_definitions
-from orchestration.instance import EFFECTIVE_CONFIG, add_graph_partitions, dagster_home, project_instance
+from orchestration.instance import (
+    EFFECTIVE_CONFIG,
+    add_graph_partitions,
+    builder_tag,
+    dagster_home,
+    fail_abandoned_runs,
+    project_instance,
+)
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -44,22 +51,28 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
     per_layer = [a for a in defs.assets or [] if a not in per_prompt + on_demand]
     for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
         (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
-    tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1])}
-    instance = project_instance(project.store.root)
+    tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1]), **builder_tag()}
     slugs = list(configured_prompts(config))
-    add_graph_partitions(instance, slugs + list(stored_prompts(project.store)))
     resources = {"project": resource}
     try:
+        instance = project_instance(project.store.root)
+        fail_abandoned_runs(instance)
+        add_graph_partitions(instance, slugs + list(stored_prompts(project.store)))
         results = [dg.materialize(per_layer, resources=resources, tags=tags, run_config=QUIET_LOGS, instance=instance)]
         for slug in slugs:  # one run per graph: a prompt partition is its own unit of work
             results.append(
                 dg.materialize(
-                    per_prompt, resources=resources, partition_key=slug, run_config=QUIET_LOGS, instance=instance
+                    per_prompt,
+                    resources=resources,
+                    partition_key=slug,
+                    tags=builder_tag(),
+                    run_config=QUIET_LOGS,
+                    instance=instance,
                 )
             )
-        return [check for result in results for check in result.get_asset_check_evaluations()]
     except Exception as failure:
         raise _reported(failure, project) from None
+    return [check for result in results for check in result.get_asset_check_evaluations()]
 
 
 RUN_RECORDS_HEADROOM = 1 << 20
@@ -75,4 +88,26 @@ def _reported(failure: Exception, project: Project) -> Exception:
     home = dagster_home(project.store.root)
     if is_out_of_space(cause) or lacks_room(home, RUN_RECORDS_HEADROOM):
         return out_of_space(home)
+    if _database_unavailable(cause):
+        return CircuitDBError(
+            f"the run database is unavailable ({_first_line(cause)}): the build stopped; run it again once the "
+            "database is back (finished steps are skipped, runs left unfinished are marked failed)"
+        )
     return cause
+
+
+def _database_unavailable(failure: BaseException) -> bool:
+    """Whether a failure is the run database (PostgreSQL) refusing or dropping connections."""
+    names = {type(link).__name__ for link in _chain(failure)}
+    return bool(names & {"DagsterPostgresException", "OperationalError", "InterfaceError"})
+
+
+def _chain(failure: BaseException) -> list[BaseException]:
+    chain = [failure]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def _first_line(failure: BaseException) -> str:
+    return str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__

@@ -9,6 +9,7 @@ they describe, and `circuitdb ui --store DIR` serves exactly them.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -37,6 +38,39 @@ def ensure_home(store: Path) -> Path:
 def project_instance(store: Path) -> dg.DagsterInstance:
     """The store's persistent instance."""
     return dg.DagsterInstance.from_config(str(ensure_home(store)))
+
+
+BUILDER_TAG = "circuitdb/builder"
+"""Which process runs a build's run in-process (`host:pid`), so a later build can tell it is gone."""
+_UNFINISHED = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def builder_tag() -> dict[str, str]:
+    return {BUILDER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def fail_abandoned_runs(instance: dg.DagsterInstance) -> int:
+    """Mark failed the unfinished runs of builds on this machine whose process is gone (killed, or stopped
+    while the run database was unavailable, so the run's end was never recorded): without this they would
+    show as started forever. Returns how many."""
+    host = socket.gethostname()
+    abandoned = 0
+    for run in instance.get_runs(dg.RunsFilter(statuses=list(_UNFINISHED))):
+        owner, _, pid = run.tags.get(BUILDER_TAG, "").rpartition(":")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            instance.report_run_failed(run, f"the build (process {pid}) ended before the run finished")
+            abandoned += 1
+    return abandoned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def add_graph_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -301,32 +302,55 @@ def _postgres_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
+class PostgresServer:
+    """A real PostgreSQL server (Debian's `postgresql`, which .ci/run installs) on 127.0.0.1, its data in a
+    folder of its own; tests may stop it and start it again. It runs as the `postgres` user under root."""
+
+    def __init__(self, binaries: Path) -> None:
+        self.binaries = binaries
+        self.folder = Path(tempfile.mkdtemp(prefix="circuitdb-postgres-"))  # not under pytest's root-only folders
+        self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_user:
+            shutil.chown(self.folder, "postgres")
+        self.data, self.port = self.folder / "data", free_port()
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "dagster")
+        self.settings = {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": "dagster",
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "",
+        }
+        """The DAGSTER_PG_* settings deploy/dagster.yaml reads."""
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self._as_user, str(self.binaries / program), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.folder}"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+
+
 @pytest.fixture(scope="session")
-def postgres() -> dict[str, str]:
-    """A real PostgreSQL server (Debian's `postgresql`, which .ci/run installs) on 127.0.0.1 for the session:
-    the DAGSTER_PG_* settings deploy/dagster.yaml reads. It runs as the `postgres` user when tests run as root."""
+def postgres_server() -> Iterator[PostgresServer]:
     binaries = _postgres_bin()
     if binaries is None:
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; .ci/run does)")
-    folder = Path(tempfile.mkdtemp(prefix="circuitdb-postgres-"))  # not under pytest's root-only folders
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
-    run = lambda *command: subprocess.run([*as_user, *command], check=True, capture_output=True)  # noqa: E731
-    run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
-    run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dagster")
-    yield {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(port),
-        "DAGSTER_PG_DB": "dagster",
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-    }
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-    shutil.rmtree(folder, ignore_errors=True)
+    server = PostgresServer(binaries)
+    yield server
+    server.stop()
+    shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server: PostgresServer) -> dict[str, str]:
+    """The DAGSTER_PG_* settings of the session's PostgreSQL server."""
+    return postgres_server.settings
 
 
 class Always:
