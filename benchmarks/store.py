@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,10 @@ import time
 import uuid
 from pathlib import Path
 
-# benchmarks/query.py would shadow the `query` package when this runs as a script
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+# benchmarks/query.py would shadow the `query` package; the repository root holds the tests' servers
+sys.path[:] = [str(Path(__file__).parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()
+]
 
 from circuitdb.config import CorpusConfig, DictionariesConfig, HarvestConfig, TrainConfig  # noqa: E402
 from circuitdb.corpus import load_stored_corpus, store_corpus, tokenize_corpus  # noqa: E402
@@ -36,6 +37,7 @@ from circuitdb.models import load_model  # noqa: E402
 from circuitdb.project import Project  # noqa: E402
 from circuitdb.store import Store  # noqa: E402
 from query.engine import run_sql  # noqa: E402
+from tests.servers import start_s3_server  # noqa: E402
 
 QUESTIONS = [
     "select layer, fvu, fvu_excl_pos0, l0, dead_frac from dictionaries order by layer",
@@ -47,23 +49,10 @@ QUESTIONS = [
 def _local_s3() -> subprocess.Popen | None:
     if os.environ.get("AWS_ENDPOINT_URL"):
         return None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench")
+    endpoint, server = start_s3_server()
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench")
     os.environ.update(AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto_server did not start")
+    return server
 
 
 def _timed(work) -> float:

@@ -28,7 +28,7 @@ sys.path[:] = [str(Path(__file__).parents[1])] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()
 ]
 
-from tests.conftest import free_port  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 
 class Load(NamedTuple):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from transformers import (
 )
 
 from circuitdb.models import LoadedModel, load_model
+from tests.servers import free_port, start_s3_server
 
 VOCAB = 384
 TRAINING_TEXT = [
@@ -229,37 +228,15 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     return folder / "store"
 
 
-def free_port() -> int:
-    """A port nothing listens on now, on 127.0.0.1 (for servers a test starts)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """A real S3-compatible server (moto's standalone mode) on 127.0.0.1 for the session; the AWS
     environment points at it while the session lasts."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint, server = start_s3_server()
     settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     settings["AWS_REGION"] = "us-east-1"
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
     yield endpoint
     server.terminate()
     server.wait()

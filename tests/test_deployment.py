@@ -19,7 +19,7 @@ import psycopg2
 
 from assets.attribution import configured_prompts
 from circuitdb.config import load_config
-from tests.conftest import free_port
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_PROMPT = "The lazy dog sleeps"

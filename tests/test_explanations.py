@@ -34,7 +34,8 @@ from circuitdb.explanations.scoring import Sample
 from circuitdb.models import capture, load_model, resolve_hooks
 from circuitdb.store import Store, read_table
 from query.explainer_endpoint import make_app
-from tests.conftest import Always, free_port
+from tests.conftest import Always
+from tests.servers import free_port
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from circuitdb.store import Store, read_table
 from orchestration.build import build_all
 from orchestration.definitions import build_definitions
 from orchestration.instance import EFFECTIVE_CONFIG, project_instance
-from tests.conftest import free_port
+from tests.servers import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROMPTS = ["The quick brown fox", "def function(argument):"]
