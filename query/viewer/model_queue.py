@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from circuitdb.models import LoadedModel
+if TYPE_CHECKING:
+    from circuitdb.models import LoadedModel
 
 T = TypeVar("T")
 
