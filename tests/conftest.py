@@ -292,15 +292,19 @@ class PostgresServer:
         self.data, self.port = self.folder / "data", free_port()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust")
         self.start()
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "dagster")
-        self.settings = {
+        self.settings = self.database("dagster")
+        """The DAGSTER_PG_* settings deploy/dagster.yaml reads (the session's shared database)."""
+
+    def database(self, name: str) -> dict[str, str]:
+        """A new database on this server: the DAGSTER_PG_* settings that name it."""
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return {
             "DAGSTER_PG_HOST": "127.0.0.1",
             "DAGSTER_PG_PORT": str(self.port),
-            "DAGSTER_PG_DB": "dagster",
+            "DAGSTER_PG_DB": name,
             "DAGSTER_PG_USER": "postgres",
             "DAGSTER_PG_PASSWORD": "",
         }
-        """The DAGSTER_PG_* settings deploy/dagster.yaml reads."""
 
     def _run(self, program: str, *args: str) -> None:
         subprocess.run([*self._as_user, str(self.binaries / program), *args], check=True, capture_output=True)

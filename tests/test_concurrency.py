@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from circuitdb.project import Project
 from circuitdb.store import Store
+from circuitdb.store.vectors import feature_vector, nearest
 from query.engine import run_sql
 from query.viewer.app import make_app
 
@@ -104,19 +105,32 @@ def _graph_nodes(store: Store) -> tuple[str, list[str]]:
     return slug, [node for (node,) in nodes]
 
 
-def test_two_builds_on_one_folder_at_once(
-    tmp_path: Path, llama_dir: Path, text_file: Path, tiny_dictionaries: str
-) -> None:
-    config = tmp_path / "circuitdb.yaml"
-    config.write_text(
-        f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
-        f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n" + tiny_dictionaries
+def test_two_builds_on_one_folder_at_once_while_questions_are_asked(store_copy: Path, built_store: Path) -> None:
+    """Both rebuild a stored pipeline with a changed recipe (every kind of write: tables, shards' finished
+    markers, weights, vectors, graphs) while another thread asks questions of every kind of table."""
+    config = store_copy.parent / "circuitdb.yaml"
+    recipe = (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store_copy))
+    config.write_text(recipe.replace("epochs: 2", "epochs: 3"))
+    store = Store(store_copy)
+    questions = Questions(
+        store,
+        [
+            "select count(*) from features",
+            "select layer, fvu from dictionaries",
+            "select count(*) from exemplars",
+            "select count(*) from graph_nodes",
+            "select count(*) from activation_shards",
+        ],
     )
+    questions.start()
     builds = [_start("build", "--config", str(config)) for _ in range(2)]
     results = [_finish(build) for build in builds]
+    questions.stop.set()
+    questions.join()
     assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    assert questions.failures == [] and questions.answered > 0, questions.failures[:3]
     code, out, err = _finish(_start("check", "--config", str(config)))
     assert code == 0 and "0 damaged or missing, 0 without a checksum" in out + err, out + err
-    store = Store(tmp_path / "store")
     assert run_sql(store, "select count(*) from features").rows == [(3 * 64,)]
     assert run_sql(store, "select count(*) from dictionaries").rows == [(3,)]
+    assert nearest(store, feature_vector(store, "plt/1/0"), 4).height == 4

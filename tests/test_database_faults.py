@@ -36,7 +36,8 @@ def test_a_build_that_loses_its_database_ends_clearly_and_no_run_stays_started(
         f"store: {tmp_path / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
         f"corpus:\n  source: {text_file}\n  context: 16\n  max_tokens: 256\n" + tiny_dictionaries
     )
-    for key, value in {**postgres_server.settings, "DAGSTER_HOME": str(home)}.items():
+    settings = postgres_server.database("faults")  # its own: other tests count the runs of theirs
+    for key, value in {**settings, "DAGSTER_HOME": str(home)}.items():
         monkeypatch.setenv(key, value)  # the instance reads them, and so do the builds
     env = dict(os.environ)
     instance = dg.DagsterInstance.from_config(str(home))

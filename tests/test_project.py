@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,9 @@ def test_a_failed_step_still_publishes_what_it_finished(s3_store: str, tmp_path:
         atomic_write_bytes(project.store.root / "tables" / "corpora" / "default.parquet", b"finished rows")
         raise RuntimeError("failed midway")
     bucket, _, prefix = s3_store.removeprefix("s3://").partition("/")
-    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
-    keys = {o["Key"].removeprefix(prefix + "/") for o in listed.get("Contents", [])}
-    assert keys == {"tables/corpora/default.parquet", "tables/corpora/.default.parquet.sha256"}
+    index = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/index.json")["Body"].read()
+    committed = json.loads(index)["files"]
+    assert set(committed) == {"tables/corpora/default.parquet", "tables/corpora/.default.parquet.sha256"}
 
 
 def test_the_model_is_loaded_once_per_process(llama_dir: Path, tmp_path: Path) -> None:
