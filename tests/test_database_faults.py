@@ -1,20 +1,24 @@
-"""The shared run database (PostgreSQL) fails under a build: a build killed mid-run, then the server down, then
-back. The build ends in one clear line, the next one completes, and no run is left "started" forever."""
+"""The shared run database (PostgreSQL) fails: under a build (a build killed mid-run, then the server down, then
+back: the build ends in one clear line, the next one completes, and no run is left "started" forever), and
+under `circuitdb ui` (the webserver and the daemon keep running and reconnect once it is back)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from tests.conftest import PostgresServer
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CIRCUITDB = str(Path(sys.executable).parent / "circuitdb")
@@ -65,3 +69,58 @@ def test_a_build_that_loses_its_database_ends_clearly_and_no_run_stays_started(
     runs = instance.get_runs()
     assert all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
     assert instance.get_run_by_id(abandoned.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def _answers_graphql(url: str) -> bool:
+    query = json.dumps({"query": "{ runsOrError { ... on Runs { results { runId } } } }"}).encode()
+    request = urllib.request.Request(f"{url}/graphql", query, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return "errors" not in json.loads(response.read())
+    except OSError:
+        return False
+
+
+def _wait(condition, seconds: float, what: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"`circuitdb ui` stopped while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
+        time.sleep(1)
+
+
+def test_the_ui_and_the_daemon_reconnect_after_the_database_restarts(
+    postgres_server: PostgresServer, built_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    store = shutil.copytree(built_store, tmp_path / "store", ignore=shutil.ignore_patterns(".dagster"))
+    for key, value in {**postgres_server.database("reconnect"), "DAGSTER_HOME": str(home)}.items():
+        monkeypatch.setenv(key, value)
+    instance = dg.DagsterInstance.from_config(str(home))
+    url = f"http://127.0.0.1:{free_port()}"
+    ui = subprocess.Popen(
+        [CIRCUITDB, "ui", "--store", str(store), "--port", url.rsplit(":", 1)[1]],
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait(lambda: _answers_graphql(url) and instance.get_daemon_heartbeats(), 180, "webserver and daemon", ui)
+        postgres_server.stop()
+        time.sleep(8)
+        assert not _answers_graphql(url)  # the webserver cannot read its runs meanwhile
+        postgres_server.start()
+        restarted = time.time()
+
+        def daemon_beats_again() -> bool:
+            beats = instance.get_daemon_heartbeats().values()
+            return bool(beats) and all(beat.timestamp > restarted for beat in beats)
+
+        _wait(lambda: _answers_graphql(url), 60, "webserver answer after the restart", ui)
+        _wait(daemon_beats_again, 120, "daemon heartbeats after the restart", ui)
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
