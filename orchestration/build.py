@@ -12,7 +12,7 @@ from assets.attribution import attribution_graphs, configured_prompts, stored_pr
 from assets.partitions import project_layers, prompt_partitions
 from assets.resources import ProjectResource
 from assets.sweeps import sweep_key
-from circuitdb.errors import CircuitDBError
+from circuitdb.errors import CircuitDBError, first_line
 from circuitdb.project import Project
 from circuitdb.store import atomic_write_bytes
 from circuitdb.store.space import is_out_of_space, lacks_room, out_of_space
@@ -89,8 +89,9 @@ def _reported(failure: Exception, project: Project) -> Exception:
     if is_out_of_space(cause) or lacks_room(home, RUN_RECORDS_HEADROOM):
         return out_of_space(home)
     if _database_unavailable(cause):
+        why = first_line(cause) or type(cause).__name__
         return CircuitDBError(
-            f"the run database is unavailable ({_first_line(cause)}): the build stopped; run it again once the "
+            f"the run database is unavailable ({why}): the build stopped; run it again once the "
             "database is back (finished steps are skipped, runs left unfinished are marked failed)"
         )
     return cause
@@ -107,7 +108,3 @@ def _chain(failure: BaseException) -> list[BaseException]:
     while chain[-1].__cause__ or chain[-1].__context__:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     return chain
-
-
-def _first_line(failure: BaseException) -> str:
-    return str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from circuitdb.errors import CircuitDBError
+from circuitdb.errors import CircuitDBError, first_line
 from circuitdb.store.space import is_out_of_space, out_of_space
 
 # isort: off
@@ -44,14 +44,10 @@ def _failure(exc: BaseException) -> tuple[str, int]:
         where = getattr(exc, "filename", None)
         if where:
             return str(out_of_space(Path(where))), 1
-        return f"no space left on device ({_first_line(exc)}): free some space and run the command again", 1
+        return f"no space left on device ({first_line(exc)}): free some space and run the command again", 1
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename}", 1
-    return f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)", 1
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", 1
 
 
 def main() -> None:
