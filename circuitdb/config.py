@@ -304,6 +304,14 @@ class ObjectStoreConfig:
     threads: int = 8
     """Files moved at once between the bucket and the local mirror."""
 
+    def __post_init__(self) -> None:
+        if not self.retry_seconds >= 0:
+            raise CircuitDBError(f"object_store.retry_seconds must be at least 0, got {self.retry_seconds}")
+        if not self.request_timeout > 0:
+            raise CircuitDBError(f"object_store.request_timeout must be positive, got {self.request_timeout}")
+        if self.threads < 1:
+            raise CircuitDBError(f"object_store.threads must be at least 1, got {self.threads}")
+
 
 @dataclass
 class ProjectConfig:

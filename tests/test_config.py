@@ -39,6 +39,9 @@ def test_defaults_are_the_embedded_profile(tmp_path: Path, monkeypatch: pytest.M
         ("harvest:\n  hooks: [mlp_in, nope]\n", "unknown hook kind 'nope'"),
         ("corpus: [1, 2]\n", "corpus must be a mapping"),
         ("key: [unclosed\n", "not valid YAML"),
+        ("object_store:\n  threads: 0\n", "object_store.threads must be at least 1, got 0"),
+        ("object_store:\n  request_timeout: 0\n", "object_store.request_timeout must be positive"),
+        ("object_store:\n  retry_seconds: -1\n", "object_store.retry_seconds must be at least 0"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, message: str) -> None:
