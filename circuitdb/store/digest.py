@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-_CHUNK = 1 << 22
+CHUNK = 1 << 22
+"""Bytes read (or streamed) at a time."""
 
 
 def digest_file(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
+        while chunk := handle.read(CHUNK):
             sha.update(chunk)
     return sha.hexdigest()

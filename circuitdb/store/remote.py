@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 from circuitdb.config import ObjectStoreConfig
 from circuitdb.errors import CircuitDBError
-from circuitdb.store.digest import digest_file
+from circuitdb.store.digest import CHUNK, digest_file
 from circuitdb.store.s3 import DamagedTransfer, RequestFailed, Requests, client, error_code
 from circuitdb.store.space import is_out_of_space, out_of_space
 
@@ -59,7 +59,6 @@ _LOCAL_ONLY = {".verified", ".dagster", _STATE, _LOCK}
 _GARBAGE_AGE = timedelta(days=1)
 """Unnamed objects younger than this may belong to a push still under way: they are kept."""
 _COMMIT_TRIES = 100
-_CHUNK = 1 << 22
 
 
 class Entry(NamedTuple):
@@ -133,6 +132,8 @@ class Mirror:
         """Use these retry, timeout and parallelism settings from now on."""
         if getattr(self, "settings", None) == settings:
             return
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False)  # what it started finishes; new transfers go to the new pool
         self.settings = settings
         self.requests = Requests(self.uri, settings)
         self._client = client(settings)
@@ -219,7 +220,7 @@ class Mirror:
         digest = hashlib.sha256()
         try:
             with open(into, "wb") as handle:
-                for chunk in response["Body"].iter_chunks(_CHUNK):
+                for chunk in response["Body"].iter_chunks(CHUNK):
                     digest.update(chunk)
                     handle.write(chunk)
         except OSError as failure:
