@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -34,3 +35,15 @@ def start_s3_server() -> tuple[str, subprocess.Popen]:
                 server.kill()
                 raise RuntimeError("moto_server did not start") from None
             time.sleep(0.1)
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str, process: subprocess.Popen) -> None:
+    """Poll `condition` each second until it holds, failing the test if `process` (the server it waits on)
+    stops or `seconds` go by first."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, (
+            f"{Path(process.args[0]).name} {process.args[1]} stopped while waiting for {what}"
+        )
+        assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
+        time.sleep(1)

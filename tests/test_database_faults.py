@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from tests.conftest import PostgresServer
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CIRCUITDB = str(Path(sys.executable).parent / "circuitdb")
@@ -81,14 +81,6 @@ def _answers_graphql(url: str) -> bool:
         return False
 
 
-def _wait(condition, seconds: float, what: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, f"`circuitdb ui` stopped while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
-        time.sleep(1)
-
-
 def test_the_ui_and_the_daemon_reconnect_after_the_database_restarts(
     postgres_server: PostgresServer, built_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,7 +100,7 @@ def test_the_ui_and_the_daemon_reconnect_after_the_database_restarts(
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait(lambda: _answers_graphql(url) and instance.get_daemon_heartbeats(), 180, "webserver and daemon", ui)
+        wait_for(lambda: _answers_graphql(url) and instance.get_daemon_heartbeats(), 180, "webserver and daemon", ui)
         postgres_server.stop()
         time.sleep(8)
         assert not _answers_graphql(url)  # the webserver cannot read its runs meanwhile
@@ -119,8 +111,8 @@ def test_the_ui_and_the_daemon_reconnect_after_the_database_restarts(
             beats = instance.get_daemon_heartbeats().values()
             return bool(beats) and all(beat.timestamp > restarted for beat in beats)
 
-        _wait(lambda: _answers_graphql(url), 60, "webserver answer after the restart", ui)
-        _wait(daemon_beats_again, 120, "daemon heartbeats after the restart", ui)
+        wait_for(lambda: _answers_graphql(url), 60, "webserver answer after the restart", ui)
+        wait_for(daemon_beats_again, 120, "daemon heartbeats after the restart", ui)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=60)

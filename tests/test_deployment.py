@@ -19,7 +19,7 @@ import psycopg2
 
 from assets.attribution import configured_prompts
 from circuitdb.config import load_config
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_PROMPT = "The lazy dog sleeps"
@@ -40,14 +40,6 @@ def _graphql(url: str, query: str) -> dict:
             time.sleep(1)
     assert "errors" not in body, body
     return body["data"]
-
-
-def _wait_for(condition, seconds: float, what: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, f"`circuitdb ui` stopped while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s"
-        time.sleep(1)
 
 
 def test_build_and_the_daemon_share_a_postgres_instance(
@@ -102,7 +94,7 @@ def test_build_and_the_daemon_share_a_postgres_instance(
             runs = [run for run in instance.get_runs() if run.tags.get("dagster/partition") == slug]
             return bool(runs) and all(run.is_finished for run in runs)
 
-        _wait_for(launched_run_ended, 240, f"finished run for graph partition {slug}", ui)
+        wait_for(launched_run_ended, 240, f"finished run for graph partition {slug}", ui)
         shown = _graphql(
             f"http://127.0.0.1:{port}",
             """{ runsOrError { ... on Runs { results { runId } } }

@@ -17,6 +17,7 @@ import pytest
 
 from circuitdb.config import ObjectStoreConfig
 from circuitdb.errors import CircuitDBError
+from circuitdb.store import atomic_write_bytes
 from circuitdb.store.remote import Mirror
 from tests.fault_proxy import Fault, FaultProxy
 
@@ -45,14 +46,6 @@ def _mirror(uri: str, cache: Path, monkeypatch: pytest.MonkeyPatch, settings: Ob
     return Mirror(uri, settings)
 
 
-def _write_pair(root: Path, rel: str, data: bytes) -> None:
-    """A file and its checksum, as the store writes them."""
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.with_name(f".{path.name}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
-
-
 def _files(root: Path) -> dict[str, bytes]:
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
@@ -65,13 +58,13 @@ def test_a_push_that_cannot_upload_fails_naming_the_files_and_readers_keep_the_p
     proxy: FaultProxy, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = _mirror(uri, tmp_path / "writer", monkeypatch, ObjectStoreConfig(retry_seconds=3, request_timeout=1))
-    _write_pair(writer.root, "tables/dictionaries/plt-layer-000.parquet", b"version one")
-    _write_pair(writer.root, "dictionaries/plt/layer_0/weights.safetensors", os.urandom(300_000))
+    atomic_write_bytes(writer.root / "tables/dictionaries/plt-layer-000.parquet", b"version one")
+    atomic_write_bytes(writer.root / "dictionaries/plt/layer_0/weights.safetensors", os.urandom(300_000))
     writer.push()
     first = _files(writer.root)
 
-    _write_pair(writer.root, "tables/dictionaries/plt-layer-000.parquet", b"version two, naming new weights")
-    _write_pair(writer.root, "dictionaries/plt/layer_0/weights.safetensors", os.urandom(300_000))
+    atomic_write_bytes(writer.root / "tables/dictionaries/plt-layer-000.parquet", b"version two, naming new weights")
+    atomic_write_bytes(writer.root / "dictionaries/plt/layer_0/weights.safetensors", os.urandom(300_000))
     proxy.inject(Fault("reset", times=None, method="PUT", min_bytes=100_000))  # every large upload
     with pytest.raises(CircuitDBError, match="1 of 4 changed files were not uploaded.*layer_0/weights.safetensors"):
         writer.push()
@@ -92,8 +85,10 @@ def test_passing_faults_are_ridden_out_with_identical_results(
 ) -> None:
     writer = _mirror(uri, tmp_path / "writer", monkeypatch)
     for i in range(6):
-        _write_pair(writer.root, f"tables/features/plt-layer-{i:03d}.parquet", os.urandom(2_000 + i))
-    _write_pair(writer.root, "activations/run/mlp_in.0/shard-00000.safetensors", os.urandom(9_000_000))  # multipart
+        atomic_write_bytes(writer.root / f"tables/features/plt-layer-{i:03d}.parquet", os.urandom(2_000 + i))
+    atomic_write_bytes(
+        writer.root / "activations/run/mlp_in.0/shard-00000.safetensors", os.urandom(9_000_000)
+    )  # multipart
     proxy.inject(
         Fault("slowdown", times=4, retry_after=0.2),
         Fault("reset", times=3, method="PUT"),
@@ -146,8 +141,10 @@ def test_two_writers_on_one_prefix_keep_each_file_beside_its_own_checksum(
 
     def work(w: int) -> None:
         for r in range(rounds):
-            _write_pair(writers[w].root, "dictionaries/plt/layer_0/config.json", f"writer {w} round {r}".encode())
-            _write_pair(writers[w].root, f"tables/own/writer-{w}-round-{r}.parquet", os.urandom(100))
+            atomic_write_bytes(
+                writers[w].root / "dictionaries/plt/layer_0/config.json", f"writer {w} round {r}".encode()
+            )
+            atomic_write_bytes(writers[w].root / f"tables/own/writer-{w}-round-{r}.parquet", os.urandom(100))
             writers[w].push()
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
