@@ -3,15 +3,13 @@ tables read-only and returns rows; the CLI parses flags, calls one of these and 
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import polars as pl
 
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import TABLES, Store, count_rows, parse_feature_id, read_table, sql_literal, write_partition
+from circuitdb.store import TABLES, Store, count_rows, parse_feature_id, read_table, sql_literal
 from circuitdb.store.graphs import graph_json_path, graph_row
 from circuitdb.store.integrity import verify
 from circuitdb.store.layout import atomic_write_bytes
@@ -168,41 +166,6 @@ def graph_listing(store: Store) -> QueryResult:
     )
 
 
-def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple], list[dict]]:
-    """A graph's `graphs` row, its pruned nodes, its (source, target, weight) edges and its supernodes."""
-    row = graph_row(require(store, "graphs"), slug)
-    nodes = _dicts(run_sql(store, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)}"))
-    edges = run_sql(store, f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)}").rows
-    return row, nodes, edges, supernodes(store, slug)
-
-
-def supernodes(store: Store, slug: str) -> list[dict]:
-    """The supernodes grouped for graph `slug`: name and node ids, oldest first (of two rows of one name,
-    the newer: a store written before each supernode had its own partition holds several in one)."""
-    frame = read_table(store, "graph_annotations").filter(pl.col("slug") == slug).sort("created_at")
-    frame = frame.unique("name", keep="last").sort("created_at")
-    return [{"name": row["name"], "node_ids": list(row["node_ids"])} for row in frame.iter_rows(named=True)]
-
-
-def save_supernode(store: Store, slug: str, name: str, node_ids: list[str]) -> list[dict]:
-    """Group `node_ids` of graph `slug` under `name` (replacing a supernode of that name). Each supernode is
-    its own partition, written whole: two writers (the viewer, the CLI, on one machine or two) never read,
-    change and write back one another's rows, so no supernode is lost. Returns the graph's supernodes."""
-    name = name.strip()
-    if not name or len(name) > 100:
-        raise CircuitDBError("a supernode needs a name of 1 to 100 characters")
-    graph_row(require(store, "graphs"), slug)
-    nodes = run_sql(store, f"SELECT node_id FROM graph_nodes WHERE slug = {sql_literal(slug)}")
-    known = {node_id for (node_id,) in nodes.rows}
-    unknown = sorted(set(node_ids) - known)
-    if len(set(node_ids)) < 2 or unknown:
-        raise CircuitDBError(f"a supernode groups two or more of the graph's nodes (unknown: {unknown})")
-    row = {"slug": slug, "name": name, "node_ids": sorted(set(node_ids)), "created_at": datetime.now(UTC)}
-    partition = f"{slug}.{hashlib.sha256(name.encode()).hexdigest()[:16]}"
-    write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
-    return supernodes(store, slug)
-
-
 def node_edges(store: Store, slug: str, source: str | None, target: str | None, k: int) -> QueryResult:
     """The `k` strongest edges leaving `source` or entering `target`, with the other end's kind and label."""
     if (source is None) == (target is None):
@@ -240,20 +203,6 @@ def export_graph_json(store: Store, slug: str, out: Path) -> None:
     check_output_file(out)
     verify(store.root, source)
     atomic_write_bytes(out, source.read_bytes(), checksum=False)
-
-
-def graph_document(store: Store, slug: str, max_edges: int) -> dict:
-    """What a graph page draws: the `graphs` row, every pruned node, the `max_edges` strongest edges
-    ([source, target, weight]) and how many edges the graph keeps in all."""
-    row = graph_row(require(store, "graphs"), slug)
-    nodes = _dicts(run_sql(store, f"SELECT * FROM graph_nodes WHERE slug = {sql_literal(slug)} ORDER BY node_id"))
-    query = (
-        f"SELECT source, target, weight FROM graph_edges WHERE slug = {sql_literal(slug)} "
-        f"ORDER BY abs(weight) DESC LIMIT {max(0, int(max_edges))}"
-    )
-    edges = [list(edge) for edge in run_sql(store, query).rows]
-    document = {"graph": row, "nodes": nodes, "edges": edges, "n_edges": row["n_edges_pruned"]}
-    return document | {"supernodes": supernodes(store, slug)}
 
 
 def dictionary_metrics(store: Store) -> list[dict]:

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+LOCAL = "http://127.0.0.1"
+"""Base URL of in-process test clients of the viewer: it answers loopback names only."""
+
 
 def free_port() -> int:
     """A port nothing listens on now, on 127.0.0.1 (for servers a test starts)."""

@@ -17,6 +17,7 @@ from circuitdb.store import Store
 from circuitdb.store.vectors import feature_vector, nearest
 from query.engine import run_sql
 from query.viewer.app import make_app
+from tests.servers import LOCAL
 
 CIRCUITDB = str(Path(sys.executable).parent / "circuitdb")
 
@@ -56,7 +57,7 @@ def store_copy(built_store: Path, tmp_path: Path) -> Path:
 def test_the_cli_and_the_viewer_grouping_one_graph_at_once_keep_every_supernode(store_copy: Path) -> None:
     store = Store(store_copy)
     slug, nodes = _graph_nodes(store)
-    client = TestClient(make_app(Project.open(overrides={"store": str(store_copy)})))
+    client = TestClient(make_app(Project.open(overrides={"store": str(store_copy)})), base_url=LOCAL)
     processes = [
         _start("graph", "supernode", slug, f"cli-{i}", *nodes[i : i + 2], "--store", str(store_copy)) for i in range(3)
     ]

@@ -13,6 +13,7 @@ import pytest
 
 from circuitdb.store.sweeps import interval, summary
 from tests.conftest import Always
+from tests.servers import LOCAL
 
 
 def test_the_interval_is_students_t() -> None:
@@ -47,7 +48,11 @@ def test_a_sweep_trains_every_point_and_summarizes_by_k(built_store: Path, tmp_p
     from circuitdb.project import Project
     from query.viewer.app import make_app
 
-    (swept,) = TestClient(make_app(Project.open(overrides={"store": str(store)}))).get("/api/index").json()["sweeps"]
+    (swept,) = (
+        TestClient(make_app(Project.open(overrides={"store": str(store)})), base_url=LOCAL)
+        .get("/api/index")
+        .json()["sweeps"]
+    )
     assert (swept["dictionary"], swept["layer"]) == ("plt", 1)
     assert [p["fvu"] for p in swept["points"]] == pytest.approx([entry["fvu"] for entry in table])
     code, _, err = cli("dictionary", "sweep", "--layer", "1", "--k", "4,x", "--config", str(config))
@@ -79,7 +84,11 @@ def test_transcoders_against_skip_transcoders_point_by_point(built_store: Path, 
     second = pl.DataFrame(json.loads(cli("sql", sql, "-f", "json", *c)[1]))
     changed = [a != b for a, b in zip(first["created_at"], second["created_at"], strict=True)]
     assert changed == [False, False, True, False]  # only the re-run point was replaced
-    curves = TestClient(make_app(Project.open(overrides={"store": str(store)}))).get("/api/index").json()["sweeps"]
+    curves = (
+        TestClient(make_app(Project.open(overrides={"store": str(store)})), base_url=LOCAL)
+        .get("/api/index")
+        .json()["sweeps"]
+    )
     assert [(s["layer"], s["skip"]) for s in curves] == [(1, False), (1, True)]
 
 

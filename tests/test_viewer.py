@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from circuitdb.project import Project
 from circuitdb.store import Store, read_table
 from query.viewer.app import make_app
+from tests.servers import LOCAL
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -29,7 +30,7 @@ def _project(store: Path, llama_dir: Path) -> Project:
 
 @pytest.fixture(scope="module")
 def client(built_store: Path) -> TestClient:
-    return TestClient(make_app(Project.open(overrides={"store": str(built_store)})))
+    return TestClient(make_app(Project.open(overrides={"store": str(built_store)})), base_url=LOCAL)
 
 
 def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: Path) -> None:
@@ -56,7 +57,7 @@ def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: P
 def test_texts_run_through_the_model(built_store: Path, llama_dir: Path, cli) -> None:
     """'Try your text' gives the feature's value on every token (the same as text search's per-token rows);
     the index's text search ranks as `circuitdb search text` does."""
-    client = TestClient(make_app(_project(built_store, llama_dir)))
+    client = TestClient(make_app(_project(built_store, llama_dir)), base_url=LOCAL)
     text = "The quick brown fox jumps over the lazy dog"
     code, out, _ = cli(
         "search",
@@ -92,7 +93,7 @@ def test_model_requests_are_bounded(built_store: Path, llama_dir: Path) -> None:
 
     from query.viewer.model_queue import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, ModelQueue, Refused
 
-    client = TestClient(make_app(_project(built_store, llama_dir)))
+    client = TestClient(make_app(_project(built_store, llama_dir)), base_url=LOCAL)
     assert client.get("/api/search", params={"text": "a dog"}).status_code == 405
     form = client.post("/api/search", content="text=a dog", headers={"content-type": "text/plain"})
     assert form.status_code == 400 and "application/json" in form.json()["error"]

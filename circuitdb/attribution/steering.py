@@ -34,28 +34,44 @@ class Clamp(NamedTuple):
         return cls("scale", scale) if scale else cls("zero", 0.0)
 
 
+class Steered(NamedTuple):
+    """One feature acted on, where: `positions` None is every position but BOS (a graph's node is one)."""
+
+    feature_id: str
+    positions: list[int] | None
+
+
+class SteeringRun(NamedTuple):
+    """What to do on a prompt: which features, how, with attention frozen or live, and how much to generate."""
+
+    prompt: str
+    steered: list[Steered]
+    clamp: Clamp
+    freeze_attention: bool
+    generate: int
+    graph: str | None = None
+    """The graph whose nodes were steered (its page lists the run), if any."""
+
+
 def steer_prompt(
-    store: Store,
-    lm: LoadedModel,
-    cfg: AttributionConfig,
-    prompt: str,
-    feature_ids: list[str],
-    mode: str,
-    value: float,
-    positions: list[int] | None,
-    freeze_attention: bool,
-    generate: int,
-    k: int,
+    store: Store, lm: LoadedModel, cfg: AttributionConfig, run: SteeringRun, k: int
 ) -> tuple[dict, list[tuple[str, float, float, float]]]:
     """Run the intervention; return the `interventions` row and (token, p before, p after, change) rows
     for the tokens most probable before or after, most probable after first."""
-    parsed = [parse_feature_id(feature_id) for feature_id in feature_ids]
+    if not run.steered:
+        raise CircuitDBError("steer at least one feature")
+    parsed = [parse_feature_id(item.feature_id) for item in run.steered]
     dictionaries = {dictionary for dictionary, _, _ in parsed}
     if len(dictionaries) != 1:
         raise CircuitDBError(f"steer features of one dictionary set at a time, got {sorted(dictionaries)}")
+    mode, value = run.clamp
+    prompt, positions = run.prompt, sorted({p for item in run.steered for p in item.positions or []})
     rm = trace_prompt(lm, prompt, stored_transcoders(store, dictionaries.pop()), cfg)
-    items = [Intervention(layer, index, mode, value, positions) for _, layer, index in parsed]
-    result = intervene(rm, items, freeze_attention=freeze_attention, generate=generate)
+    items = [
+        Intervention(layer, index, mode, value, item.positions)
+        for (_, layer, index), item in zip(parsed, run.steered, strict=True)
+    ]
+    result = intervene(rm, items, freeze_attention=run.freeze_attention, generate=run.generate)
     before, after = result.clean_logits[-1].float().softmax(-1), result.logits[-1].float().softmax(-1)
     shown = sorted(set(before.topk(k).indices.tolist()) | set(after.topk(k).indices.tolist()), key=lambda i: -after[i])
     decode = lm.tokenizer.decode
@@ -63,17 +79,19 @@ def steer_prompt(
     row = {
         "run_id": uuid.uuid4().hex[:12],
         "prompt": prompt,
-        "features": feature_ids,
+        "features": [item.feature_id for item in run.steered],
         "mode": mode,
         "value": value,
-        "positions": positions or [],
-        "freeze_attention": freeze_attention,
+        "positions": positions,
+        "node_positions": [item.positions or [] for item in run.steered],
+        "freeze_attention": run.freeze_attention,
         "top_token_before": decode([int(before.argmax())]),
         "top_token_after": decode([int(after.argmax())]),
         "logit_changes": json.dumps(
             [dict(zip(("token", "p_before", "p_after", "change"), c, strict=True)) for c in changes]
         ),
         "generated": decode(result.generated) if result.generated else "",
+        "slug": run.graph,
         "created_at": datetime.now(UTC),
     }
     write_partition(store, "interventions", row["run_id"], pl.DataFrame([row]))

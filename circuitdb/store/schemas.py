@@ -256,13 +256,16 @@ TABLES: dict[str, TableSchema] = {
         },
     ),
     "graph_annotations": TableSchema(
-        "one row per supernode a person grouped (viewer or `graph supernode`), one partition each",
+        "one row per supernode or pinned subgraph saved for a graph (viewer or `graph supernode`), one partition each",
         {
             "slug": (pl.String(), "graph id"),
             "name": (pl.String(), "the supernode's name"),
             "node_ids": (pl.List(pl.String()), "the nodes grouped under it"),
             "created_at": (pl.Datetime("us", "UTC"), "when it was saved"),
+            "kind": (pl.String(), "'supernode' (null before kinds existed) or 'pins' (a pinned subgraph)"),
+            "deleted": (pl.Boolean(), "true: this name was deleted (the row replaces what was saved under it)"),
         },
+        filled_later=frozenset({"kind", "deleted"}),
     ),
     "interventions": TableSchema(
         "one row per intervention run (steer)",
@@ -279,7 +282,13 @@ TABLES: dict[str, TableSchema] = {
             "logit_changes": (pl.String(), "JSON: the largest changes of next-token logits"),
             "generated": (pl.String(), "continuation sampled while steering (may be empty)"),
             "created_at": (pl.Datetime("us", "UTC"), "when it ran"),
+            "node_positions": (
+                pl.List(pl.List(pl.Int32())),
+                "per feature, the positions acted on (empty: all but BOS; null: those of `positions`)",
+            ),
+            "slug": (pl.String(), "the graph whose nodes were steered from its page (null: `circuitdb steer`)"),
         },
+        filled_later=frozenset({"node_positions", "slug"}),
     ),
 }
 

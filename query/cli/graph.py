@@ -20,13 +20,8 @@ from query.cli.common import (
     open_project,
     to_stderr,
 )
-from query.questions import (
-    export_graph_json,
-    graph_listing,
-    graph_tree,
-    node_edges,
-    save_supernode,
-)
+from query.graph_view import delete_annotation, graph_tree, rename_annotation, save_annotation
+from query.questions import export_graph_json, graph_listing, node_edges
 from query.render import (
     OutputFormat,
     render,
@@ -137,14 +132,27 @@ def graph_edges(
 def graph_supernode(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
     name: Annotated[str, typer.Argument(help="The supernode's name (an existing one of that name is replaced).")],
-    node_ids: Annotated[list[str], typer.Argument(help="Two or more node ids of the graph (see `graph show`).")],
+    node_ids: Annotated[
+        list[str] | None, typer.Argument(help="Two or more node ids of the graph (see `graph show`).")
+    ] = None,
+    rename: Annotated[str | None, typer.Option(help="Give the supernode NAME this name instead.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the supernode NAME.")] = False,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Group nodes of a graph under a name, as the viewer's "save group" does; lists the graph's supernodes."""
+    """Group nodes of a graph under a name, as the viewer's "group" does (or rename or delete a group); lists
+    the graph's supernodes."""
+    if sum((bool(node_ids), rename is not None, delete)) != 1:
+        raise CircuitDBError("give the node ids to group, --rename NEW or --delete")
     with open_project(config, store=store) as project:
-        saved = save_supernode(project.built().store, slug, name, node_ids)
+        built = project.built().store
+        if delete:
+            saved = delete_annotation(built, slug, "supernode", name)
+        elif rename is not None:
+            saved = rename_annotation(built, slug, "supernode", name, rename)
+        else:
+            saved = save_annotation(built, slug, "supernode", name, node_ids or [])
     render(pl.DataFrame(saved, schema={"name": pl.String, "node_ids": pl.List(pl.String)}), fmt)
 
 
@@ -186,12 +194,12 @@ def steer(
     config: ConfigOption = None,
 ) -> None:
     """Clamp, scale or zero features on a prompt and show how the next-token prediction moves."""
-    from circuitdb.attribution.steering import Clamp, steer_prompt
+    from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt
 
-    clamp = Clamp.from_options(scale, set_to)
     where = integers(positions, "--positions") if positions else None
+    steered = [Steered(feature_id, where) for feature_id in feature]
+    run = SteeringRun(prompt, steered, Clamp.from_options(scale, set_to), freeze_attention, generate)
     with open_project(config, store=store) as project:
         project.built()
-        store_, lm, cfg = project.store, project.model, project.config.attribution
-        row, changes = steer_prompt(store_, lm, cfg, prompt, feature, *clamp, where, freeze_attention, generate, k)
+        row, changes = steer_prompt(project.store, project.model, project.config.attribution, run, k)
     render_steering(row, changes, fmt)

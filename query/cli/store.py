@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -84,17 +85,33 @@ def check(fmt: FormatOption = OutputFormat.table, store: StoreOption = None, con
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
-    host: HostOption = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: that of the configured viewer_url).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: that of viewer_url, 127.0.0.1 unless changed).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Token every write must carry (generated when --host is not loopback).")
+    ] = None,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Browse the store: graphs drawn by layer and position, feature pages, dictionaries' metrics (read-only)."""
+    """Browse the store: graph pages (pin, group, score, intervene), feature pages, dictionaries' metrics."""
+    from query.viewer.access import Access, is_loopback
     from query.viewer.app import serve as serve_store
 
     project = open_project(config, store=store).built()
-    typer.echo(f"serving {project.store.location} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    serve_store(project, host, port)
+    address = urlsplit(project.config.viewer_url)
+    host, port = host or address.hostname or "127.0.0.1", port or address.port or 8080
+    access = Access.for_address(host, token)
+    url = f"http://{host}:{port}/" + (f"?token={access.token}" if access.token else "")
+    typer.echo(f"serving {project.store.location} at {url} (Ctrl-C stops)", err=True)
+    if not is_loopback(host):
+        typer.echo(f"warning: {host} is reachable from other machines; writes need the token above", err=True)
+    if (address.hostname, address.port) != (host, port):
+        typer.echo(f"note: Dagster links graphs to viewer_url {project.config.viewer_url}; set it to {url}", err=True)
+    serve_store(project, host, port, access)
 
 
 @app.command()

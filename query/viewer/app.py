@@ -1,4 +1,5 @@
-"""`circuitdb serve`: a small web app over the store, read-only but for the supernodes people group.
+"""`circuitdb serve`: a web app over the store: graph pages to read, pin, group, score and intervene on, feature
+pages, the index. It writes only supernodes, pinned sets and interventions.
 
 Pages are thin HTML shells; their data comes from the JSON API under `/api/` (the same calls the CLI
 makes, in query/questions.py), and their drawing from plotly.js, which the `plotly` wheel ships: nothing
@@ -19,24 +20,31 @@ from starlette.staticfiles import StaticFiles
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.project import Project
+from circuitdb.store.graphs import graph_row
 from query.engine import keep_catalog
-from query.questions import (
-    dictionary_metrics,
-    feature_page,
+from query.graph_view import (
+    delete_annotation,
     graph_document,
-    graph_listing,
-    graphs_with,
-    save_supernode,
-    sweep_summaries,
+    rename_annotation,
+    save_annotation,
+    steerable_nodes,
+    subgraph_scores,
 )
+from query.questions import dictionary_metrics, feature_page, graph_listing, graphs_with, node_edges, sweep_summaries
+from query.viewer.access import Access, guarded
 from query.viewer.model_queue import ModelQueue, Refused, check_text_length, check_token_count
-from query.viewer.pages import STATIC, graph_body, page, plotly_js
+from query.viewer.pages import STATIC, compare_body, error_page, graph_body, page, plotly_js
 from query.viewer.response_cache import ResponseCache
 
-MAX_EDGES = 5000
-"""Edges a graph page draws at first (the strongest); its slider shows fewer."""
+MAX_EDGES = 3000
+"""Edges a graph page loads (those of most influence on its logit); its slider shows fewer."""
 EDGES_LIMIT = 200_000
 """The most edges one request may ask for (`max_edges`)."""
+ANNOTATION_KINDS = {"supernodes": "supernode", "pins": "pins"}
+"""URL word → `graph_annotations.kind`."""
+STEER_MODES = ("zero", "scale", "set")
+MAX_GENERATE = 32
+"""Tokens a page's intervention may generate."""
 
 
 async def _json_body(request: Request) -> dict:
@@ -63,6 +71,35 @@ def _edge_limit(request: Request) -> int:
     return int(given)
 
 
+def _whole_number(request: Request, name: str, default: int, most: int) -> int:
+    given = request.query_params.get(name, str(default))
+    if not given.isdigit() or not 1 <= int(given) <= most:
+        raise ValueError(f"{name} must be a whole number from 1 to {most}, not {given!r}")
+    return int(given)
+
+
+def _node_ids(body: dict) -> list[str]:
+    node_ids = body.get("node_ids")
+    if not isinstance(node_ids, list) or not all(isinstance(n, str) for n in node_ids) or len(node_ids) > 10_000:
+        raise ValueError('the body needs node_ids: a list of node ids, e.g. {"node_ids": ["12_345_6"]}')
+    return node_ids
+
+
+def _steering(body: dict) -> tuple[str, float, bool, int]:
+    """mode, value, freeze_attention and tokens to generate of a page's intervention, checked."""
+    mode, value = body.get("mode", "zero"), body.get("value", 0.0)
+    if mode not in STEER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(STEER_MODES)}, not {mode!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 1e6:
+        raise ValueError(f"value must be a number (at most 1e6 in size), not {value!r}")
+    freeze, generate = body.get("freeze_attention", True), body.get("generate", 0)
+    if not isinstance(freeze, bool):
+        raise ValueError("freeze_attention must be true or false")
+    if isinstance(generate, bool) or not isinstance(generate, int) or not 0 <= generate <= MAX_GENERATE:
+        raise ValueError(f"generate must be a whole number from 0 to {MAX_GENERATE}")
+    return mode, float(value), freeze, generate
+
+
 def _typed_text(body: dict) -> str:
     text = body.get("text")
     if not isinstance(text, str):
@@ -80,9 +117,10 @@ def _encoded(document: dict) -> bytes:
     return json.dumps(document, default=str).encode()
 
 
-def make_app(project: Project) -> Starlette:
+def make_app(project: Project, access: Access | None = None) -> Starlette:
     """The app over the project's store (every request reads the tables as they are now) and its model, loaded
-    on the first request that runs one (text search, "try your text"): pages that only read never wait for it."""
+    on the first request that runs one (text search, "try your text", interventions): pages that only read
+    never wait for it. `access` says which Host names are answered and whether writes need a token."""
     store = project.store
     keep_catalog(store)  # views made once, remade when a table's files change
     model_queue = ModelQueue()
@@ -93,10 +131,27 @@ def make_app(project: Project) -> Starlette:
 
     def graph(request: Request) -> HTMLResponse:
         slug = request.path_params["slug"]
+        try:
+            graph_row(store, slug)
+        except CircuitDBError as exc:
+            return error_page(str(exc))
         return HTMLResponse(page(slug, graph_body(slug), ["plotly.js", "common.js", "graph.js"]))
+
+    def compare(request: Request) -> HTMLResponse:
+        slugs = (request.path_params["a"], request.path_params["b"])
+        try:
+            for slug in slugs:
+                graph_row(store, slug)
+        except CircuitDBError as exc:
+            return error_page(str(exc))
+        return HTMLResponse(page(" vs ".join(slugs), compare_body(*slugs), ["plotly.js", "common.js", "graph.js"]))
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]
+        try:
+            feature_page(store, feature_id, 1)
+        except CircuitDBError as exc:
+            return error_page(str(exc))
         body = f'<main id="feature-page" data-feature="{html.escape(feature_id)}"></main>'
         return HTMLResponse(page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
 
@@ -117,7 +172,24 @@ def make_app(project: Project) -> Starlette:
             limit = _edge_limit(request)
         except ValueError as exc:
             return _error(exc, 400)
-        return _cached(request, graph_document, store, request.path_params["slug"], limit)
+        logit = request.query_params.get("logit") or None
+        return _cached(request, graph_document, store, request.path_params["slug"], limit, logit)
+
+    def api_node_edges(request: Request) -> Response:
+        """A node's strongest incoming or outgoing edges from the whole stored edge table."""
+        node, direction = request.query_params.get("node", ""), request.query_params.get("direction", "in")
+        try:
+            if direction not in ("in", "out"):
+                raise ValueError(f"direction must be in or out, not {direction!r}")
+            k = _whole_number(request, "k", 20, 1000)
+        except ValueError as exc:
+            return _error(exc, 400)
+        ends = (None, node) if direction == "in" else (node, None)
+        return _cached(request, _edge_rows, request.path_params["slug"], *ends, k)
+
+    def _edge_rows(slug: str, source: str | None, target: str | None, k: int) -> dict:
+        found = node_edges(store, slug, source, target, k)
+        return {"edges": [dict(zip(found.columns, row, strict=True)) for row in found.rows]}
 
     def api_feature(request: Request) -> Response:
         return _cached(request, feature_document, request.path_params["feature_id"])
@@ -132,14 +204,68 @@ def make_app(project: Project) -> Starlette:
             return _error(exc)
         return Response(body, media_type="application/json")
 
-    async def api_supernodes(request: Request) -> Response:
-        """The viewer's only write: a named group of nodes, into the graph's `graph_annotations` partition."""
+    async def api_subgraph(request: Request) -> Response:
+        """Replacement and completeness of the subgraph the pinned nodes span (read-only, POST for the list)."""
+        try:
+            node_ids = _node_ids(await _json_body(request))
+            return _json(subgraph_scores(store, request.path_params["slug"], node_ids))
+        except (CircuitDBError, ValueError) as exc:
+            return _error(exc, 400)
+
+    async def api_annotations(request: Request) -> Response:
+        """Save a supernode or pinned set ({name, node_ids}) or rename one ({name, new_name}), into the
+        graph's `graph_annotations` partitions."""
+        slug, kind = request.path_params["slug"], ANNOTATION_KINDS.get(request.path_params["kind"])
+        try:
+            if kind is None:
+                raise ValueError("annotations are supernodes or pins")
+            body = await _json_body(request)
+            name = body.get("name")
+            if not isinstance(name, str):
+                raise ValueError('the body needs a name: {"name": "...", "node_ids": [...]}')
+            if isinstance(body.get("new_name"), str):
+                saved = rename_annotation(store, slug, kind, name, body["new_name"])
+            else:
+                saved = save_annotation(store, slug, kind, name, _node_ids(body))
+        except (CircuitDBError, ValueError) as exc:
+            return _error(exc, 400)
+        return _json({request.path_params["kind"]: saved})
+
+    def api_delete_annotation(request: Request) -> Response:
+        slug, kind = request.path_params["slug"], ANNOTATION_KINDS.get(request.path_params["kind"])
+        try:
+            if kind is None:
+                raise ValueError("annotations are supernodes or pins")
+            left = delete_annotation(store, slug, kind, request.path_params["name"])
+        except (CircuitDBError, ValueError) as exc:
+            return _error(exc, 400)
+        return _json({request.path_params["kind"]: left})
+
+    def intervene_on_graph(slug: str, node_ids: list[str], steering: tuple[str, float, bool, int]) -> dict:
+        from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt
+
+        prompt, nodes = steerable_nodes(store, slug, node_ids)
+        mode, value, freeze, generate = steering
+        steered = [Steered(feature_id, [position]) for feature_id, position in nodes]
+        run = SteeringRun(prompt, steered, Clamp(mode, value), freeze, generate, slug)
+        row, changes = steer_prompt(store, project.model, project.config.attribution, run, 10)
+        keys = ("token", "p_before", "p_after", "change")
+        return {key: row[key] for key in ("run_id", "top_token_before", "top_token_after", "generated")} | {
+            "changes": [dict(zip(keys, change, strict=True)) for change in changes]
+        }
+
+    async def api_intervene(request: Request) -> Response:
+        """Ablate or steer the pinned feature nodes at their positions (POST: runs the model); the run is
+        stored in `interventions` with the graph's slug."""
         try:
             body = await _json_body(request)
-            saved = save_supernode(store, request.path_params["slug"], str(body["name"]), list(body["node_ids"]))
-        except (CircuitDBError, ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return _json({"supernodes": saved})
+            node_ids, steering = _node_ids(body), _steering(body)
+            found = await model_queue.run(intervene_on_graph, request.path_params["slug"], node_ids, steering)
+        except Refused as exc:
+            return _error(exc, exc.status)
+        except (CircuitDBError, ValueError) as exc:
+            return _error(exc, 400)
+        return _json(found)
 
     def feature_on_typed_text(feature_id: str, text: str):
         from circuitdb.dictionaries.stored import stored_dictionary
@@ -186,14 +312,19 @@ def make_app(project: Project) -> Starlette:
         """plotly.js (4.8 MB) changes only with the installed wheel: browsers keep it for a day."""
         return Response(plotly_js(), media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", index),
             Route("/graph/{slug}", graph),
+            Route("/compare/{a}/{b}", compare),
             Route("/feature/{feature_id:path}", feature),
             Route("/api/index", api_index),
             Route("/api/graph/{slug}", api_graph),
-            Route("/api/graph/{slug}/supernodes", api_supernodes, methods=["POST"]),
+            Route("/api/graph/{slug}/edges", api_node_edges),
+            Route("/api/graph/{slug}/subgraph", api_subgraph, methods=["POST"]),
+            Route("/api/graph/{slug}/intervene", api_intervene, methods=["POST"]),
+            Route("/api/graph/{slug}/{kind}", api_annotations, methods=["POST"]),
+            Route("/api/graph/{slug}/{kind}/{name:path}", api_delete_annotation, methods=["DELETE"]),
             Route("/api/feature/{feature_id:path}/text", api_feature_text, methods=["POST"]),
             Route("/api/feature/{feature_id:path}", api_feature),
             Route("/api/search", api_search, methods=["POST"]),
@@ -202,10 +333,11 @@ def make_app(project: Project) -> Starlette:
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
     )
+    return guarded(app, access or Access())
 
 
-def serve(project: Project, host: str, port: int) -> None:
-    """Serve until Ctrl-C (127.0.0.1 by default: this machine only)."""
+def serve(project: Project, host: str, port: int, access: Access) -> None:
+    """Serve until Ctrl-C on `host`:`port`, as `access` allows."""
     import uvicorn
 
-    uvicorn.run(make_app(project), host=host, port=port, log_level="warning")
+    uvicorn.run(make_app(project, access), host=host, port=port, log_level="warning")

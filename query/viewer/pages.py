@@ -7,9 +7,12 @@ import json
 from functools import cache
 from pathlib import Path
 
+from starlette.responses import HTMLResponse
+
 from circuitdb.store import Store
 from circuitdb.store.layout import atomic_write_bytes
-from query.questions import check_output_file, graph_document
+from query.graph_view import graph_document
+from query.questions import check_output_file
 
 STATIC = Path(__file__).parent / "static"
 
@@ -32,9 +35,26 @@ def page(title: str, body: str, scripts: list[str]) -> str:
 
 def graph_body(slug: str) -> str:
     return (
-        f'<main id="graph-page" data-slug="{html.escape(slug)}"><div id="plot"></div>'
-        '<aside id="side"><div id="controls"></div><div id="panel"></div></aside></main>'
+        f'<main id="graph-page" class="graph-view" data-slug="{html.escape(slug)}"><div class="plot" id="plot"></div>'
+        '<aside id="side"><div id="controls"></div><div id="subgraph"></div><div id="panel"></div></aside></main>'
     )
+
+
+def compare_body(first: str, second: str) -> str:
+    """Two graphs side by side (same prompt, e.g. two dictionary sets or two targets), shared nodes marked."""
+    return (
+        f'<main id="compare-page" data-slugs="{html.escape(first)} {html.escape(second)}">'
+        '<div class="plot" id="plot"></div><div class="plot" id="plot-b"></div><div id="compare-summary"></div></main>'
+    )
+
+
+def error_page(message: str, status: int = 404) -> HTMLResponse:
+    """A page saying what was not found (and how to find what exists), not a blank one."""
+    body = (
+        f'<main id="error"><h2>Not found</h2><p class="error">{html.escape(message)}</p>'
+        '<p><a href="/">The index</a> lists what the store holds.</p></main>'
+    )
+    return HTMLResponse(page("not found", body, []), status_code=status)
 
 
 def _inline_script(source: str) -> str:
@@ -56,7 +76,17 @@ def graph_html(document: dict) -> str:
 
 
 def export_graph_html(store: Store, slug: str, out: Path, max_edges: int) -> None:
-    """Write the graph page as one self-contained HTML file (opens from disk, no server, no network)."""
+    """Write the graph page as one self-contained HTML file (opens from disk, no server, no network): the
+    document of every logit is inlined, so choosing another logit works offline too."""
     document = graph_document(store, slug, max_edges)
+    logits = [node["node_id"] for node in document["nodes"] if node["kind"] == "logit"]
+    document["by_logit"] = {
+        logit: {key: value for key, value in graph_document(store, slug, max_edges, logit).items() if key in PER_LOGIT}
+        for logit in logits
+    }
     check_output_file(out)
     atomic_write_bytes(out, graph_html(document).encode(), checksum=False)
+
+
+PER_LOGIT = ("nodes", "edges", "paths", "logit")
+"""What changes with the chosen logit (the rest of a document is the graph's)."""

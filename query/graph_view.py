@@ -1,0 +1,163 @@
+"""What a graph page (and `graph show`) asks of one stored graph: the nodes and edges that matter for a chosen
+logit, the paths into it, the scores of a pinned subgraph, and the supernodes and pinned sets saved for it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from circuitdb.circuits.pruned import PrunedGraph
+from circuitdb.errors import CircuitDBError
+from circuitdb.store import Store, read_table, write_partition
+from circuitdb.store.graphs import graph_row
+from query.questions import require
+
+AnnotationKind = Literal["supernode", "pins"]
+NAME_LIMIT = 100
+
+
+def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple], list[dict]]:
+    """A graph's `graphs` row, its pruned nodes, its (source, target, weight) edges and its supernodes."""
+    row = graph_row(require(store, "graphs"), slug)
+    nodes, edges = _rows(store, slug)
+    return row, nodes.to_dicts(), edges.rows(), annotations(store, slug, "supernode")
+
+
+def _rows(store: Store, slug: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The graph's pruned nodes (by node_id) and edges: one partition each, named by the slug."""
+    nodes = read_table(store, "graph_nodes", partitions=[slug]).drop("slug").sort("node_id")
+    edges = read_table(store, "graph_edges", ["source", "target", "weight"], partitions=[slug])
+    return nodes, edges
+
+
+def top_logit(nodes: pl.DataFrame) -> str:
+    """The most probable logit node (for graphs of other targets, the first target)."""
+    logits = nodes.filter(pl.col("kind") == "logit").sort("activation", descending=True, nulls_last=True)
+    return logits["node_id"][0]
+
+
+def graph_document(store: Store, slug: str, max_edges: int, logit: str | None = None) -> dict:
+    """What a graph page draws for `logit` (default: the most probable): the `graphs` row; every pruned node
+    with its influence on that logit (`score`); the `max_edges` edges of highest influence on it, not of
+    largest |weight| (most of those come from errors and tokens); the strongest feature paths into it; the
+    pruned graph's scores; the saved supernodes, pinned sets and the interventions run from the page."""
+    row = graph_row(require(store, "graphs"), slug)
+    nodes, edges = _rows(store, slug)
+    graph = PrunedGraph(nodes, edges)
+    logit = logit or top_logit(nodes)
+    reading = graph.for_logit(logit)
+    kept = np.argsort(-reading.edge_scores, kind="stable")[:max_edges]
+    chosen = graph.edges[kept]
+    scores = graph.scores()
+    return {
+        "graph": row,
+        "logit": logit,
+        "nodes": nodes.with_columns(score=pl.Series(reading.node_scores)).to_dicts(),
+        "edges": [list(edge) for edge in chosen.rows()],
+        "n_edges": row["n_edges_pruned"],
+        "paths": [path._asdict() for path in graph.top_paths(logit)],
+        "scores": {"replacement": scores.replacement, "completeness": scores.completeness},
+        "supernodes": annotations(store, slug, "supernode"),
+        "pins": annotations(store, slug, "pins"),
+        "interventions": graph_interventions(store, slug),
+    }
+
+
+def subgraph_scores(store: Store, slug: str, node_ids: list[str]) -> dict:
+    """Replacement and completeness of the subgraph the pinned `node_ids` span (see `PrunedGraph`)."""
+    graph_row(require(store, "graphs"), slug)
+    scores = PrunedGraph(*_rows(store, slug)).subgraph_scores(node_ids)
+    return scores._asdict()
+
+
+def steerable_nodes(store: Store, slug: str, node_ids: list[str]) -> tuple[str, list[tuple[str, int]]]:
+    """The graph's prompt and the (feature_id, position) of the pinned feature nodes among `node_ids`."""
+    row = graph_row(require(store, "graphs"), slug)
+    nodes, _ = _rows(store, slug)
+    chosen = nodes.filter(pl.col("node_id").is_in(node_ids))
+    unknown = sorted(set(node_ids) - set(chosen["node_id"]))
+    if unknown:
+        raise CircuitDBError(f"graph {slug} has no node {unknown[0]!r} (after pruning)")
+    features = chosen.filter(pl.col("kind") == "feature")
+    if features.is_empty():
+        raise CircuitDBError("pin at least one feature to intervene on (errors, tokens and logits cannot be steered)")
+    return row["prompt"], list(zip(features["feature_id"], features["position"], strict=True))
+
+
+def graph_interventions(store: Store, slug: str) -> list[dict]:
+    """Interventions run from the graph's page, newest first."""
+    runs = read_table(store, "interventions").filter(pl.col("slug") == slug).sort("created_at", descending=True)
+    return [
+        {key: row[key] for key in ("run_id", "features", "mode", "value", "freeze_attention", "generated")}
+        | {"top_token_before": row["top_token_before"], "top_token_after": row["top_token_after"]}
+        | {"changes": json.loads(row["logit_changes"]), "node_positions": row["node_positions"]}
+        for row in runs.iter_rows(named=True)
+    ]
+
+
+def annotations(store: Store, slug: str, kind: AnnotationKind) -> list[dict]:
+    """The supernodes (or pinned sets) saved for graph `slug`: name and node ids, oldest first; of several
+    rows of one name the newest (a store written before each had its own partition holds several in one),
+    and none for a name whose newest row says it was deleted."""
+    frame = read_table(store, "graph_annotations").filter(pl.col("slug") == slug)
+    frame = frame.filter(pl.col("kind").fill_null("supernode") == kind).sort("created_at")
+    frame = frame.unique("name", keep="last").filter(~pl.col("deleted").fill_null(False)).sort("created_at")
+    return [{"name": row["name"], "node_ids": list(row["node_ids"])} for row in frame.iter_rows(named=True)]
+
+
+def save_annotation(store: Store, slug: str, kind: AnnotationKind, name: str, node_ids: list[str]) -> list[dict]:
+    """Save `node_ids` of graph `slug` under `name` (replacing what that name held). Each name is its own
+    partition, written whole: two writers (the viewer, the CLI, on one machine or two) never read, change and
+    write back one another's rows, so nothing is lost. Returns the graph's annotations of that kind."""
+    name = _checked_name(name)
+    graph_row(require(store, "graphs"), slug)
+    known = set(read_table(store, "graph_nodes", ["node_id"], partitions=[slug])["node_id"])
+    unknown = sorted(set(node_ids) - known)
+    least = 2 if kind == "supernode" else 1
+    if len(set(node_ids)) < least or unknown:
+        what = "a supernode groups two" if kind == "supernode" else "a pinned set holds one"
+        raise CircuitDBError(f"{what} or more of the graph's nodes (unknown: {unknown})")
+    _write_annotation(store, slug, kind, name, sorted(set(node_ids)), deleted=False)
+    return annotations(store, slug, kind)
+
+
+def delete_annotation(store: Store, slug: str, kind: AnnotationKind, name: str) -> list[dict]:
+    """Delete the supernode (or pinned set) `name`: its partition now says so. Returns what is left."""
+    if name not in {saved["name"] for saved in annotations(store, slug, kind)}:
+        raise CircuitDBError(f"graph {slug} has no {kind} named {name!r}")
+    _write_annotation(store, slug, kind, name, [], deleted=True)
+    return annotations(store, slug, kind)
+
+
+def rename_annotation(store: Store, slug: str, kind: AnnotationKind, name: str, new_name: str) -> list[dict]:
+    """Save `name`'s nodes under `new_name`, then delete `name` (a failure between leaves both, never none)."""
+    saved = {group["name"]: group["node_ids"] for group in annotations(store, slug, kind)}
+    if name not in saved:
+        raise CircuitDBError(f"graph {slug} has no {kind} named {name!r}")
+    if _checked_name(new_name) in saved:
+        raise CircuitDBError(f"graph {slug} already has a {kind} named {new_name.strip()!r}")
+    save_annotation(store, slug, kind, new_name, saved[name])
+    return delete_annotation(store, slug, kind, name)
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > NAME_LIMIT:
+        raise CircuitDBError(f"a name has 1 to {NAME_LIMIT} characters")
+    return name
+
+
+def _write_annotation(
+    store: Store, slug: str, kind: AnnotationKind, name: str, node_ids: list[str], deleted: bool
+) -> None:
+    """One partition per (graph, kind, name); supernodes keep the partition names they always had."""
+    key = name if kind == "supernode" else f"{kind}\0{name}"
+    row = {"slug": slug, "name": name, "node_ids": node_ids, "created_at": datetime.now(UTC)}
+    row |= {"kind": kind, "deleted": deleted}
+    partition = f"{slug}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
