@@ -58,14 +58,22 @@ def graph_document(store: Store, slug: str, max_edges: int, logit: str | None = 
         "graph": row,
         "logit": logit,
         "nodes": nodes.with_columns(score=pl.Series(reading.node_scores)).to_dicts(),
-        "edges": [list(edge) for edge in chosen.rows()],
+        "edges": [[*edge, float(score)] for edge, score in zip(chosen.rows(), reading.edge_scores[kept], strict=True)],
         "n_edges": row["n_edges_pruned"],
         "paths": [path._asdict() for path in graph.top_paths(logit)],
         "scores": {"replacement": scores.replacement, "completeness": scores.completeness},
         "supernodes": annotations(store, slug, "supernode"),
         "pins": annotations(store, slug, "pins"),
         "interventions": graph_interventions(store, slug),
+        "same_prompt": _same_prompt(store, row),
     }
+
+
+def _same_prompt(store: Store, row: dict) -> list[dict]:
+    """Other graphs of the graph's prompt (other dictionaries or targets): what its page offers to compare."""
+    graphs = read_table(store, "graphs", ["slug", "prompt", "dictionaries", "target"])
+    others = graphs.filter((pl.col("prompt") == row["prompt"]) & (pl.col("slug") != row["slug"]))
+    return others.select("slug", "dictionaries", "target").to_dicts()
 
 
 def subgraph_scores(store: Store, slug: str, node_ids: list[str]) -> dict:

@@ -65,7 +65,7 @@ def graph_html(document: dict) -> str:
     """The graph page as one file: styles, plotly.js, the page's script and the graph's data inlined, so it
     opens from disk with no server and no network (feature cards show what the graph itself holds)."""
     data = json.dumps(document, default=str).replace("</", "<\\/")
-    pages = [(STATIC / name).read_text() for name in ("common.js", "graph.js")]
+    pages = [(STATIC / name).read_text() for name in ("common.js", "graph_draw.js", "graph.js")]
     scripts = [f"window.PAGE_DATA = {data};", plotly_js(), *pages]
     slug = document["graph"]["slug"]
     return (

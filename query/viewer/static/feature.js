@@ -1,4 +1,10 @@
 // Feature page: statistics, activation histogram, output logits, neighbours and highlighted exemplars.
+// A token of only whitespace that the feature fires on is drawn as its glyph (␣ ↵ ⇥), or its highlight
+// would have nothing to colour.
+function tokenSpan(token, value, peak) {
+  const shown = value > 0 && !String(token).trim() ? `<span class="whitespace">${escapeHTML(visibleToken(token))}</span>${token.includes("\n") ? "\n" : ""}` : escapeHTML(token);
+  return `<span style="background:${heat(value, peak)}" title="${Number(value).toFixed(3)}">${shown}</span>`;
+}
 (async function () {
   const main = document.getElementById("feature-page");
   let f;
@@ -12,7 +18,7 @@
     `<a href="/feature/${encodeURI(id)}">${escapeHTML(id)}</a> (${Number((f.neighbour_cosines || [])[i]).toFixed(2)})`);
   const exemplars = f.exemplars.map(e => {
     const peak = Math.max(...e.values, 1e-9);
-    const spans = e.tokens.map((t, i) => `<span style="background:${heat(e.values[i], f.max_act || peak)}" title="${Number(e.values[i]).toFixed(3)}">${escapeHTML(t)}</span>`);
+    const spans = e.tokens.map((t, i) => tokenSpan(t, e.values[i], f.max_act || peak));
     return `<div class="exemplar" data-kind="${e.kind}">${escapeHTML(e.kind)} ${e.kind === "top" ? e.rank : "group " + e.group}: ${spans.join("")}</div>`;
   });
   main.innerHTML = `${featureCard(f)}
@@ -29,13 +35,12 @@
     try {
       body = await postJSON(`/api/feature/${encodeURI(f.feature_id)}/text`, { text: document.getElementById("text").value });
     } catch (error) { out.textContent = error.message; return; }
-    out.innerHTML = body.tokens.map((t, i) =>
-      `<span style="background:${heat(body.values[i], f.max_act || 1)}" title="${body.values[i].toFixed(3)}">${escapeHTML(t)}</span>`).join("");
+    out.innerHTML = body.tokens.map((t, i) => tokenSpan(t, body.values[i], f.max_act || 1)).join("");
     out.dataset.values = JSON.stringify(body.values);
   });
   const counts = f.histogram || [];
   const width = (f.max_act || 1) / Math.max(counts.length, 1);
   Plotly.newPlot("histogram", [{ type: "bar", x: counts.map((_, i) => (i + 0.5) * width), y: counts }],
-    { margin: { t: 10 }, xaxis: { title: { text: "activation" } }, yaxis: { title: { text: "tokens" }, type: "log" } });
+    { margin: { t: 10 }, xaxis: { title: { text: "activation" } }, yaxis: { title: { text: "tokens" }, type: "log", dtick: 1 } });
   main.dataset.ready = "1";
 })();

@@ -1,155 +1,346 @@
-// Graph page: nodes by prompt position (x) and layer (y); the strongest edges, blue when they excite and
-// red when they inhibit, wider when stronger; hover a node to light up its edges, click it for its card;
-// the slider is an edge threshold; the search box rings the nodes whose label matches.
-const COLORS = { feature: "#1f77b4", error: "#aaaaaa", token: "#2ca02c", logit: "#d62728" };
+// Graph page: the nodes and edges that matter for the chosen logit (influence, as pruning ranks), laid out
+// without overlaps, labelled; the strongest feature paths into the logit highlighted; click a node for its
+// card (its edges from the whole stored graph), pin nodes into a subgraph (scored on the server), group
+// them into supernodes, ablate or steer them; the whole view lives in the URL (#...), so a link shares it.
+const OFFLINE = Boolean(window.PAGE_DATA);
 
-function place(nodes, nLayers) {
-  const cells = {};
-  return nodes.map(n => {
-    const y = n.kind === "token" ? -1 : n.kind === "logit" ? nLayers : n.layer;
-    const key = `${n.position}:${y}`;
-    const k = (cells[key] = (cells[key] || 0) + 1) - 1;
-    return { x: n.position + 0.12 * (k % 7) - 0.36, y: y + 0.1 * Math.floor(k / 7) + (n.kind === "error" ? 0.3 : 0) };
-  });
+function readState(hash) {
+  const q = new URLSearchParams(hash.replace(/^#/, ""));
+  const list = key => (q.get(key) ? q.get(key).split(",").filter(Boolean) : []);
+  let groups = null;
+  try { groups = q.get("groups") ? JSON.parse(q.get("groups")) : null; } catch (_) { groups = null; }
+  const number = (key, fallback) => (q.get(key) !== null && !Number.isNaN(Number(q.get(key))) ? Number(q.get(key)) : fallback);
+  return { logit: q.get("logit") || null, pins: list("pins"), sel: q.get("sel") || null,
+    nodes: number("nodes", 0.8), edges: number("edges", 0.85), errors: q.get("errors") || "dim",
+    q: q.get("q") || "", sub: q.get("sub") === "1", groups };
 }
 
-function edgeTrace(edges, at, sign, width, opacity) {
-  const xs = [], ys = [];
-  for (const [source, target, weight] of edges) {
-    if ((weight >= 0) !== (sign > 0) || !(source in at) || !(target in at)) continue;
-    xs.push(at[source].x, at[target].x, null);
-    ys.push(at[source].y, at[target].y, null);
-  }
-  const color = sign > 0 ? "rgba(31,119,180," + opacity + ")" : "rgba(214,39,40," + opacity + ")";
-  return { x: xs, y: ys, mode: "lines", type: "scatter", hoverinfo: "skip", line: { color, width }, showlegend: false };
+function writeState(state) {
+  const q = new URLSearchParams();
+  if (state.logit) q.set("logit", state.logit);
+  if (state.pins.length) q.set("pins", state.pins.join(","));
+  if (state.sel) q.set("sel", state.sel);
+  q.set("nodes", String(state.nodes));
+  q.set("edges", String(state.edges));
+  q.set("errors", state.errors);
+  if (state.q) q.set("q", state.q);
+  if (state.sub) q.set("sub", "1");
+  q.set("groups", JSON.stringify(state.groups || []));
+  history.replaceState(null, "", `#${q.toString()}`);
 }
 
 (async function () {
   const page = document.getElementById("graph-page");
   const plot = document.getElementById("plot");
   const panel = document.getElementById("panel");
-  const data = window.PAGE_DATA || await getJSON(`/api/graph/${encodeURIComponent(page.dataset.slug)}`);
-  const { graph, nodes, edges } = data;
-  const nLayers = Math.max(0, ...nodes.filter(n => n.kind === "logit").map(n => n.layer));
-  const points = place(nodes, nLayers);
-  const at = {};
-  nodes.forEach((n, i) => (at[n.node_id] = points[i]));
-  const byId = Object.fromEntries(nodes.map(n => [n.node_id, n]));
-  const nodeTrace = {
-    name: "nodes", x: points.map(p => p.x), y: points.map(p => p.y), customdata: nodes.map((_, i) => i),
-    text: nodes.map(n => `${n.feature_id || n.kind} @${n.position} ${n.token}<br>${n.label || ""}`),
-    mode: "markers", type: "scatter", hoverinfo: "text", showlegend: false,
-    marker: { size: 8, color: nodes.map(n => COLORS[n.kind]), line: { width: 0, color: "#000" } },
-  };
-  // The slider keeps the strongest edges that carry a share of the loaded edges' total |weight| (a client-side
-  // edge threshold over the stored edges); widths in three classes by |weight|.
-  const total = edges.reduce((sum, e) => sum + Math.abs(e[2]), 0);
-  const cumulative = [];
-  edges.reduce((sum, e, i) => (cumulative[i] = sum + Math.abs(e[2]) / (total || 1)), 0);
-  const keptFor = share => (share >= 1 ? edges.length : cumulative.findIndex(c => c >= share) + 1);
-  let share = 0.8;
-  const peak = edges.length ? Math.abs(edges[0][2]) : 1;
-  function background() {
-    const kept = edges.slice(0, keptFor(share));
-    const classes = [[0.3, 3], [0.1, 1.5], [0, 0.6]];
-    return classes.flatMap(([floor, width], i) => {
-      const ceiling = i === 0 ? Infinity : classes[i - 1][0];
-      const mine = kept.filter(e => Math.abs(e[2]) >= floor * peak && Math.abs(e[2]) < ceiling * peak);
-      return [edgeTrace(mine, at, 1, width, 0.3), edgeTrace(mine, at, -1, width, 0.3)];
-    });
-  }
-  const HIGHLIGHT = [6, 7], NODES = 8;
-  const traces = () => [...background(), edgeTrace([], at, 1, 3, 0.9), edgeTrace([], at, -1, 3, 0.9), nodeTrace];
-  const tokens = graph.tokens || [];
-  const layout = {
-    margin: { t: 30, l: 50, r: 10, b: 80 }, hovermode: "closest", dragmode: "pan",
-    title: { text: `${graph.slug} — target: ${graph.target || "top logits"} — ${graph.n_nodes_pruned} nodes, ${data.n_edges} edges (strongest shown)`, font: { size: 13 } },
-    xaxis: { tickvals: tokens.map((_, i) => i), ticktext: tokens, tickangle: -45 },
-    yaxis: { title: { text: "layer" }, tickvals: [-1, ...Array.from({ length: nLayers }, (_, i) => i), nLayers],
-      ticktext: ["tokens", ...Array.from({ length: nLayers }, (_, i) => String(i)), "logits"] },
-  };
-  await Plotly.newPlot(plot, traces(), layout, { responsive: true, scrollZoom: true });
-
-  function incident(nodeId) {
-    return edges.filter(([s, t]) => s === nodeId || t === nodeId).slice(0, 12);
-  }
-  plot.on("plotly_hover", event => {
-    const node = nodes[event.points[0].customdata];
-    if (node === undefined) return;
-    const mine = incident(node.node_id);
-    Plotly.restyle(plot, { x: [edgeTrace(mine, at, 1, 3, 0.9).x, edgeTrace(mine, at, -1, 3, 0.9).x],
-      y: [edgeTrace(mine, at, 1, 3, 0.9).y, edgeTrace(mine, at, -1, 3, 0.9).y] }, HIGHLIGHT);
-  });
-  plot.on("plotly_click", async event => {
-    const node = nodes[event.points[0].customdata];
-    if (node === undefined) return;
-    const lines = incident(node.node_id).map(([s, t, w]) => {
-      const other = byId[s === node.node_id ? t : s];
-      const arrow = s === node.node_id ? "→" : "←";
-      return `<li>${arrow} ${w.toFixed(3)} ${escapeHTML(other.feature_id || other.kind)} @${other.position} ${escapeHTML(other.token)}</li>`;
-    });
-    panel.innerHTML = `<div id="node" data-node="${escapeHTML(node.node_id)}"><h3>${escapeHTML(node.feature_id || node.kind)}</h3>
-      <p>@${node.position} ${escapeHTML(node.token)} · influence ${Number(node.influence).toFixed(4)}</p>
-      <button id="select">add to group</button>
-      <ul>${lines.join("")}</ul></div><div id="card"></div>`;
-    document.getElementById("select").addEventListener("click", () => {
-      if (!selected.includes(node.node_id)) selected.push(node.node_id);
-      showGroups();
-    });
-    if (node.kind === "feature" && window.PAGE_DATA) {  // a file opened from disk: what the graph holds
-      document.getElementById("card").innerHTML = `<h3>${escapeHTML(node.feature_id)}</h3><p>${escapeHTML(node.label)}</p>`;
-    } else if (node.kind === "feature") {
-      try {
-        document.getElementById("card").innerHTML = featureCard(await getJSON(`/api/feature/${encodeURI(node.feature_id)}`));
-      } catch (error) {
-        document.getElementById("card").innerHTML = `<p class="muted">${escapeHTML(error.message)}</p>`;
-      }
-    }
-  });
-
   const controls = document.getElementById("controls");
-  controls.innerHTML = `<label>edges carrying <input id="edges" type="range" min="0.05" max="1" step="0.01" value="${share}">
-    <span id="edges-share">${Math.round(100 * share)}%</span> of the weight (<span id="edges-count">${keptFor(share)}</span> edges)</label>
-    <br><input id="search" placeholder="search labels" size="30">`;
-  document.getElementById("edges").addEventListener("input", event => {
-    share = Number(event.target.value);
-    document.getElementById("edges-share").textContent = `${Math.round(100 * share)}%`;
-    document.getElementById("edges-count").textContent = keptFor(share);
-    const lines = background();
-    Plotly.restyle(plot, { x: lines.map(t => t.x), y: lines.map(t => t.y) }, [0, 1, 2, 3, 4, 5]);
-  });
-  document.getElementById("search").addEventListener("input", event => {
-    const needle = event.target.value.toLowerCase();
-    const hit = nodes.map(n => needle && (n.label || "").toLowerCase().includes(needle));
-    Plotly.restyle(plot, { "marker.line.width": [hit.map(h => (h ? 3 : 0))], "marker.size": [hit.map(h => (h ? 14 : 8))] }, [NODES]);
-  });
-  // Supernodes: nodes added to the group, then named and saved (the viewer's only write); saved ones
-  // come back with the graph, so they survive a reload.
-  const selected = [];
-  let groups = data.supernodes || [];
-  const groupsBox = document.createElement("div");
-  groupsBox.id = "groups";
-  controls.appendChild(groupsBox);
-  function showGroups() {
-    const saved = groups.map(g => `<li class="supernode"><b>${escapeHTML(g.name)}</b>: ${g.node_ids.map(escapeHTML).join(", ")}</li>`);
-    const saving = window.PAGE_DATA ? "" : `<input id="group-name" placeholder="supernode name"> <button id="save-group">group ${selected.length}</button>`;
-    groupsBox.innerHTML = `<h4>supernodes</h4><ul>${saved.join("")}</ul>
-      <p>selected: <span id="selected">${selected.map(escapeHTML).join(", ")}</span></p>${saving}`;
-    const button = document.getElementById("save-group");
-    if (button) button.addEventListener("click", saveGroup);
-  }
-  async function saveGroup() {
-    const name = document.getElementById("group-name").value;
-    const response = await fetch(`/api/graph/${encodeURIComponent(graph.slug)}/supernodes`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name, node_ids: selected }) });
-    const body = await response.json();
-    if (!response.ok) { groupsBox.insertAdjacentHTML("beforeend", `<p class="muted">${escapeHTML(body.error)}</p>`); return; }
-    groups = body.supernodes;
-    selected.length = 0;
-    showGroups();
-  }
-  showGroups();
+  const subgraphBox = document.getElementById("subgraph");
+  const slug = page.dataset.slug;
+  const state = readState(location.hash);
+  let data;
 
-  plot.dataset.nodes = String(nodeTrace.x.length);
+  async function load(logit) {
+    if (OFFLINE) {
+      const base = window.PAGE_DATA;
+      const chosen = logit && base.by_logit && base.by_logit[logit] ? base.by_logit[logit] : {};
+      return { ...base, ...chosen };
+    }
+    return getJSON(`/api/graph/${encodeURIComponent(slug)}${logit ? `?logit=${encodeURIComponent(logit)}` : ""}`);
+  }
+  try {
+    data = await load(state.logit);
+  } catch (error) {
+    page.innerHTML = `<p class="error" id="error">${escapeHTML(error.message)}</p>`;
+    return;
+  }
+  const graph = data.graph;
+  state.logit = data.logit;
+  if (state.groups === null) state.groups = (data.supernodes || []).map(g => [g.name, ...g.node_ids]);
+  let saved = { supernodes: data.supernodes || [], pins: data.pins || [] };
+  let runs = data.interventions || [];
+  const nLayers = Math.max(0, ...data.nodes.filter(n => n.kind === "logit").map(n => n.layer));
+  const nPositions = (graph.tokens || []).length || 1 + Math.max(...data.nodes.map(n => n.position));
+  let current = null;  // what is drawn: {items, edges, placed, byId}
+
+  function items() {
+    return visibleNodes(data.nodes, state).map(n => ({ ...n, id: n.node_id }));
+  }
+
+  function draw() {
+    const byNode = Object.fromEntries(data.nodes.map(n => [n.node_id, n]));
+    const merged = mergeGroups(items(), keptEdges(data.edges, state.edges), state.groups || []);
+    const width = Math.max(200, plot.clientWidth - MARGIN.l - MARGIN.r);
+    const height = Math.max(200, plot.clientHeight - MARGIN.t - MARGIN.b);
+    const placed = layoutNodes(merged.items, nLayers, nPositions, width, height);
+    const byId = Object.fromEntries(merged.items.map(item => [item.id, item]));
+    current = { items: merged.items, edges: merged.edges, placed, byId, owner: merged.owner };
+    const at = placed.at;
+    const pinned = new Set(state.pins.map(id => merged.owner[id] || id));
+    const needle = state.q.toLowerCase();
+    const priority = i => (i.kind === "logit" ? 1e9 + i.activation : pinned.has(i.id) || i.id === state.sel ? 1e8 : i.kind === "supernode" ? 1e7 : i.kind === "feature" ? i.score : 0);
+    const labels = placeLabels(merged.items, placed, width, height, nLayers, priority, 40);
+    const dim = item => (item.kind === "error" && state.errors === "dim") || (state.sub && item.kind === "token");
+    const nodeTrace = {
+      name: "nodes", type: "scatter", mode: "markers+text", hoverinfo: "text", showlegend: false,
+      x: merged.items.map(i => at[i.id].x), y: merged.items.map(i => at[i.id].y), customdata: merged.items.map(i => i.id),
+      hovertext: merged.items.map(hoverText),
+      text: labels.text, textposition: labels.where, textfont: { size: 9, color: "#333" }, cliponaxis: false,
+      marker: {
+        size: merged.items.map(i => (i.kind === "supernode" ? placed.size * 1.0 : placed.size)),
+        symbol: merged.items.map(i => (i.kind === "supernode" ? "square" : i.kind === "error" ? "diamond" : "circle")),
+        color: merged.items.map(i => COLORS[i.kind]),
+        opacity: merged.items.map(i => (dim(i) ? 0.35 : 1)),
+        line: { color: merged.items.map(i => (needle && (i.label || i.name || "").toLowerCase().includes(needle) ? "#ff7f0e" : "#000")),
+          width: merged.items.map(i => (pinned.has(i.id) ? 2.5 : needle && (i.label || i.name || "").toLowerCase().includes(needle) ? 2.5 : 0)) },
+      },
+    };
+    const selected = state.sel && (merged.owner[state.sel] || state.sel);
+    const mine = selected ? merged.edges.filter(([s, t]) => s === selected || t === selected) : [];
+    const pathEdges = (data.paths || []).flatMap(p => p.nodes.slice(1).map((t, i) => [merged.owner[p.nodes[i]] || p.nodes[i], merged.owner[t] || t, 1]));
+    const pathXY = edgeLines(pathEdges.filter(([s, t]) => s !== t), at, 1);
+    const traces = [
+      ...edgeTraces(merged.edges, at, state.sel ? 0.12 : 0.3),
+      { ...pathXY, name: "paths", mode: "lines", type: "scatter", hoverinfo: "skip", showlegend: false, line: { color: "rgba(255,127,14,0.85)", width: 3.5 } },
+      edgeTrace(mine, at, 1, 2.5, 0.95, "selected"), edgeTrace(mine, at, -1, 2.5, 0.95, "selected"),
+      nodeTrace,
+      { name: "selection", type: "scatter", mode: "markers", hoverinfo: "skip", showlegend: false,
+        x: selected && at[selected] ? [at[selected].x] : [], y: selected && at[selected] ? [at[selected].y] : [],
+        marker: { size: placed.size * 2.2, color: "rgba(0,0,0,0)", line: { color: "#ff7f0e", width: 3 }, symbol: "circle-open" } },
+    ];
+    const logitNode = byNode[state.logit];
+    const layout = {
+      margin: MARGIN, hovermode: "closest", dragmode: "pan", ...axes(graph, nLayers, placed),
+      title: { text: `${escapeHTML(graph.prompt || graph.slug)} → ${escapeHTML(visibleToken(logitNode ? logitNode.token : ""))} · ${merged.items.length} nodes, ${merged.edges.length} edges drawn of ${data.n_edges}`, font: { size: 13 } },
+    };
+    plot.dataset.nodes = String(merged.items.length);
+    plot.dataset.state = JSON.stringify(state);
+    writeState(state);
+    return Plotly.react(plot, traces, layout, { responsive: true, scrollZoom: true, displaylogo: false });
+  }
+
+  function legend() {
+    const dot = (color, text, shape = "●") => `<span style="color:${color}">${shape}</span> ${text}`;
+    return `<div id="legend" class="legend">${dot(COLORS.feature, "feature")} ${dot(COLORS.error, "MLP error", "◆")}
+      ${dot(COLORS.token, "token")} ${dot(COLORS.logit, "logit")} ${dot(COLORS.supernode, "supernode", "■")}
+      <br><span style="color:#1f77b4">━</span> excites <span style="color:#d62728">━</span> inhibits
+      <span style="color:#ff7f0e">━</span> top paths to the logit · ring: pinned</div>`;
+  }
+
+  function showControls() {
+    const logits = data.nodes.filter(n => n.kind === "logit").sort((a, b) => b.activation - a.activation);
+    const options = logits.map(n => `<option value="${escapeHTML(n.node_id)}" ${n.node_id === state.logit ? "selected" : ""}>${escapeHTML(visibleToken(n.token))} (${(100 * n.activation).toFixed(1)}%)</option>`);
+    controls.innerHTML = `${legend()}
+      <label>logit <select id="logit">${options.join("")}</select></label>
+      <label>nodes carrying <input id="nodes" type="range" min="0.05" max="1" step="0.01" value="${state.nodes}"> <span id="nodes-share">${Math.round(100 * state.nodes)}%</span> of its influence</label>
+      <label>edges carrying <input id="edges" type="range" min="0.05" max="1" step="0.01" value="${state.edges}"> <span id="edges-share">${Math.round(100 * state.edges)}%</span> (<span id="edges-count"></span> edges)</label>
+      <label>errors <select id="errors">${["dim", "show", "hide"].map(v => `<option ${v === state.errors ? "selected" : ""}>${v}</option>`).join("")}</select></label>
+      <label><input id="sub" type="checkbox" ${state.sub ? "checked" : ""}> pinned subgraph only</label>
+      <input id="search" placeholder="search labels" size="24" value="${escapeHTML(state.q)}">
+      <p class="muted">pruned graph: replacement ${Number(data.scores.replacement).toFixed(3)}, completeness ${Number(data.scores.completeness).toFixed(3)}${
+        OFFLINE ? "" : (data.same_prompt || []).map(g => ` · <a class="compare" href="/compare/${encodeURIComponent(slug)}/${encodeURIComponent(g.slug)}">compare with ${escapeHTML(g.dictionaries)}${g.target ? ` (${escapeHTML(g.target)})` : ""}</a>`).join("")}</p>
+      <ol id="paths" class="paths">${(data.paths || []).map(p => `<li>${p.nodes.map(id => `<a href="#" data-node="${escapeHTML(id)}">${escapeHTML(nodeName(id))}</a>`).join(" → ")} <span class="muted" title="product of each edge's share of its target's input">${(100 * p.share).toFixed(3)}%</span></li>`).join("")}</ol>`;
+    document.getElementById("edges-count").textContent = keptEdges(data.edges, state.edges).length;
+    document.getElementById("logit").addEventListener("change", async event => {
+      state.logit = event.target.value;
+      Object.assign(data, await load(state.logit));
+      showControls();
+      await draw();
+    });
+    for (const key of ["nodes", "edges"]) {
+      document.getElementById(key).addEventListener("input", event => {
+        state[key] = Number(event.target.value);
+        document.getElementById(`${key}-share`).textContent = `${Math.round(100 * state[key])}%`;
+        document.getElementById("edges-count").textContent = keptEdges(data.edges, state.edges).length;
+        draw();
+      });
+    }
+    document.getElementById("errors").addEventListener("change", event => { state.errors = event.target.value; draw(); });
+    document.getElementById("sub").addEventListener("change", event => { state.sub = event.target.checked; draw(); });
+    document.getElementById("search").addEventListener("input", event => { state.q = event.target.value; draw(); });
+    document.querySelectorAll("#paths a").forEach(a => a.addEventListener("click", event => { event.preventDefault(); select(a.dataset.node); }));
+  }
+
+  function nodeName(id) {
+    const n = data.nodes.find(m => m.node_id === id);
+    if (!n) return id;
+    if (n.kind === "token" || n.kind === "logit") return `${visibleToken(n.token)}`;
+    if (n.kind === "error") return `err L${n.layer}@${n.position}`;
+    return `${n.feature_id}@${n.position}`;
+  }
+
+  async function select(id) {
+    state.sel = id;
+    await draw();
+    const group = (state.groups || []).find(([name]) => `group:${name}` === id);
+    if (group) return showGroupCard(group);
+    const n = data.nodes.find(m => m.node_id === id);
+    if (!n) return;
+    const pinned = state.pins.includes(id);
+    const where = n.kind === "error" ? `MLP reconstruction error of layer ${n.layer} at position ${n.position} (${escapeHTML(visibleToken(n.token))})`
+      : `${n.kind} at position ${n.position} (${escapeHTML(visibleToken(n.token))})${n.kind === "feature" ? `, layer ${n.layer}` : ""}`;
+    panel.innerHTML = `<div id="node" data-node="${escapeHTML(id)}"><h3>${escapeHTML(n.feature_id || nodeName(id))}</h3>
+      <p>${where} · influence on the logit ${Number(n.score).toFixed(4)}${n.kind === "feature" ? ` · activation ${Number(n.activation).toFixed(3)}` : ""}</p>
+      <button id="pin">${pinned ? "unpin" : "pin"}</button>
+      <div id="card"></div><h4>inputs</h4><ul id="incoming" class="edges"></ul><h4>outputs</h4><ul id="outgoing" class="edges"></ul></div>`;
+    document.getElementById("pin").addEventListener("click", () => togglePin(id));
+    showEdges(id, "in", document.getElementById("incoming"));
+    showEdges(id, "out", document.getElementById("outgoing"));
+    if (n.kind !== "feature") return;
+    const card = document.getElementById("card");
+    if (OFFLINE) { card.innerHTML = `<p>${escapeHTML(n.label)}</p>`; return; }
+    try { card.innerHTML = featureCard(await getJSON(`/api/feature/${encodeURI(n.feature_id)}`)); }
+    catch (error) { card.innerHTML = `<p class="muted">${escapeHTML(error.message)}</p>`; }
+  }
+
+  async function showEdges(id, direction, list) {
+    let rows;
+    if (OFFLINE) {  // what the file holds: the loaded edges
+      rows = data.edges.filter(e => (direction === "in" ? e[1] === id : e[0] === id)).slice(0, 20)
+        .map(e => ({ node: direction === "in" ? e[0] : e[1], weight: e[2] }));
+    } else {
+      try {
+        rows = (await getJSON(`/api/graph/${encodeURIComponent(slug)}/edges?node=${encodeURIComponent(id)}&direction=${direction}&k=20`)).edges;
+      } catch (error) { list.innerHTML = `<li class="muted">${escapeHTML(error.message)}</li>`; return; }
+    }
+    list.innerHTML = rows.map(r => `<li><a href="#" data-node="${escapeHTML(r.node)}">${escapeHTML(nodeName(r.node))}</a> <span class="${r.weight >= 0 ? "plus" : "minus"}">${Number(r.weight).toFixed(3)}</span></li>`).join("") || "<li class='muted'>none</li>";
+    list.querySelectorAll("a").forEach(a => a.addEventListener("click", event => { event.preventDefault(); select(a.dataset.node); }));
+  }
+
+  function togglePin(id) {
+    state.pins = state.pins.includes(id) ? state.pins.filter(p => p !== id) : [...state.pins, id];
+    showSubgraph();
+    return select(id);
+  }
+
+  function showGroupCard([name, ...members]) {
+    const isSaved = saved.supernodes.some(g => g.name === name);
+    panel.innerHTML = `<div id="group-card" data-group="${escapeHTML(name)}"><h3>▣ ${escapeHTML(name)}</h3>
+      <p>${members.length} nodes${isSaved ? " · saved" : " · not saved"}</p>
+      <ul>${members.map(id => `<li>${escapeHTML(nodeName(id))}</li>`).join("")}</ul>
+      <input id="rename-to" placeholder="new name" value="${escapeHTML(name)}"> <button id="rename">rename</button>
+      <button id="ungroup">ungroup</button> <button id="delete-group">delete</button> <span id="group-error" class="error"></span></div>`;
+    const fail = error => (document.getElementById("group-error").textContent = error.message);
+    document.getElementById("rename").addEventListener("click", async () => {
+      const to = document.getElementById("rename-to").value.trim();
+      try {
+        if (!OFFLINE && isSaved) saved.supernodes = (await postJSON(`/api/graph/${encodeURIComponent(slug)}/supernodes`, { name, new_name: to })).supernodes;
+      } catch (error) { return fail(error); }
+      state.groups = state.groups.map(g => (g[0] === name ? [to, ...g.slice(1)] : g));
+      await select(`group:${to}`);
+    });
+    document.getElementById("ungroup").addEventListener("click", async () => {
+      state.groups = state.groups.filter(g => g[0] !== name);
+      state.sel = null;
+      panel.innerHTML = "";
+      await draw();
+    });
+    document.getElementById("delete-group").addEventListener("click", async () => {
+      try {
+        if (!OFFLINE && isSaved) saved.supernodes = (await sendJSON("DELETE", `/api/graph/${encodeURIComponent(slug)}/supernodes/${encodeURIComponent(name)}`)).supernodes;
+      } catch (error) { return fail(error); }
+      state.groups = state.groups.filter(g => g[0] !== name);
+      state.sel = null;
+      panel.innerHTML = "";
+      showSubgraph();
+      await draw();
+    });
+  }
+
+  async function showSubgraph() {
+    const pins = state.pins.map(id => `<li><a href="#" data-node="${escapeHTML(id)}">${escapeHTML(nodeName(id))}</a> <a href="#" class="unpin" data-node="${escapeHTML(id)}" title="unpin">×</a></li>`);
+    const savedPins = saved.pins.map(p => `<li><a href="#" class="load-pins" data-name="${escapeHTML(p.name)}">${escapeHTML(p.name)}</a> (${p.node_ids.length})</li>`);
+    const groups = (state.groups || []).map(([name, ...ids]) => `<li class="supernode"><a href="#" data-node="group:${escapeHTML(name)}">${escapeHTML(name)}</a>: ${ids.length} nodes</li>`);
+    const model = OFFLINE ? `<p class="muted">scores and interventions need <code>circuitdb serve</code></p>` : `
+      <p id="scores" class="scores"></p>
+      <h4>intervene on the pinned features</h4>
+      <select id="mode"><option>zero</option><option>scale</option><option>set</option></select>
+      <input id="value" type="number" step="any" value="0" size="5">
+      <label><input id="freeze" type="checkbox" checked> frozen attention</label>
+      <label>generate <input id="generate" type="number" min="0" max="32" value="8" size="3"></label>
+      <button id="intervene">run</button><div id="intervention"></div>
+      <h4>interventions from this graph</h4><ul id="runs">${runs.map(runLine).join("") || "<li class='muted'>none yet</li>"}</ul>`;
+    subgraphBox.innerHTML = `<h4>pinned (${state.pins.length})</h4><ul id="pinned">${pins.join("")}</ul>
+      <input id="group-name" placeholder="name"> <button id="save-group">group pinned</button> <button id="save-pins">save pins</button>
+      <span id="pins-error" class="error"></span>
+      <h4>supernodes</h4><ul id="groups">${groups.join("") || "<li class='muted'>none</li>"}</ul>
+      <h4>saved pin sets</h4><ul id="pin-sets">${savedPins.join("") || "<li class='muted'>none</li>"}</ul>${model}`;
+    subgraphBox.querySelectorAll("#pinned a:not(.unpin), #groups a").forEach(a => a.addEventListener("click", e => { e.preventDefault(); select(a.dataset.node); }));
+    subgraphBox.querySelectorAll("a.unpin").forEach(a => a.addEventListener("click", e => { e.preventDefault(); togglePin(a.dataset.node); }));
+    subgraphBox.querySelectorAll("a.load-pins").forEach(a => a.addEventListener("click", e => {
+      e.preventDefault();
+      state.pins = saved.pins.find(p => p.name === a.dataset.name).node_ids.slice();
+      showSubgraph();
+      draw();
+    }));
+    document.getElementById("save-group").addEventListener("click", saveGroup);
+    document.getElementById("save-pins").addEventListener("click", savePins);
+    if (OFFLINE) return;
+    document.getElementById("intervene").addEventListener("click", intervene);
+    const scores = document.getElementById("scores");
+    if (!state.pins.some(id => (data.nodes.find(n => n.node_id === id) || {}).kind === "feature")) {
+      scores.textContent = "pin features to score their subgraph";
+      return;
+    }
+    try {
+      const s = await postJSON(`/api/graph/${encodeURIComponent(slug)}/subgraph`, { node_ids: state.pins });
+      scores.innerHTML = `subgraph: replacement <b id="sub-replacement">${s.replacement.toFixed(4)}</b>, completeness <b id="sub-completeness">${s.completeness.toFixed(4)}</b> (${s.n_nodes} nodes, ${s.n_edges} edges)`;
+      scores.dataset.scores = JSON.stringify(s);
+    } catch (error) { scores.textContent = error.message; }
+  }
+
+  async function saveGroup() {
+    const name = document.getElementById("group-name").value.trim();
+    const error = document.getElementById("pins-error");
+    if (!name || state.pins.length < 2) { error.textContent = "pin two or more nodes and name the group"; return; }
+    try {
+      if (!OFFLINE) saved.supernodes = (await postJSON(`/api/graph/${encodeURIComponent(slug)}/supernodes`, { name, node_ids: state.pins })).supernodes;
+    } catch (e) { error.textContent = e.message; return; }
+    state.groups = (state.groups || []).filter(g => g[0] !== name).concat([[name, ...state.pins]]);
+    state.pins = [];
+    showSubgraph();
+    await draw();
+  }
+
+  async function savePins() {
+    const name = document.getElementById("group-name").value.trim();
+    const error = document.getElementById("pins-error");
+    if (OFFLINE) { error.textContent = "the URL holds the pins of an offline page"; return; }
+    try { saved.pins = (await postJSON(`/api/graph/${encodeURIComponent(slug)}/pins`, { name, node_ids: state.pins })).pins; }
+    catch (e) { error.textContent = e.message; return; }
+    showSubgraph();
+  }
+
+  function runLine(run) {
+    return `<li data-run="${escapeHTML(run.run_id)}">${escapeHTML(run.mode)} ${run.mode === "zero" ? "" : run.value} · ${escapeHTML(visibleToken(run.top_token_before))} → <b>${escapeHTML(visibleToken(run.top_token_after))}</b>${run.generated ? ` · “${escapeHTML(run.generated)}”` : ""} <span class="muted">${escapeHTML(run.run_id)}</span></li>`;
+  }
+
+  async function intervene() {
+    const out = document.getElementById("intervention");
+    const members = state.pins.flatMap(id => (id.startsWith("group:") ? [] : [id]));
+    out.textContent = "running…";
+    try {
+      const result = await postJSON(`/api/graph/${encodeURIComponent(slug)}/intervene`, {
+        node_ids: members, mode: document.getElementById("mode").value, value: Number(document.getElementById("value").value),
+        freeze_attention: document.getElementById("freeze").checked, generate: Number(document.getElementById("generate").value) });
+      out.innerHTML = `<table id="changes"><tr><th>token</th><th>before</th><th>after</th><th>change</th></tr>${result.changes.map(c =>
+        `<tr><td>${escapeHTML(visibleToken(c.token))}</td><td>${c.p_before.toFixed(4)}</td><td>${c.p_after.toFixed(4)}</td><td>${c.change >= 0 ? "+" : ""}${c.change.toFixed(4)}</td></tr>`).join("")}</table>
+        <p>continuation: <span id="continuation">${escapeHTML(result.generated)}</span> <span class="muted">run ${escapeHTML(result.run_id)}</span></p>`;
+      out.dataset.result = JSON.stringify(result);
+      runs = [{ ...result, mode: document.getElementById("mode").value, value: Number(document.getElementById("value").value) }, ...runs];
+      document.getElementById("runs").innerHTML = runs.map(runLine).join("");
+    } catch (error) { out.textContent = error.message; }
+  }
+
+  showControls();
+  await draw();
+  showSubgraph();
+  plot.on("plotly_click", event => {
+    const id = event.points[0].customdata;
+    if (typeof id !== "string") return;
+    const pinning = event.event && (event.event.ctrlKey || event.event.metaKey || event.event.shiftKey);
+    if (pinning) togglePin(id); else select(id);
+  });
+  window.addEventListener("resize", () => draw());
+  if (state.sel) await select(state.sel);
   plot.dataset.ready = "1";
 })();
