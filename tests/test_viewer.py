@@ -16,12 +16,30 @@ import polars as pl
 import pytest
 from starlette.testclient import TestClient
 
+from circuitdb.circuits.pruned import PrunedGraph
 from circuitdb.project import Project
 from circuitdb.store import Store, read_table
+from query.graph_view import annotations, subgraph_scores
+from query.questions import node_edges
 from query.viewer.app import make_app
 from tests.servers import LOCAL
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+NODES_TRACE = (
+    "() => { const t = document.getElementById('plot').data.find(t => t.name === 'nodes');"
+    " return {ids: t.customdata, text: t.text, x: t.x, y: t.y}; }"
+)
+
+
+def _overlapping_nodes(page) -> int:
+    """Pairs of drawn node markers whose boxes overlap, as the browser laid out plotly's SVG points."""
+    return page.evaluate("() => drawnOverlaps(document.getElementById('plot'))")
+
+
+def _click(page, node_id: str) -> None:
+    """What a click on the node's marker sends (plotly's click event with the node's id)."""
+    point = json.dumps({"points": [{"customdata": node_id}]})
+    page.evaluate(f"() => document.getElementById('plot').emit('plotly_click', {point})")
 
 
 def _project(store: Path, llama_dir: Path) -> Project:
@@ -44,9 +62,19 @@ def test_the_api_returns_what_the_tables_hold(client: TestClient, built_store: P
     nodes = read_table(store, "graph_nodes").filter(pl.col("slug") == slug)
     edges = read_table(store, "graph_edges").filter(pl.col("slug") == slug)
     assert sorted(n["node_id"] for n in document["nodes"]) == sorted(nodes["node_id"])
-    strongest = edges.sort(pl.col("weight").abs(), descending=True).head(10)
-    assert [e[2] for e in document["edges"]] == pytest.approx(strongest["weight"].to_list())
+    top = nodes.sort("activation", descending=True).filter(pl.col("kind") == "logit")["node_id"][0]
+    reading = PrunedGraph(nodes.sort("node_id"), edges).for_logit(top)  # checked against dense matrices elsewhere
+    best = sorted(reading.edge_scores, reverse=True)[:10]
+    assert document["logit"] == top and [e[3] for e in document["edges"]] == pytest.approx(best)
+    weights = {(s, t): w for s, t, w in edges.select("source", "target", "weight").rows()}
+    assert [e[2] for e in document["edges"]] == pytest.approx([weights[(e[0], e[1])] for e in document["edges"]])
     assert document["n_edges"] == edges.height
+    other = nodes.filter((pl.col("kind") == "logit") & (pl.col("node_id") != top))["node_id"]
+    if len(other):  # another logit: its own influence
+        again = client.get(f"/api/graph/{slug}", params={"logit": other[0]}).json()
+        assert again["logit"] == other[0] and again["nodes"] != document["nodes"]
+    bad = client.get(f"/api/graph/{slug}", params={"logit": "nope"})
+    assert bad.status_code == 400 and "not one of the graph's logits" in bad.json()["error"]
     feature = read_table(store, "features").filter(~pl.col("dead"))["feature_id"][0]
     page = client.get(f"/api/feature/{feature}").json()
     assert page["feature_id"] == feature and page["exemplars"]
@@ -162,7 +190,9 @@ def _two_sweep_points(store: Store) -> None:
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
-def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pytest.TempPathFactory, cli) -> None:
+def test_the_pages_in_a_browser(
+    served: str, viewed: Path, built_store: Path, tmp_path_factory: pytest.TempPathFactory, cli
+) -> None:
     from playwright.sync_api import sync_playwright
 
     store = Store(viewed)
@@ -180,37 +210,103 @@ def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pyt
 
         page.goto(f"{served}/graph/{slug}")
         page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
-        assert int(page.get_attribute("#plot", "data-nodes")) == nodes.height
-        feature_index = page.evaluate(
-            "() => { const gd = document.getElementById('plot');"
-            " return gd.data.find(t => t.name === 'nodes').text.findIndex(t => t.startsWith('plt/')); }"
-        )
-        page.evaluate(
-            f"() => document.getElementById('plot').emit('plotly_click', {{points: [{{customdata: {feature_index}}}]}})"
-        )
-        assert feature_index >= 0
+        assert _overlapping_nodes(page) == 0
+        drawn = page.evaluate(NODES_TRACE)
+        assert set(drawn["ids"]) <= set(nodes["node_id"]) and drawn["ids"]
+        top = nodes.filter(pl.col("kind") == "logit").sort("activation", descending=True).row(0, named=True)
+        assert f"{100 * top['activation']:.1f}%" in drawn["text"][drawn["ids"].index(top["node_id"])]
+        features = nodes.filter(pl.col("kind") == "feature").sort("node_id")
+        node_id, feature = features["node_id"][0], features["feature_id"][0]
+        _click(page, node_id)
         page.wait_for_function("() => document.querySelector('#card h3')", timeout=30_000)
-        shown = page.inner_text("#card h3")
-        ordered = sorted(nodes.rows(named=True), key=lambda n: n["node_id"])  # the API's order
-        assert shown == ordered[feature_index]["feature_id"]
+        assert page.inner_text("#card h3") == feature
+        page.wait_for_selector("#incoming li a")
+        stored = node_edges(store, slug, None, node_id, 20)
+        shown = page.locator("#incoming li span").all_inner_texts()
+        assert [float(w) for w in shown] == pytest.approx([row[3] for row in stored.rows], abs=6e-4)
         page.screenshot(path=str(shots / "graph.png"))
 
-        grouped = [ordered[feature_index]["node_id"], ordered[feature_index - 1 or 1]["node_id"]]
-        for node_id in grouped:  # click each node, add it to the group
-            index = [n["node_id"] for n in ordered].index(node_id)
-            page.evaluate(
-                f"() => document.getElementById('plot').emit('plotly_click', {{points: [{{customdata: {index}}}]}})"
-            )
-            page.wait_for_selector(f"#node[data-node='{node_id}']")
-            page.click("#select")
+        page.click("#pin")  # pinned: the subgraph's scores, computed on the server
+        page.wait_for_selector("#sub-replacement")
+        scores = json.loads(page.get_attribute("#scores", "data-scores"))
+        assert scores == pytest.approx(subgraph_scores(store, slug, [node_id]))
+
+        page.fill("#generate", "3")  # ablate the pinned feature: the same as `circuitdb steer` there
+        page.click("#intervene")
+        page.wait_for_selector("#changes", timeout=60_000)
+        result = json.loads(page.get_attribute("#intervention", "data-result"))
+        position = str(features["position"][0])
+        prompt = read_table(store, "graphs").filter(pl.col("slug") == slug)["prompt"][0]
+        code, out, err = cli(
+            "steer",
+            prompt,
+            "--feature",
+            feature,
+            "--positions",
+            position,
+            "--freeze-attention",
+            "--generate",
+            "3",
+            "-f",
+            "json",
+            "--store",
+            str(viewed),
+            "--config",
+            str(built_store.parent / "circuitdb.yaml"),
+        )
+        assert code == 0, err
+        steered = json.loads(out)
+        assert result["generated"] == steered["generated"]
+        expected = json.loads(steered["logit_changes"])
+        assert [c["token"] for c in result["changes"]] == [c["token"] for c in expected]
+        numbers = [[c[key] for key in ("p_before", "p_after", "change")] for c in result["changes"]]
+        assert numbers == [pytest.approx([c[key] for key in ("p_before", "p_after", "change")]) for c in expected]
+        runs = read_table(store, "interventions").filter(pl.col("slug") == slug)
+        assert runs.height == 1 and runs["node_positions"][0].to_list() == [[int(position)]]
+
+        grouped = sorted([node_id, top["node_id"]])
+        _click(page, top["node_id"])
+        page.wait_for_selector(f"#node[data-node='{top['node_id']}']")
+        page.click("#pin")
         page.fill("#group-name", "my circuit")
         page.click("#save-group")
-        page.wait_for_selector(".supernode")
+        page.wait_for_function("() => document.querySelector('#groups .supernode')")
+        assert "group:my circuit" in page.evaluate(NODES_TRACE)["ids"]  # drawn as one node
         page.reload()
         page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
-        assert page.inner_text(".supernode") == f"my circuit: {', '.join(sorted(grouped))}"
+        assert page.inner_text("#groups .supernode") == "my circuit: 2 nodes"
+        _click(page, "group:my circuit")
+        page.wait_for_selector("#group-card")
+        page.fill("#rename-to", "renamed")
+        page.click("#rename")
+        page.wait_for_selector("#group-card[data-group='renamed']")
+        assert "group:renamed" in page.evaluate(NODES_TRACE)["ids"]
+        assert annotations(store, slug, "supernode") == [{"name": "renamed", "node_ids": grouped}]
 
-        feature = ordered[feature_index]["feature_id"]
+        page.evaluate(
+            "() => { const s = document.getElementById('nodes'); s.value = '0.5';"
+            " s.dispatchEvent(new Event('input')); }"
+        )
+        _click(page, node_id)
+        page.wait_for_selector(f"#node[data-node='{node_id}']")
+        page.click("#pin")
+        page.wait_for_selector("#sub-replacement")
+        state = json.loads(page.get_attribute("#plot", "data-state"))
+        shared = browser.new_page(viewport={"width": 1400, "height": 900})  # the link, opened afresh
+        shared.goto(page.url)
+        shared.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
+        assert json.loads(shared.get_attribute("#plot", "data-state")) == state
+        assert state["pins"] == [node_id] and state["sel"] == node_id and state["nodes"] == 0.5
+        assert shared.evaluate(NODES_TRACE) == page.evaluate(NODES_TRACE)
+        shared.close()
+
+        _click(page, "group:renamed")
+        page.wait_for_selector("#group-card")
+        page.click("#delete-group")
+        page.wait_for_function("() => !document.querySelector('#groups .supernode')")
+        assert annotations(store, slug, "supernode") == []
+        assert "group:renamed" not in page.evaluate(NODES_TRACE)["ids"]
+
         page.goto(f"{served}/feature/{feature}")
         page.wait_for_selector("#feature-page[data-ready='1']", timeout=30_000)
         stored = read_table(store, "exemplars").filter(pl.col("feature_id") == feature)
@@ -235,10 +331,6 @@ def test_the_pages_in_a_browser(served: str, viewed: Path, tmp_path_factory: pyt
         page.screenshot(path=str(shots / "index.png"), full_page=True)
         browser.close()
     assert errors == [] and outside == []
-    code, out, _ = cli("graph", "show", slug, "--store", str(viewed))
-    assert code == 0 and f"supernode my circuit: {', '.join(sorted(grouped))}" in out
-    (row,) = read_table(store, "graph_annotations").rows(named=True)
-    assert row["slug"] == slug and row["node_ids"] == sorted(grouped)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")

@@ -172,8 +172,12 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
             limit = _edge_limit(request)
         except ValueError as exc:
             return _error(exc, 400)
-        logit = request.query_params.get("logit") or None
-        return _cached(request, graph_document, store, request.path_params["slug"], limit, logit)
+        slug, logit = request.path_params["slug"], request.query_params.get("logit") or None
+        try:
+            graph_row(store, slug)
+        except CircuitDBError as exc:
+            return _error(exc)
+        return _cached(request, graph_document, store, slug, limit, logit, failure=400)  # a logit it lacks
 
     def api_node_edges(request: Request) -> Response:
         """A node's strongest incoming or outgoing edges from the whole stored edge table."""
@@ -194,14 +198,14 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
     def api_feature(request: Request) -> Response:
         return _cached(request, feature_document, request.path_params["feature_id"])
 
-    def _cached(request: Request, question: Callable[..., dict], *args: object) -> Response:
-        """The question's answer as JSON (timestamps as text), kept until the store changes; 404 with the
-        message when the question fails."""
+    def _cached(request: Request, question: Callable[..., dict], *args: object, failure: int = 404) -> Response:
+        """The question's answer as JSON (timestamps as text), kept until the store changes; `failure` (404)
+        with the message when the question fails."""
         key = f"{request.url.path}?{request.url.query}"
         try:
             body = answers.answer(key, lambda: _encoded(question(*args)))
         except CircuitDBError as exc:
-            return _error(exc)
+            return _error(exc, failure)
         return Response(body, media_type="application/json")
 
     async def api_subgraph(request: Request) -> Response:

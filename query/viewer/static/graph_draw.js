@@ -200,3 +200,18 @@ function placeLabels(items, placed, widthPx, heightPx, nLayers, wanted, most) {
   }
   return { text, where };
 }
+
+// Pairs of drawn node markers whose boxes overlap, measured on what the browser laid out (plotly's SVG
+// points of every trace with more than one point): what the tests and the viewer benchmark count.
+function drawnOverlaps(div) {
+  const traces = [...div.querySelectorAll(".scatterlayer .trace")].filter(t => t.querySelectorAll(".points path.point").length > 1);
+  const boxes = traces.flatMap(t => [...t.querySelectorAll(".points path.point")].map(p => p.getBoundingClientRect()));
+  let overlaps = 0;
+  for (let i = 0; i < boxes.length; i++) {
+    for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i], b = boxes[j];
+      if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) overlaps++;
+    }
+  }
+  return overlaps;
+}
