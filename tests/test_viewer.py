@@ -363,3 +363,67 @@ def test_only_json_posts_write(client: TestClient, built_store: Path) -> None:
     response = client.post(f"/api/graph/{slug}/supernodes", content=body, headers={"content-type": "text/plain"})
     assert response.status_code == 400 and "application/json" in response.json()["error"]
     assert "graph_annotations" not in Store(built_store).table_names()
+
+
+def test_requests_to_other_names_and_writes_without_the_token_are_refused(built_store: Path) -> None:
+    """DNS rebinding: a page of another name pointed at 127.0.0.1 is refused; bound beyond loopback, every
+    write needs the token `serve` printed; unknown graphs and features are pages that say so."""
+    from query.viewer.access import Access
+
+    project = Project.open(overrides={"store": str(built_store)})
+    local = TestClient(make_app(project), base_url=LOCAL)
+    rebound = TestClient(make_app(project), base_url="http://evil.example:8080")
+    assert rebound.get("/api/index").status_code == 421 and local.get("/api/index").status_code == 200
+    slug = read_table(Store(built_store), "graphs")["slug"][0]
+    public = TestClient(make_app(project, Access.for_address("0.0.0.0", "s3cret")), base_url="http://10.1.2.3")
+    assert public.get("/api/index").status_code == 200  # reads stay open
+    body = {"node_ids": ["x"]}
+    refused = public.post(f"/api/graph/{slug}/subgraph", json=body)
+    assert refused.status_code == 401 and "token" in refused.json()["error"]
+    allowed = public.post(f"/api/graph/{slug}/subgraph", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert allowed.status_code == 400 and "no node 'x'" in allowed.json()["error"]
+    assert Access.for_address("0.0.0.0", None).token  # a token is made when none is given
+    for path, message in (("/graph/no-such-graph", "unknown graph"), ("/feature/plt/1/99999", "")):
+        answer = local.get(path)
+        assert answer.status_code == 404 and "text/html" in answer.headers["content-type"], path
+        assert 'id="error"' in answer.text and message in answer.text
+    for params in ({"node": "x", "direction": "up"}, {"node": "x", "k": "abc"}, {"node": "x", "k": "0"}):
+        assert local.get(f"/api/graph/{slug}/edges", params=params).status_code == 400, params
+    steer = local.post(f"/api/graph/{slug}/intervene", json={"node_ids": [], "mode": "explode"})
+    assert steer.status_code == 400 and steer.json()["error"].startswith("mode must be one of")
+    assert local.post(f"/api/graph/{slug}/labels", json={"name": "a"}).status_code == 400
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
+def test_two_graphs_of_one_prompt_side_by_side(served: str, viewed: Path, built_store: Path, cli) -> None:
+    """The compare page marks the nodes both graphs hold: the same count as the tables give."""
+    from playwright.sync_api import sync_playwright
+
+    store = Store(viewed)
+    graphs = read_table(store, "graphs")
+    first = graphs.row(0, named=True)
+    nodes = read_table(store, "graph_nodes", partitions=[first["slug"]])
+    second_logit = nodes.filter(pl.col("kind") == "logit").sort("activation")["token"][0]
+    config = str(built_store.parent / "circuitdb.yaml")
+    args = ("graph", "build", first["prompt"], "--target", second_logit, "--store", str(viewed), "--config", config)
+    code, _, err = cli(*args)
+    assert code == 0, err
+    second = read_table(store, "graphs").filter(pl.col("slug") != first["slug"])
+    second = second.filter(pl.col("prompt") == first["prompt"])["slug"][0]
+
+    def keys(slug: str) -> set[str]:
+        rows = read_table(store, "graph_nodes", partitions=[slug]).filter(pl.col("kind").is_in(["feature", "error"]))
+        return {
+            f"{f}@{p}" if kind == "feature" else node_id
+            for node_id, kind, f, p in rows.select("node_id", "kind", "feature_id", "position").rows()
+        }
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{served}/graph/{first['slug']}")
+        page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
+        page.click("a.compare")
+        page.wait_for_selector("#compare-page[data-ready='1']", timeout=60_000)
+        assert int(page.get_attribute("#compare-summary", "data-shared")) == len(keys(first["slug"]) & keys(second))
+        browser.close()
