@@ -341,6 +341,7 @@ function writeState(state) {
     if (pinning) togglePin(id); else select(id);
   });
   window.addEventListener("resize", () => draw());
+  window.addEventListener("hashchange", () => location.reload());  // a pasted link to another view
   if (state.sel) await select(state.sel);
   plot.dataset.ready = "1";
 })();
