@@ -218,7 +218,8 @@ function writeState(state) {
       <p>${members.length} nodes${isSaved ? " · saved" : " · not saved"}</p>
       <ul>${members.map(id => `<li>${escapeHTML(nodeName(id))}</li>`).join("")}</ul>
       <input id="rename-to" placeholder="new name" value="${escapeHTML(name)}"> <button id="rename">rename</button>
-      <button id="ungroup">ungroup</button> <button id="delete-group">delete</button> <span id="group-error" class="error"></span></div>`;
+      <button id="ungroup">ungroup</button> <button id="delete-group">delete</button>
+      <button id="pin-members" title="pin its nodes, to score or intervene on them">pin its nodes</button> <span id="group-error" class="error"></span></div>`;
     const fail = error => (document.getElementById("group-error").textContent = error.message);
     document.getElementById("rename").addEventListener("click", async () => {
       const to = document.getElementById("rename-to").value.trim();
@@ -227,6 +228,11 @@ function writeState(state) {
       } catch (error) { return fail(error); }
       state.groups = state.groups.map(g => (g[0] === name ? [to, ...g.slice(1)] : g));
       await select(`group:${to}`);
+    });
+    document.getElementById("pin-members").addEventListener("click", () => {
+      state.pins = [...new Set([...state.pins, ...members])];
+      showSubgraph();
+      draw();
     });
     document.getElementById("ungroup").addEventListener("click", async () => {
       state.groups = state.groups.filter(g => g[0] !== name);
