@@ -3,7 +3,7 @@
     python benchmarks/viewer.py [--store DIR] [--repeats N] [--screenshots DIR]
 
 Prints one JSON line: first_render_s (the largest graph's page, from navigation until it is fully drawn,
-median of N fresh pages), interactive_render_s (the same with the browser warm: plotly.js cached, the
+median of N fresh pages), interactive_render_s (the same with the browser warm: scripts cached, the
 labelled graph drawn and clickable), graph_nodes_rendered, overlapping_nodes (pairs of drawn node markers
 whose boxes overlap, as the browser laid them out), feature_page_s (a feature page until its exemplars are
 drawn, median), subgraph_scores_s (pin → the subgraph's scores: the 10 features of most influence pinned,
@@ -58,8 +58,8 @@ def _timed_ms(url: str, body: dict | None = None) -> float:
 
 
 CLICK_TOP_FEATURE = (
-    "() => { const gd = document.getElementById('plot'); const t = gd.data.find(t => t.name === 'nodes');"
-    " gd.emit('plotly_click', {points: [{customdata: t.customdata.find(id => /^[0-9]+_/.test(id))}]}); }"
+    "() => [...document.querySelectorAll('#plot .node')].find(n => /^[0-9]+_/.test(n.dataset.id))"
+    ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
 )
 
 

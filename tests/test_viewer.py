@@ -26,9 +26,10 @@ from tests.servers import LOCAL
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NODES_TRACE = (
-    "() => { const t = document.getElementById('plot').data.find(t => t.name === 'nodes');"
-    " return {ids: t.customdata, text: t.text, x: t.x, y: t.y}; }"
+    "() => { const nodes = [...document.querySelectorAll('#plot .node')];"
+    " return {ids: nodes.map(n => n.dataset.id), text: nodes.map(n => n.dataset.label)}; }"
 )
+"""The drawn nodes' ids and labels, in drawing order."""
 
 
 def _overlapping_nodes(page) -> int:
@@ -37,9 +38,12 @@ def _overlapping_nodes(page) -> int:
 
 
 def _click(page, node_id: str) -> None:
-    """What a click on the node's marker sends (plotly's click event with the node's id)."""
-    point = json.dumps({"points": [{"customdata": node_id}]})
-    page.evaluate(f"() => document.getElementById('plot').emit('plotly_click', {point})")
+    """A click on the node's marker."""
+    page.evaluate(
+        'id => document.querySelector(`#plot .node[data-id="${CSS.escape(id)}"]`)'
+        ".dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+        node_id,
+    )
 
 
 def _project(store: Path, llama_dir: Path) -> Project:
@@ -283,14 +287,21 @@ def test_the_pages_in_a_browser(
         assert "group:renamed" in page.evaluate(NODES_TRACE)["ids"]
         assert annotations(store, slug, "supernode") == [{"name": "renamed", "node_ids": grouped}]
 
-        page.evaluate(
-            "() => { const s = document.getElementById('nodes'); s.value = '0.5';"
-            " s.dispatchEvent(new Event('input')); }"
-        )
+        _click(page, "group:renamed")
+        page.wait_for_selector("#group-card")
+        page.click("#delete-group")
+        page.wait_for_function("() => !document.querySelector('#groups .supernode')")
+        assert annotations(store, slug, "supernode") == []
+        assert "group:renamed" not in page.evaluate(NODES_TRACE)["ids"]
+
         _click(page, node_id)
         page.wait_for_selector(f"#node[data-node='{node_id}']")
         page.click("#pin")
         page.wait_for_selector("#sub-replacement")
+        page.evaluate(
+            "() => { const s = document.getElementById('nodes'); s.value = '0.5';"
+            " s.dispatchEvent(new Event('input')); }"
+        )
         state = json.loads(page.get_attribute("#plot", "data-state"))
         shared = browser.new_page(viewport={"width": 1400, "height": 900})  # the link, opened afresh
         shared.goto(page.url)
@@ -299,13 +310,6 @@ def test_the_pages_in_a_browser(
         assert state["pins"] == [node_id] and state["sel"] == node_id and state["nodes"] == 0.5
         assert shared.evaluate(NODES_TRACE) == page.evaluate(NODES_TRACE)
         shared.close()
-
-        _click(page, "group:renamed")
-        page.wait_for_selector("#group-card")
-        page.click("#delete-group")
-        page.wait_for_function("() => !document.querySelector('#groups .supernode')")
-        assert annotations(store, slug, "supernode") == []
-        assert "group:renamed" not in page.evaluate(NODES_TRACE)["ids"]
 
         page.goto(f"{served}/feature/{feature}")
         page.wait_for_selector("#feature-page[data-ready='1']", timeout=30_000)

@@ -135,7 +135,7 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
             graph_row(store, slug)
         except CircuitDBError as exc:
             return error_page(str(exc))
-        return HTMLResponse(page(slug, graph_body(slug), ["plotly.js", "common.js", "graph_draw.js", "graph.js"]))
+        return HTMLResponse(page(slug, graph_body(slug), ["common.js", "graph_draw.js", "graph.js"]))
 
     def compare(request: Request) -> HTMLResponse:
         slugs = (request.path_params["a"], request.path_params["b"])
@@ -144,7 +144,9 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
                 graph_row(store, slug)
         except CircuitDBError as exc:
             return error_page(str(exc))
-        return HTMLResponse(page(" vs ".join(slugs), compare_body(*slugs), ["plotly.js", "common.js", "graph_draw.js", "compare.js"]))
+        return HTMLResponse(
+            page(" vs ".join(slugs), compare_body(*slugs), ["common.js", "graph_draw.js", "compare.js"])
+        )
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]

@@ -62,11 +62,11 @@ def _inline_script(source: str) -> str:
 
 
 def graph_html(document: dict) -> str:
-    """The graph page as one file: styles, plotly.js, the page's script and the graph's data inlined, so it
+    """The graph page as one file: styles, the page's scripts and the graph's data inlined, so it
     opens from disk with no server and no network (feature cards show what the graph itself holds)."""
     data = json.dumps(document, default=str).replace("</", "<\\/")
     pages = [(STATIC / name).read_text() for name in ("common.js", "graph_draw.js", "graph.js")]
-    scripts = [f"window.PAGE_DATA = {data};", plotly_js(), *pages]
+    scripts = [f"window.PAGE_DATA = {data};", *pages]
     slug = document["graph"]["slug"]
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(slug)} · circuitdb</title>'

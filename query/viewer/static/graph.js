@@ -60,62 +60,42 @@ function writeState(state) {
   let runs = data.interventions || [];
   const nLayers = Math.max(0, ...data.nodes.filter(n => n.kind === "logit").map(n => n.layer));
   const nPositions = (graph.tokens || []).length || 1 + Math.max(...data.nodes.map(n => n.position));
-  let current = null;  // what is drawn: {items, edges, placed, byId}
 
   function items() {
     return visibleNodes(data.nodes, state).map(n => ({ ...n, id: n.node_id }));
   }
 
   function draw() {
-    const byNode = Object.fromEntries(data.nodes.map(n => [n.node_id, n]));
     const merged = mergeGroups(items(), keptEdges(data.edges, state.edges), state.groups || []);
-    const width = Math.max(200, plot.clientWidth - MARGIN.l - MARGIN.r);
-    const height = Math.max(200, plot.clientHeight - MARGIN.t - MARGIN.b);
+    const { width, height } = plotSize(plot);
     const placed = layoutNodes(merged.items, nLayers, nPositions, width, height);
-    const byId = Object.fromEntries(merged.items.map(item => [item.id, item]));
-    current = { items: merged.items, edges: merged.edges, placed, byId, owner: merged.owner };
-    const at = placed.at;
     const pinned = new Set(state.pins.map(id => merged.owner[id] || id));
     const needle = state.q.toLowerCase();
+    const hit = i => needle && (i.label || i.name || "").toLowerCase().includes(needle);
     const priority = i => (i.kind === "logit" ? 1e9 + i.activation : pinned.has(i.id) || i.id === state.sel ? 1e8 : i.kind === "supernode" ? 1e7 : i.kind === "feature" ? i.score : 0);
     const labels = placeLabels(merged.items, placed, width, height, nLayers, priority, 40);
     const dim = item => (item.kind === "error" && state.errors === "dim") || (state.sub && item.kind === "token");
-    const nodeTrace = {
-      name: "nodes", type: "scatter", mode: "markers+text", hoverinfo: "text", showlegend: false,
-      x: merged.items.map(i => at[i.id].x), y: merged.items.map(i => at[i.id].y), customdata: merged.items.map(i => i.id),
-      hovertext: merged.items.map(hoverText),
-      text: labels.text, textposition: labels.where, textfont: { size: 9, color: "#333" }, cliponaxis: false,
-      marker: {
-        size: merged.items.map(i => (i.kind === "supernode" ? placed.size * 1.0 : placed.size)),
-        symbol: merged.items.map(i => (i.kind === "supernode" ? "square" : i.kind === "error" ? "diamond" : "circle")),
-        color: merged.items.map(i => COLORS[i.kind]),
-        opacity: merged.items.map(i => (dim(i) ? 0.35 : 1)),
-        line: { color: merged.items.map(i => (needle && (i.label || i.name || "").toLowerCase().includes(needle) ? "#ff7f0e" : "#000")),
-          width: merged.items.map(i => (pinned.has(i.id) ? 2.5 : needle && (i.label || i.name || "").toLowerCase().includes(needle) ? 2.5 : 0)) },
-      },
-    };
     const selected = state.sel && (merged.owner[state.sel] || state.sel);
-    const mine = selected ? merged.edges.filter(([s, t]) => s === selected || t === selected) : [];
-    const pathEdges = (data.paths || []).flatMap(p => p.nodes.slice(1).map((t, i) => [merged.owner[p.nodes[i]] || p.nodes[i], merged.owner[t] || t, 1]));
-    const pathXY = edgeLines(pathEdges.filter(([s, t]) => s !== t), at, 1);
-    const traces = [
-      ...edgeTraces(merged.edges, at, state.sel ? 0.12 : 0.3),
-      { ...pathXY, name: "paths", mode: "lines", type: "scatter", hoverinfo: "skip", showlegend: false, line: { color: "rgba(255,127,14,0.85)", width: 3.5 } },
-      edgeTrace(mine, at, 1, 2.5, 0.95, "selected"), edgeTrace(mine, at, -1, 2.5, 0.95, "selected"),
-      nodeTrace,
-      { name: "selection", type: "scatter", mode: "markers", hoverinfo: "skip", showlegend: false,
-        x: selected && at[selected] ? [at[selected].x] : [], y: selected && at[selected] ? [at[selected].y] : [],
-        marker: { size: placed.size * 2.2, color: "rgba(0,0,0,0)", line: { color: "#ff7f0e", width: 3 }, symbol: "circle-open" } },
-    ];
-    const logitNode = byNode[state.logit];
-    const layout = {
-      margin: MARGIN, hovermode: "closest", dragmode: "pan", ...axes(graph, nLayers, placed),
-      title: { text: `${escapeHTML(graph.prompt || graph.slug)} → ${escapeHTML(visibleToken(logitNode ? logitNode.token : ""))} · ${merged.items.length} nodes, ${merged.edges.length} edges drawn of ${data.n_edges}`, font: { size: 13 } },
-    };
+    const owned = id => merged.owner[id] || id;
+    const logitNode = data.nodes.find(n => n.node_id === state.logit);
+    renderScene(plot, {
+      placed, nLayers, tokens: graph.tokens, opacity: state.sel ? 0.12 : 0.3, edges: merged.edges, selected,
+      highlight: selected ? merged.edges.filter(([s, t]) => s === selected || t === selected) : [],
+      paths: (data.paths || []).flatMap(p => p.nodes.slice(1).map((t, i) => [owned(p.nodes[i]), owned(t)])).filter(([s, t]) => s !== t),
+      title: `${graph.prompt || graph.slug} → ${visibleToken(logitNode ? logitNode.token : "")} · ${merged.items.length} nodes, ${merged.edges.length} edges drawn of ${data.n_edges}`,
+      nodes: merged.items.map((i, k) => ({
+        id: i.id, hover: hoverText(i), label: labels.text[k], labelSpot: labels.where[k], color: COLORS[i.kind],
+        symbol: i.kind === "supernode" ? "square" : i.kind === "error" ? "diamond" : "circle", opacity: dim(i) ? 0.35 : 1,
+        ring: pinned.has(i.id) ? "#000" : hit(i) ? "#ff7f0e" : null,
+      })),
+    }, onNodeClick);
     plot.dataset.nodes = String(merged.items.length);
     plot.dataset.state = JSON.stringify(state);
     writeState(state);
-    return Plotly.react(plot, traces, layout, { responsive: true, scrollZoom: true, displaylogo: false });
+  }
+
+  function onNodeClick(id, event) {
+    if (event.ctrlKey || event.metaKey || event.shiftKey) togglePin(id); else select(id);
   }
 
   function legend() {
@@ -144,7 +124,7 @@ function writeState(state) {
       state.logit = event.target.value;
       Object.assign(data, await load(state.logit));
       showControls();
-      await draw();
+      draw();
     });
     for (const key of ["nodes", "edges"]) {
       document.getElementById(key).addEventListener("input", event => {
@@ -170,7 +150,7 @@ function writeState(state) {
 
   async function select(id) {
     state.sel = id;
-    await draw();
+    draw();
     const group = (state.groups || []).find(([name]) => `group:${name}` === id);
     if (group) return showGroupCard(group);
     const n = data.nodes.find(m => m.node_id === id);
@@ -238,7 +218,7 @@ function writeState(state) {
       state.groups = state.groups.filter(g => g[0] !== name);
       state.sel = null;
       panel.innerHTML = "";
-      await draw();
+      draw();
     });
     document.getElementById("delete-group").addEventListener("click", async () => {
       try {
@@ -248,7 +228,7 @@ function writeState(state) {
       state.sel = null;
       panel.innerHTML = "";
       showSubgraph();
-      await draw();
+      draw();
     });
   }
 
@@ -304,7 +284,7 @@ function writeState(state) {
     state.groups = (state.groups || []).filter(g => g[0] !== name).concat([[name, ...state.pins]]);
     state.pins = [];
     showSubgraph();
-    await draw();
+    draw();
   }
 
   async function savePins() {
@@ -338,14 +318,8 @@ function writeState(state) {
   }
 
   showControls();
-  await draw();
+  draw();
   showSubgraph();
-  plot.on("plotly_click", event => {
-    const id = event.points[0].customdata;
-    if (typeof id !== "string") return;
-    const pinning = event.event && (event.event.ctrlKey || event.event.metaKey || event.event.shiftKey);
-    if (pinning) togglePin(id); else select(id);
-  });
   window.addEventListener("resize", () => draw());
   window.addEventListener("hashchange", () => location.reload());  // a pasted link to another view
   if (state.sel) await select(state.sel);

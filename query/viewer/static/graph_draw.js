@@ -55,41 +55,116 @@ function layoutNodes(items, nLayers, nPositions, widthPx, heightPx) {
   return { at, size, slots, ticks };
 }
 
-function axes(graph, nLayers, placed) {
-  const tokens = graph.tokens || [];
-  return {
-    xaxis: { range: [0, placed.slots], tickvals: placed.ticks, ticktext: tokens.map(visibleToken), tickangle: -45,
-      showgrid: false, zeroline: false, fixedrange: false },
-    yaxis: { range: [-0.7, nLayers + 1.7], zeroline: false,
-      tickvals: Array.from({ length: nLayers + 2 }, (_, i) => i),
-      ticktext: ["tokens", ...Array.from({ length: nLayers }, (_, i) => `L${i}`), "logits"] },
-  };
+// Drawing is plain SVG (plotly.js takes over a second to load on a 2-core machine before it draws anything):
+// one <path> per edge class, one element per node (`.node`, `data-id`, a <title> for hover), labels as
+// <text>; the wheel zooms about the pointer and a drag pans, kept across redraws.
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function plotSize(div) {
+  return { width: Math.max(200, div.clientWidth - MARGIN.l - MARGIN.r), height: Math.max(200, div.clientHeight - MARGIN.t - MARGIN.b) };
 }
 
-function edgeLines(edges, at, sign) {
-  const xs = [], ys = [];
-  for (const [source, target, weight] of edges) {
-    if ((weight >= 0) !== (sign > 0) || !(source in at) || !(target in at)) continue;
-    xs.push(at[source].x, at[target].x, null);
-    ys.push(at[source].y, at[target].y, null);
-  }
-  return { x: xs, y: ys };
+function projection(div, placed, nLayers) {
+  const { width, height } = plotSize(div);
+  const x = value => MARGIN.l + (value / placed.slots) * width;
+  const y = value => MARGIN.t + ((nLayers + 1.7 - value) / (nLayers + 2.4)) * height;
+  return { x, y, width, height };
 }
 
-function edgeTrace(edges, at, sign, width, opacity, name) {
-  const color = sign > 0 ? `rgba(31,119,180,${opacity})` : `rgba(214,39,40,${opacity})`;
-  return { ...edgeLines(edges, at, sign), name, mode: "lines", type: "scatter", hoverinfo: "skip",
-    line: { color, width }, showlegend: false };
+function edgePath(edges, at, to) {
+  return edges.filter(([s, t]) => s in at && t in at)
+    .map(([s, t]) => `M${to.x(at[s].x).toFixed(1)} ${to.y(at[s].y).toFixed(1)}L${to.x(at[t].x).toFixed(1)} ${to.y(at[t].y).toFixed(1)}`).join("");
 }
 
-// Edges of three width classes (by |weight| relative to the strongest drawn), excitatory blue, inhibitory red.
-function edgeTraces(edges, at, opacity) {
+// Edges in three width classes (by |weight| relative to the strongest drawn), excitatory blue, inhibitory red.
+function edgeLayers(edges, at, to, opacity) {
   const peak = Math.max(1e-12, ...edges.map(e => Math.abs(e[2])));
-  const classes = [[0.3, Infinity, 3], [0.1, 0.3, 1.6], [0, 0.1, 0.7]];
-  return classes.flatMap(([low, high, width]) => {
-    const mine = edges.filter(e => Math.abs(e[2]) >= low * peak && Math.abs(e[2]) < high * peak);
-    return [edgeTrace(mine, at, 1, width, opacity, "edges"), edgeTrace(mine, at, -1, width, opacity, "edges")];
+  const classes = [[0, 0.1, 0.7], [0.1, 0.3, 1.6], [0.3, Infinity, 3]];
+  return classes.flatMap(([low, high, width]) => [1, -1].map(sign => {
+    const mine = edges.filter(e => (e[2] >= 0) === (sign > 0) && Math.abs(e[2]) >= low * peak && Math.abs(e[2]) < high * peak);
+    const color = sign > 0 ? `rgba(31,119,180,${opacity})` : `rgba(214,39,40,${opacity})`;
+    return `<path class="edges" d="${edgePath(mine, at, to)}" stroke="${color}" stroke-width="${width}" fill="none"/>`;
+  }));
+}
+
+function marker(node, x, y, r) {
+  const style = `fill="${node.color}" fill-opacity="${node.opacity}" stroke="${node.ring || "none"}" stroke-width="${node.ring ? 2.5 : 0}"`;
+  const attributes = `class="node" data-id="${escapeHTML(node.id)}" data-label="${escapeHTML(node.label || "")}" ${style}`;
+  const title = `<title>${escapeHTML(node.hover)}</title>`;
+  if (node.symbol === "square") return `<rect ${attributes} x="${x - r}" y="${y - r}" width="${2 * r}" height="${2 * r}">${title}</rect>`;
+  if (node.symbol === "diamond") return `<path ${attributes} d="M${x} ${y - r}L${x + r} ${y}L${x} ${y + r}L${x - r} ${y}Z">${title}</path>`;
+  return `<circle ${attributes} cx="${x}" cy="${y}" r="${r}">${title}</circle>`;
+}
+
+const LABEL_ANCHORS = { "top center": [0, -1, "middle"], "bottom center": [0, 1, "middle"], "middle right": [1, 0, "start"], "middle left": [-1, 0, "end"] };
+function labelText(node, x, y, r) {
+  if (!node.label) return "";
+  const [dx, dy, anchor] = LABEL_ANCHORS[node.labelSpot];
+  const lx = x + dx * (r + 2), ly = y + (dy < 0 ? -r - 3 : dy > 0 ? r + 10 : 3);
+  return `<text x="${lx.toFixed(1)}" y="${ly.toFixed(1)}" text-anchor="${anchor}" class="node-label">${escapeHTML(node.label)}</text>`;
+}
+
+// scene: {placed, nLayers, tokens, title, edges: [[s, t, w]], opacity, highlight: [[s, t, w]], paths: [[s, t]],
+// nodes: [{id, symbol, color, opacity, ring, label, labelSpot, hover}], selected: id}
+function renderScene(div, scene, onClick) {
+  const to = projection(div, scene.placed, scene.nLayers);
+  const at = scene.placed.at, r = scene.placed.size / 2;
+  const rows = Array.from({ length: scene.nLayers + 2 }, (_, i) => i);
+  const rowName = i => (i === 0 ? "tokens" : i === scene.nLayers + 1 ? "logits" : `L${i - 1}`);
+  const grid = rows.map(i => `<line x1="${MARGIN.l}" x2="${MARGIN.l + to.width}" y1="${to.y(i)}" y2="${to.y(i)}" class="grid"/>` +
+    `<text x="${MARGIN.l - 6}" y="${to.y(i) + 3}" text-anchor="end" class="tick">${rowName(i)}</text>`).join("");
+  const ticks = scene.placed.ticks.map((x, i) => {
+    const px = to.x(x), py = MARGIN.t + to.height + 14;
+    return `<text x="${px}" y="${py}" text-anchor="end" transform="rotate(-45 ${px} ${py})" class="tick token-tick">${escapeHTML(visibleToken((scene.tokens || [])[i]))}</text>`;
+  }).join("");
+  const highlight = [1, -1].map(sign => {
+    const mine = scene.highlight.filter(e => (e[2] >= 0) === (sign > 0));
+    return `<path class="edges selected" d="${edgePath(mine, at, to)}" stroke="${sign > 0 ? "rgba(31,119,180,0.95)" : "rgba(214,39,40,0.95)"}" stroke-width="2.5" fill="none"/>`;
+  }).join("");
+  const paths = `<path class="paths" d="${edgePath(scene.paths, at, to)}" stroke="rgba(255,127,14,0.85)" stroke-width="3.5" fill="none"/>`;
+  const nodes = scene.nodes.map(n => marker(n, to.x(at[n.id].x), to.y(at[n.id].y), r)).join("");
+  const labels = scene.nodes.map(n => labelText(n, to.x(at[n.id].x), to.y(at[n.id].y), r)).join("");
+  const selected = scene.selected && at[scene.selected]
+    ? `<circle class="selection" cx="${to.x(at[scene.selected].x)}" cy="${to.y(at[scene.selected].y)}" r="${r * 2.2}" fill="none" stroke="#ff7f0e" stroke-width="3"/>` : "";
+  const view = div._view || (div._view = { k: 1, x: 0, y: 0 });
+  div.innerHTML = `<svg xmlns="${SVG_NS}" width="${div.clientWidth}" height="${div.clientHeight}" class="graph-svg">
+    <text x="${div.clientWidth / 2}" y="18" text-anchor="middle" class="title">${escapeHTML(scene.title)}</text>
+    <g class="viewport" transform="translate(${view.x} ${view.y}) scale(${view.k})">${grid}${ticks}${edgeLayers(scene.edges, at, to, scene.opacity).join("")}
+    ${paths}${highlight}${nodes}${labels}${selected}</g></svg>`;
+  if (!div._wired) wire(div, onClick);
+}
+
+function wire(div, onClick) {
+  div._wired = true;
+  const apply = () => div.querySelector(".viewport").setAttribute("transform", `translate(${div._view.x} ${div._view.y}) scale(${div._view.k})`);
+  div.addEventListener("click", event => {
+    const node = event.target.closest("[data-id]");
+    if (node && !div._dragged) onClick(node.dataset.id, event);
   });
+  div.addEventListener("wheel", event => {
+    event.preventDefault();
+    const box = div.getBoundingClientRect(), v = div._view;
+    const px = event.clientX - box.left, py = event.clientY - box.top;
+    const k = Math.min(40, Math.max(0.5, v.k * Math.exp(-event.deltaY / 400)));
+    v.x = px - ((px - v.x) * k) / v.k;
+    v.y = py - ((py - v.y) * k) / v.k;
+    v.k = k;
+    apply();
+  }, { passive: false });
+  div.addEventListener("mousedown", event => {
+    const start = { x: event.clientX, y: event.clientY, vx: div._view.x, vy: div._view.y };
+    div._dragged = false;
+    const move = e => {
+      if (Math.abs(e.clientX - start.x) + Math.abs(e.clientY - start.y) > 3) div._dragged = true;
+      div._view.x = start.vx + e.clientX - start.x;
+      div._view.y = start.vy + e.clientY - start.y;
+      apply();
+    };
+    const up = () => { window.removeEventListener("mousemove", move); window.removeEventListener("mouseup", up); };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+  });
+  div.addEventListener("dblclick", () => { div._view = { k: 1, x: 0, y: 0 }; apply(); });
 }
 
 // Supernodes: members replaced by one node (in the cell of their highest layer and last position), edges
@@ -132,11 +207,11 @@ function shortLabel(item) {
 }
 
 function hoverText(item) {
-  if (item.kind === "supernode") return `supernode ${escapeHTML(item.name)}<br>${item.members.length} nodes`;
-  if (item.kind === "error") return `MLP error, layer ${item.layer}, position ${item.position} (${escapeHTML(visibleToken(item.token))})`;
-  if (item.kind === "token") return `token ${escapeHTML(visibleToken(item.token))} @${item.position}`;
-  if (item.kind === "logit") return `logit ${escapeHTML(visibleToken(item.token))} p=${Number(item.activation).toFixed(3)}`;
-  return `${escapeHTML(item.feature_id)} @${item.position} ${escapeHTML(visibleToken(item.token))}<br>${escapeHTML(item.label || "")}<br>influence ${Number(item.score).toFixed(4)}`;
+  if (item.kind === "supernode") return `supernode ${item.name}: ${item.members.length} nodes`;
+  if (item.kind === "error") return `MLP error, layer ${item.layer}, position ${item.position} (${visibleToken(item.token)})`;
+  if (item.kind === "token") return `token ${visibleToken(item.token)} @${item.position}`;
+  if (item.kind === "logit") return `logit ${visibleToken(item.token)} p=${Number(item.activation).toFixed(3)}`;
+  return `${item.feature_id} @${item.position} ${visibleToken(item.token)}\n${item.label || ""}\ninfluence ${Number(item.score).toFixed(4)}`;
 }
 
 // Features and errors carrying `share` of the chosen logit's influence (largest first), always the pinned.
@@ -201,11 +276,10 @@ function placeLabels(items, placed, widthPx, heightPx, nLayers, wanted, most) {
   return { text, where };
 }
 
-// Pairs of drawn node markers whose boxes overlap, measured on what the browser laid out (plotly's SVG
-// points of every trace with more than one point): what the tests and the viewer benchmark count.
+// Pairs of drawn node markers whose boxes overlap, measured on what the browser laid out (the `.node`
+// elements' boxes, not our layout's arithmetic): what the tests and the viewer benchmark count.
 function drawnOverlaps(div) {
-  const traces = [...div.querySelectorAll(".scatterlayer .trace")].filter(t => t.querySelectorAll(".points path.point").length > 1);
-  const boxes = traces.flatMap(t => [...t.querySelectorAll(".points path.point")].map(p => p.getBoundingClientRect()));
+  const boxes = [...div.querySelectorAll(".node")].map(node => node.getBoundingClientRect());
   let overlaps = 0;
   for (let i = 0; i < boxes.length; i++) {
     for (let j = i + 1; j < boxes.length; j++) {
