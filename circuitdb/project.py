@@ -22,6 +22,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.store import Store
 
 if TYPE_CHECKING:
+    from circuitdb.attribution.transcoders import Transcoders
     from circuitdb.corpus import TokenizedCorpus
     from circuitdb.explanations.chat import ChatModel
     from circuitdb.models import LoadedModel
@@ -34,6 +35,7 @@ class Project:
         self.config = config
         self.store = Store(config.store, config.object_store)
         self._pulled = False
+        self._transcoders: dict[str, tuple[tuple, Transcoders]] = {}
 
     @classmethod
     def open(cls, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Project:
@@ -78,6 +80,19 @@ class Project:
     def model_on(self, device: str | None) -> LoadedModel:
         """The configured model on `device` (None: the configured one): per-layer steps claim a GPU each."""
         return _loaded_model(self.config.model.spec, device or self.config.model.device)
+
+    def transcoders(self, name: str) -> Transcoders:
+        """The store's dictionary set `name` as transcoders, loaded once and kept while the `dictionaries`
+        table's files are unchanged (a long-lived process, the viewer, steers many times; loading 30 layers
+        takes about a second)."""
+        from circuitdb.attribution.transcoders import stored_transcoders
+
+        files = self.store.partition_files("dictionaries")
+        signature = tuple((path.name, path.stat().st_mtime_ns, path.stat().st_size) for path in files)
+        kept = self._transcoders.get(name)
+        if kept is None or kept[0] != signature:
+            kept = self._transcoders[name] = (signature, stored_transcoders(self.store, name))
+        return kept[1]
 
     @functools.cached_property
     def corpus(self) -> TokenizedCorpus:

@@ -55,3 +55,18 @@ def test_questions_never_import_torch(built_store: Path) -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=built_store.parent)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_transcoders_are_kept_until_the_dictionaries_table_changes(built_store: Path, tmp_path: Path) -> None:
+    """The viewer steers many times: the set is loaded once, and again once a dictionary is re-recorded."""
+    import shutil
+
+    from circuitdb.store import Store, read_table, write_partition
+
+    store = Store(shutil.copytree(built_store, tmp_path / "store"))
+    project = Project.open(overrides={"store": str(store.root)})
+    first = project.transcoders("plt")
+    assert project.transcoders("plt") is first and sorted(first.layers) == [0, 1, 2]
+    partition = store.partition_files("dictionaries")[0].stem
+    write_partition(store, "dictionaries", partition, read_table(store, "dictionaries", partitions=[partition]))
+    assert project.transcoders("plt") is not first

@@ -75,17 +75,29 @@ def test_steering_reports_and_records_the_run(store_copy: Path, llama_dir: Path)
     """Scale 1 changes nothing; clamping a feature high moves the probabilities, and the listed rows are the
     union of both top-k, their changes after − before, recorded as returned."""
     from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt
+    from circuitdb.attribution.transcoders import stored_transcoders
     from circuitdb.config import AttributionConfig
     from circuitdb.models import load_model
     from circuitdb.store import Store, read_table
 
     store, lm, cfg = Store(store_copy), load_model(str(llama_dir), device="cpu"), AttributionConfig()
+    transcoders = stored_transcoders(store, "plt")
     same, changes = steer_prompt(
-        store, lm, cfg, SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("scale", 1.0), False, 0), 3
+        store,
+        lm,
+        transcoders,
+        cfg,
+        SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("scale", 1.0), False, 0),
+        3,
     )
     assert all(abs(change) < 1e-8 for *_, change in changes) and same["top_token_before"] == same["top_token_after"]
     row, changes = steer_prompt(
-        store, lm, cfg, SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("set", 50.0), False, 0), 3
+        store,
+        lm,
+        transcoders,
+        cfg,
+        SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("set", 50.0), False, 0),
+        3,
     )
     assert 3 <= len(changes) <= 6 and any(abs(change) > 1e-4 for *_, change in changes)
     assert all(change == pytest.approx(after - before) for _, before, after, change in changes)

@@ -11,7 +11,7 @@ import polars as pl
 
 from circuitdb.attribution.interventions import Intervention, intervene
 from circuitdb.attribution.pipeline import trace_prompt
-from circuitdb.attribution.transcoders import stored_transcoders
+from circuitdb.attribution.transcoders import Transcoders
 from circuitdb.config import AttributionConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.models import LoadedModel
@@ -53,20 +53,27 @@ class SteeringRun(NamedTuple):
     """The graph whose nodes were steered (its page lists the run), if any."""
 
 
-def steer_prompt(
-    store: Store, lm: LoadedModel, cfg: AttributionConfig, run: SteeringRun, k: int
-) -> tuple[dict, list[tuple[str, float, float, float]]]:
-    """Run the intervention; return the `interventions` row and (token, p before, p after, change) rows
-    for the tokens most probable before or after, most probable after first."""
+def steered_set(run: SteeringRun) -> str:
+    """The one dictionary set whose features `run` steers."""
     if not run.steered:
         raise CircuitDBError("steer at least one feature")
-    parsed = [parse_feature_id(item.feature_id) for item in run.steered]
-    dictionaries = {dictionary for dictionary, _, _ in parsed}
+    dictionaries = {parse_feature_id(item.feature_id)[0] for item in run.steered}
     if len(dictionaries) != 1:
         raise CircuitDBError(f"steer features of one dictionary set at a time, got {sorted(dictionaries)}")
+    return dictionaries.pop()
+
+
+def steer_prompt(
+    store: Store, lm: LoadedModel, transcoders: Transcoders, cfg: AttributionConfig, run: SteeringRun, k: int
+) -> tuple[dict, list[tuple[str, float, float, float]]]:
+    """Run the intervention with `transcoders` (the set `steered_set(run)` names); return the `interventions`
+    row and (token, p before, p after, change) rows for the tokens most probable before or after, most
+    probable after first."""
+    steered_set(run)
+    parsed = [parse_feature_id(item.feature_id) for item in run.steered]
     mode, value = run.clamp
     prompt, positions = run.prompt, sorted({p for item in run.steered for p in item.positions or []})
-    rm = trace_prompt(lm, prompt, stored_transcoders(store, dictionaries.pop()), cfg)
+    rm = trace_prompt(lm, prompt, transcoders, cfg)
     items = [
         Intervention(layer, index, mode, value, item.positions)
         for (_, layer, index), item in zip(parsed, run.steered, strict=True)

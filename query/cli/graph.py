@@ -194,12 +194,13 @@ def steer(
     config: ConfigOption = None,
 ) -> None:
     """Clamp, scale or zero features on a prompt and show how the next-token prediction moves."""
-    from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt
+    from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt, steered_set
 
     where = integers(positions, "--positions") if positions else None
     steered = [Steered(feature_id, where) for feature_id in feature]
     run = SteeringRun(prompt, steered, Clamp.from_options(scale, set_to), freeze_attention, generate)
     with open_project(config, store=store) as project:
         project.built()
-        row, changes = steer_prompt(project.store, project.model, project.config.attribution, run, k)
+        transcoders = project.transcoders(steered_set(run))
+        row, changes = steer_prompt(project.store, project.model, transcoders, project.config.attribution, run, k)
     render_steering(row, changes, fmt)

@@ -248,13 +248,14 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
         return _json({request.path_params["kind"]: left})
 
     def intervene_on_graph(slug: str, node_ids: list[str], steering: tuple[str, float, bool, int]) -> dict:
-        from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt
+        from circuitdb.attribution.steering import Clamp, Steered, SteeringRun, steer_prompt, steered_set
 
         prompt, nodes = steerable_nodes(store, slug, node_ids)
         mode, value, freeze, generate = steering
         steered = [Steered(feature_id, [position]) for feature_id, position in nodes]
         run = SteeringRun(prompt, steered, Clamp(mode, value), freeze, generate, slug)
-        row, changes = steer_prompt(store, project.model, project.config.attribution, run, 10)
+        transcoders = project.transcoders(steered_set(run))
+        row, changes = steer_prompt(store, project.model, transcoders, project.config.attribution, run, 10)
         keys = ("token", "p_before", "p_after", "change")
         return {key: row[key] for key in ("run_id", "top_token_before", "top_token_after", "generated")} | {
             "changes": [dict(zip(keys, change, strict=True)) for change in changes]
