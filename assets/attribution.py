@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets.partitions import gpu_step, prompt_partitions
 from assets.resources import ProjectParam, publishes
-from circuitdb.attribution.pipeline import build_graph
+from circuitdb.attribution.pipeline import NamedTranscoders, build_graph
 from circuitdb.config import ProjectConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.project import Project
@@ -86,7 +86,8 @@ def attribution_graphs(context: dg.AssetExecutionContext, project: ProjectParam)
     tables (partition = slug) and `<store>/graphs/<slug>.json` in circuit-tracer's schema."""
     config = project.config
     prompt = partition_prompt(project, context.partition_key)
-    row, validation = build_graph(project.store, project.model, prompt, config.attribution, validate=True)
+    named = NamedTranscoders(project.transcoders(config.attribution.dictionaries), config.attribution.dictionaries)
+    row, validation = build_graph(project.store, project.model, prompt, named, config.attribution, validate=True)
     worst = max((v["relative_error"] for v in validation), default=0.0)
     return dg.MaterializeResult(
         metadata=graph_metadata(row, config.viewer_url),

@@ -195,14 +195,23 @@ def check_output_file(out: Path) -> None:
 
 
 def export_graph_json(store: Store, slug: str, out: Path) -> None:
-    """Write the graph's circuit-tracer JSON to `out` (a file; whole or not at all), once it verifies."""
-    graph_row(require(store, "graphs"), slug)
+    """Write the graph's circuit-tracer JSON to `out` (a file; whole or not at all): the stored file once it
+    verifies, or, for a graph built without one (prompt sets keep only rows), made from its rows."""
+    import json
+
+    from circuitdb.circuits.circuit_tracer_json import circuit_tracer_json
+
+    row = graph_row(require(store, "graphs"), slug)
     source = graph_json_path(store, slug)
-    if not store.fetch(source):
-        raise CircuitDBError(f"the JSON of graph {slug} is missing from {source.parent}; rebuild the graph")
     check_output_file(out)
-    verify(store.root, source)
-    atomic_write_bytes(out, source.read_bytes(), checksum=False)
+    if store.fetch(source):
+        verify(store.root, source)
+        atomic_write_bytes(out, source.read_bytes(), checksum=False)
+        return
+    nodes = read_table(store, "graph_nodes", partitions=[slug])
+    edges = read_table(store, "graph_edges", partitions=[slug])
+    threshold = json.loads(row["settings"])["node_threshold"]
+    atomic_write_bytes(out, json.dumps(circuit_tracer_json(row, nodes, edges, threshold)).encode(), checksum=False)
 
 
 def dictionary_metrics(store: Store) -> list[dict]:
@@ -251,3 +260,26 @@ def explained_table(explanations: pl.DataFrame, scores: pl.DataFrame | None) -> 
             picked = scores.filter(pl.col("method") == method).select("feature_id", pl.col("accuracy").alias(method))
             table = table.join(picked, on="feature_id", how="left")
     return QueryResult(table.columns, [], table.rows())
+
+
+def set_circuit(store: Store, name: str, k: int) -> tuple[dict, QueryResult, QueryResult]:
+    """A prompt set's `circuit_sets` row, its `k` most recurring features and its `k` strongest aggregated edges
+    into the target or into those features."""
+    summary = read_table(store, "circuit_sets", partitions=[name])
+    if summary.is_empty():
+        raise CircuitDBError(f"no aggregated prompt set {name!r}")
+    where = f"prompt_set = {sql_literal(name)}"
+    features = run_sql(
+        store,
+        "SELECT feature_id, graphs, round(graph_share, 3) AS share, round(mean_influence, 4) AS influence, "
+        f"positions_from_end AS from_end, label FROM circuit_features WHERE {where} "
+        f"ORDER BY graphs DESC, mean_influence DESC LIMIT {int(k)}",
+    )
+    top = ", ".join(sql_literal(row[0]) for row in features.rows[:5]) or "''"
+    edges = run_sql(
+        store,
+        "SELECT source, target, graphs, round(mean_weight, 4) AS mean_weight, round(sign_agreement, 2) AS agree "
+        f"FROM circuit_edges WHERE {where} AND (target = 'target' OR target IN ({top})) "
+        f"ORDER BY graphs DESC, abs(sum_weight) DESC LIMIT {int(k)}",
+    )
+    return summary.row(0, named=True), features, edges

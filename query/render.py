@@ -259,3 +259,47 @@ def render_check(report: StoreCheck, fmt: OutputFormat) -> None:
         f"{report.n_files} files checked: {report.damaged} damaged or missing, {unchecked} without a checksum",
         file=sys.stderr,
     )
+
+
+def render_circuit(summary: dict, features: QueryResult, edges: QueryResult, fmt: OutputFormat) -> None:
+    """A prompt set's scores, its recurring features and the aggregated edges into its target and top features
+    (tables), or one JSON line holding all three."""
+    if fmt is OutputFormat.json:
+        records = {
+            name: [dict(zip(q.columns, r, strict=True)) for r in q.rows]
+            for name, q in (("features", features), ("edges", edges))
+        }
+        print(json.dumps({"set": summary} | records, default=str))
+        return
+    print(
+        f"prompt set {summary['prompt_set']}: {summary['graphs']} of {summary['prompts']} graphs built; replacement "
+        f"{summary['replacement']:.3f} ± {summary['replacement_ci95']:.3f}, completeness "
+        f"{summary['completeness']:.3f} ± {summary['completeness_ci95']:.3f} (95% intervals)"
+    )
+    render(features, fmt, title="recurring features")
+    render(edges, fmt, title="edges into the target and the top features")
+
+
+def render_ablation(result, fmt: OutputFormat) -> None:
+    """The circuit's effect beside the random control's: mean change of the target (probability and logit, 95%
+    intervals) and the share of prompts whose top token flipped."""
+    rows = [
+        (
+            arm,
+            len(effect.features),
+            effect.prompts,
+            f"{effect.probability_change:+.4f} ± {effect.probability_ci95:.4f}",
+            f"{effect.logit_change:+.3f} ± {effect.logit_ci95:.3f}",
+            f"{effect.flipped:.2f}",
+        )
+        for arm, effect in (("circuit", result.circuit), ("random control", result.control))
+    ]
+    columns = ["features", "n", "prompts", "target p change", "target logit change", "flipped"]
+    if fmt is OutputFormat.json:
+        print(
+            json.dumps(
+                {"run_id": result.run_id, "circuit": result.circuit._asdict(), "control": result.control._asdict()}
+            )
+        )
+        return
+    render(QueryResult(columns, [], rows), fmt, title=f"ablation run {result.run_id} (interventions table)")

@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from circuitdb.store.sweeps import interval, summary
+from circuitdb.intervals import interval
+from circuitdb.store.sweeps import summary
 from tests.conftest import Always
 from tests.servers import LOCAL
 

@@ -9,16 +9,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
 from circuitdb.attribution.attribute import MemoryEstimate, attribute, check_prompt
-from circuitdb.attribution.export import circuit_tracer_json, edge_frame, node_frame
+from circuitdb.attribution.export import edge_frame, node_frame
 from circuitdb.attribution.interventions import validate_edges
 from circuitdb.attribution.pruning import prune
 from circuitdb.attribution.replacement_model import ReplacementModel, start_positions, trace
 from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec, check_spec
 from circuitdb.attribution.transcoders import Transcoders, load_transcoders, stored_transcoders
+from circuitdb.circuits.circuit_tracer_json import circuit_tracer_json
 from circuitdb.config import AttributionConfig
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, read_table, write_partition
@@ -26,11 +28,17 @@ from circuitdb.store.graphs import graph_json_path, graph_slug
 from circuitdb.store.layout import atomic_write_bytes
 
 
-def resolve_transcoders(store: Store, cfg: AttributionConfig, folder: str | None) -> tuple[Transcoders, str]:
-    """(transcoders, how the graph names them): a folder the user brings, or the configured store set."""
+class NamedTranscoders(NamedTuple):
+    transcoders: Transcoders
+    name: str
+    """How graphs name them: a store set's name, or a folder's absolute path."""
+
+
+def resolve_transcoders(store: Store, cfg: AttributionConfig, folder: str | None) -> NamedTranscoders:
+    """A folder of transcoders the user brings, or the configured store set."""
     if folder:
-        return load_transcoders(Path(folder)), str(Path(folder).resolve())
-    return stored_transcoders(store, cfg.dictionaries), cfg.dictionaries
+        return NamedTranscoders(load_transcoders(Path(folder)), str(Path(folder).resolve()))
+    return NamedTranscoders(stored_transcoders(store, cfg.dictionaries), cfg.dictionaries)
 
 
 def trace_prompt(lm: LoadedModel, prompt: str, transcoders: Transcoders, cfg: AttributionConfig) -> ReplacementModel:
@@ -63,18 +71,20 @@ def build_graph(
     store: Store,
     lm: LoadedModel,
     prompt: str,
+    named: NamedTranscoders,
     cfg: AttributionConfig,
-    transcoders_dir: str | None = None,
     validate: bool = False,
     report: Callable[[str], None] | None = None,
     target: TargetSpec = TOP_LOGITS_TARGET,
+    keep_json: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Attribute `prompt` (for `target`: the top logits by default), prune, and write `graphs`,
-    `graph_nodes`, `graph_edges` rows (partition = slug) and `<store>/graphs/<slug>.json`. Returns the
-    `graphs` row and, with `validate`, the intervention checks of the top features' edges into the first
-    target (`validate_edges`). `report` hears the memory estimate before the graph is allocated."""
+    """Attribute `prompt` (for `target`: the top logits by default) with `named` transcoders, prune, and
+    write `graphs`, `graph_nodes`, `graph_edges` rows (partition = slug) and, with `keep_json`,
+    `<store>/graphs/<slug>.json` (`graph export` writes it from the rows otherwise). Returns the `graphs`
+    row and, with `validate`, the intervention checks of the top features' edges into the first target
+    (`validate_edges`). `report` hears the memory estimate before the graph is allocated."""
     check_spec(target)
-    transcoders, dictionary = resolve_transcoders(store, cfg, transcoders_dir)
+    transcoders, dictionary = named
     started = time.perf_counter()
     rm = trace_prompt(lm, prompt, transcoders, cfg)
     graph = attribute(
@@ -88,7 +98,7 @@ def build_graph(
     )
     seconds = time.perf_counter() - started
     validation = validate_edges(rm, graph, cfg.validate_top_features) if validate else []
-    del rm, transcoders  # the graph holds all it needs; pruning gets their memory
+    del rm  # the graph holds all it needs; pruning gets its memory
     started = time.perf_counter()
     pruned = prune(graph, cfg.node_threshold, cfg.edge_threshold)
     seconds += time.perf_counter() - started
@@ -119,8 +129,9 @@ def build_graph(
         "seconds": seconds,
         "created_at": datetime.now(UTC),
     }
-    document = circuit_tracer_json(row, nodes, edges, cfg.node_threshold)
-    atomic_write_bytes(graph_json_path(store, slug), json.dumps(document).encode())
+    if keep_json:
+        document = circuit_tracer_json(row, nodes, edges, cfg.node_threshold)
+        atomic_write_bytes(graph_json_path(store, slug), json.dumps(document).encode())
     write_partition(store, "graph_edges", slug, edges)
     write_partition(store, "graph_nodes", slug, nodes)
     write_partition(store, "graphs", slug, pl.DataFrame([row]))

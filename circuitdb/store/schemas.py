@@ -267,6 +267,62 @@ TABLES: dict[str, TableSchema] = {
         },
         filled_later=frozenset({"kind", "deleted"}),
     ),
+    "prompt_sets": TableSchema(
+        "one row per prompt of a named prompt set (a behaviour studied over many prompts), one partition per set",
+        {
+            "prompt_set": (pl.String(), "the set's name"),
+            "position": (pl.Int32(), "the prompt's place in the set's file (from 0)"),
+            "prompt": (pl.String(), "the prompt"),
+            "target": (pl.String(), "the token its graph explains, as `graph build --target` ('': the top logits)"),
+            "tags": (pl.List(pl.String()), "the file's tags for the prompt"),
+            "slug": (pl.String(), "its graph once built (null: not yet)"),
+            "created_at": (pl.Datetime("us", "UTC"), "when the set was defined"),
+        },
+    ),
+    "circuit_features": TableSchema(
+        "one row per (prompt set, feature): how a feature recurs in the set's graphs; one partition per set",
+        {
+            "prompt_set": (pl.String(), "the set"),
+            "feature_id": (pl.String(), "<dictionary>/<layer>/<index>"),
+            "layer": (pl.Int32(), "its layer"),
+            "graphs": (pl.Int64(), "graphs (prompts) whose pruned graph holds it"),
+            "graph_share": (pl.Float64(), "graphs / the set's graphs"),
+            "mean_influence": (
+                pl.Float64(),
+                "mean over those graphs of its influence on the targets (summed over positions)",
+            ),
+            "max_influence": (pl.Float64(), "the largest of them"),
+            "mean_activation": (pl.Float64(), "mean over those graphs of its largest activation"),
+            "target_share": (pl.Float64(), "mean over those graphs of its share of all nodes' influence"),
+            "positions_from_end": (pl.List(pl.Int32()), "positions it appears at, counted back from the last (0)"),
+            "label": (pl.String(), "its label or explanation"),
+        },
+    ),
+    "circuit_edges": TableSchema(
+        "one row per (prompt set, source, target) of the set's pruned graphs, nodes named across prompts",
+        {
+            "prompt_set": (pl.String(), "the set"),
+            "source": (pl.String(), "a feature_id, 'error <layer>' or 'token \'<text>\''"),
+            "target": (pl.String(), "a feature_id or 'target' (the graph's logits)"),
+            "graphs": (pl.Int64(), "graphs holding such an edge"),
+            "mean_weight": (pl.Float64(), "mean over those graphs of its weight (summed over positions)"),
+            "sum_weight": (pl.Float64(), "the sum over the graphs"),
+            "sign_agreement": (pl.Float64(), "share of those graphs whose weight has the majority's sign"),
+        },
+    ),
+    "circuit_sets": TableSchema(
+        "one row per aggregated prompt set: how many graphs, and their mean scores with 95% intervals",
+        {
+            "prompt_set": (pl.String(), "the set"),
+            "prompts": (pl.Int64(), "prompts in the set"),
+            "graphs": (pl.Int64(), "prompts whose graph is built"),
+            "replacement": (pl.Float64(), "mean replacement score of the graphs"),
+            "replacement_ci95": (pl.Float64(), "half-width of its 95% interval (Student's t)"),
+            "completeness": (pl.Float64(), "mean completeness score"),
+            "completeness_ci95": (pl.Float64(), "half-width of its 95% interval"),
+            "created_at": (pl.Datetime("us", "UTC"), "when it was aggregated"),
+        },
+    ),
     "interventions": TableSchema(
         "one row per intervention run (steer)",
         {
@@ -287,8 +343,9 @@ TABLES: dict[str, TableSchema] = {
                 "per feature, the positions acted on (empty: all but BOS; null: those of `positions`)",
             ),
             "slug": (pl.String(), "the graph whose nodes were steered from its page (null: `circuitdb steer`)"),
+            "prompt_set": (pl.String(), "the prompt set of a `circuit ablate` run (null otherwise)"),
         },
-        filled_later=frozenset({"node_positions", "slug"}),
+        filled_later=frozenset({"node_positions", "slug", "prompt_set"}),
     ),
 }
 

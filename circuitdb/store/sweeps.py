@@ -4,29 +4,14 @@ store (the viewer, the CLI) need neither torch nor the model."""
 
 from __future__ import annotations
 
-import math
-import statistics
-
 import polars as pl
+
+from circuitdb.intervals import interval
 
 METRICS = ("fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce", "kl")
 """What each sweep point records from its held-out evaluation, and the summary averages."""
 SCORES = ("detection_acc", "fuzzing_acc")
 """What a point records when its features were explained (null otherwise): averaged over the seeds that have it."""
-_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-"""Student's t at 97.5% by degrees of freedom (a two-sided 95% interval); 1.96 past 9."""
-
-
-def interval(values: list[float]) -> tuple[float | None, float | None]:
-    """(mean, half-width of the two-sided 95% interval) of independent runs; 0 width for a single run,
-    neither for none."""
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    t = _T_975.get(len(values) - 1, 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def summary(rows: pl.DataFrame) -> pl.DataFrame:

@@ -36,7 +36,9 @@ app.add_typer(graph_app, name="graph")
 
 @graph_app.command("build")
 def graph_build(
-    prompt: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to explain.")],
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt whose next-token prediction to explain (not with --set).")
+    ] = None,
     minus: Annotated[
         list[str] | None,
         typer.Argument(help="`- TOKEN` after --target TOKEN: explain the logit difference.", show_default=False),
@@ -62,12 +64,33 @@ def graph_build(
             help="Folder of transcoders in any known format (circuit-tracer, GemmaScope, ...): no store needed."
         ),
     ] = None,
+    prompt_set: Annotated[
+        str | None, typer.Option("--set", help="Build every graph of this prompt set (resumes a stopped build).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="With --set: a .jsonl or .csv of prompts (prompt, target, tags).")
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="With --set: a prompt with {} for each --filler.")] = None,
+    filler: Annotated[
+        list[str] | None, typer.Option(help="With --template: a word for {}; 'France= Paris' also sets the target.")
+    ] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one line)")] = OutputFormat.table,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Trace the prompt through the replacement model, attribute, prune, and store the graph."""
-    from circuitdb.attribution.pipeline import build_graph
+    """Trace the prompt through the replacement model, attribute, prune, and store the graph (or every graph of
+    a prompt set, with --set)."""
+    if prompt_set is not None:
+        from query.cli.circuit import build_prompt_set
+
+        if prompt is not None or target or minus or target_vector or target_feature or transcoders:
+            raise CircuitDBError("--set builds the set's own prompts and targets: give no prompt or target options")
+        overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
+        build_prompt_set(prompt_set, prompts, template, filler, overrides, store, config)
+        return
+    if prompt is None:
+        raise CircuitDBError("give the prompt (or --set NAME to build a prompt set)")
+    from circuitdb.attribution.pipeline import build_graph, resolve_transcoders
     from orchestration.instance import record_graph
 
     overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
@@ -79,7 +102,8 @@ def graph_build(
         if not transcoders:  # a folder of transcoders needs no built store
             project.built()
         cfg = project.config.attribution
-        row, _ = build_graph(project.store, project.model, prompt, cfg, transcoders, report=to_stderr, target=spec)
+        named = resolve_transcoders(project.store, cfg, transcoders)
+        row, _ = build_graph(project.store, project.model, prompt, named, cfg, report=to_stderr, target=spec)
     record_graph(project.store.root, row, project.config.viewer_url)  # its partition in the UI, materialized
     render_graph_row(row, fmt)
 

@@ -15,7 +15,7 @@ from circuitdb.store.space import is_out_of_space, out_of_space
 
 # isort: off
 from query.cli import store  # noqa: F401  (each module registers its commands; the store's lead the help)
-from query.cli import dictionary, feature, graph  # noqa: F401
+from query.cli import circuit, dictionary, feature, graph  # noqa: F401
 
 # isort: on
 from query.cli.common import app

@@ -1,0 +1,127 @@
+"""`circuitdb circuit` and `graph build --set`: circuits studied over prompt sets (built, aggregated, ablated)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from circuitdb.errors import CircuitDBError
+from query.cli.common import MAX_ROWS, ConfigOption, FormatOption, StoreOption, app, open_project, to_stderr
+from query.render import OutputFormat, render_ablation, render_circuit
+
+circuit_app = typer.Typer(help="Circuits over prompt sets: what recurs, and whether it matters.", no_args_is_help=True)
+app.add_typer(circuit_app, name="circuit")
+
+
+def build_prompt_set(
+    name: str,
+    prompts: Path | None,
+    template: str | None,
+    fillers: list[str] | None,
+    overrides: dict,
+    store: str | None,
+    config: str | None,
+) -> None:
+    """Define the set (from a file or a template, or the stored one), build its graphs not built yet with the
+    model and transcoders loaded once, one line per prompt, then aggregate it."""
+    from tqdm import tqdm
+
+    from circuitdb.attribution.pipeline import NamedTranscoders, build_graph
+    from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec
+    from circuitdb.circuits.aggregate import aggregate_set
+    from circuitdb.circuits.prompt_sets import (
+        check_set_name,
+        define_set,
+        read_prompt_file,
+        set_rows,
+        template_prompts,
+    )
+
+    check_set_name(name)
+    if prompts is not None and template is not None:
+        raise CircuitDBError("give --prompts FILE or --template with --filler, not both")
+    if template is not None and not fillers:
+        raise CircuitDBError("a --template needs one --filler or more")
+    given = read_prompt_file(prompts) if prompts else template_prompts(template, fillers) if template else None
+    with open_project(config, store=store, **overrides) as project:
+        built = project.built().store
+        if given is None and set_rows(built, name).is_empty():
+            raise CircuitDBError(f"no prompt set {name!r} yet: give --prompts FILE or --template and --filler")
+        rows = define_set(built, name, given) if given is not None else set_rows(built, name)
+        cfg = project.config.attribution
+        named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
+        todo = rows.filter(rows["slug"].is_null()).height
+        bar = tqdm(total=todo, desc=f"graphs of {name}", unit="graph", disable=todo == 0)
+
+        def build_one(prompt: str, target: str) -> dict:
+            spec = TargetSpec((target,)) if target else TOP_LOGITS_TARGET
+            return build_graph(built, project.model, prompt, named, cfg, target=spec, keep_json=False)[0]
+
+        def finished(done) -> None:
+            row = done.row
+            bar.write(
+                f"{done.position}: {row['slug']} replacement {row['replacement_score']:.3f} completeness "
+                f"{row['completeness_score']:.3f} ({row['n_nodes_pruned']} nodes, {row['seconds']:.1f} s)"
+            )
+            bar.update()
+
+        from circuitdb.circuits.prompt_sets import build_set
+
+        build_set(built, name, build_one, finished)
+        bar.close()
+        summary = aggregate_set(built, name)
+    to_stderr(
+        f"prompt set {name}: {summary['graphs']} of {summary['prompts']} graphs; replacement "
+        f"{summary['replacement']:.3f} ± {summary['replacement_ci95']:.3f}, completeness "
+        f"{summary['completeness']:.3f} ± {summary['completeness_ci95']:.3f}"
+    )
+
+
+@circuit_app.command("show")
+def circuit_show(
+    name: Annotated[str, typer.Argument(help="The prompt set (see `sql 'select * from circuit_sets'`).")],
+    k: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Features and edges listed.")] = 15,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The set's recurring features and the aggregated edges into its target (aggregating it first)."""
+    from circuitdb.circuits.aggregate import aggregate_set
+    from query.questions import set_circuit
+
+    with open_project(config, store=store) as project:
+        built = project.built().store
+        aggregate_set(built, name)
+        render_circuit(*set_circuit(built, name, k), fmt)
+
+
+@circuit_app.command("ablate")
+def circuit_ablate(
+    name: Annotated[str, typer.Argument(help="The prompt set.")],
+    feature: Annotated[list[str] | None, typer.Option(help="A feature id to zero; repeat for several.")] = None,
+    top: Annotated[int | None, typer.Option(min=1, max=1000, help="Zero the set's N most recurring features.")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Live attention (default: frozen patterns and norms).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random control features.")] = 0,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Zero features on every prompt of the set; the mean change of each prompt's target (95% interval) and the
+    share of prompts whose top token flips, beside as many random features of the same layers."""
+    from circuitdb.circuits.ablation import ablate_set, top_recurring
+    from circuitdb.store import parse_feature_id
+
+    if (feature is None) == (top is None):
+        raise CircuitDBError("give --feature (repeatable) or --top N")
+    with open_project(config, store=store) as project:
+        built = project.built().store
+        chosen = list(feature) if feature else top_recurring(built, name, top)
+        dictionaries = {parse_feature_id(f)[0] for f in chosen}
+        if len(dictionaries) != 1:
+            raise CircuitDBError(f"ablate features of one dictionary set at a time, got {sorted(dictionaries)}")
+        transcoders = project.transcoders(dictionaries.pop())
+        cfg = project.config.attribution
+        result = ablate_set(built, project.model, transcoders, cfg, name, chosen, not live, seed)
+    render_ablation(result, fmt)
