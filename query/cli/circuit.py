@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +64,8 @@ def build_prompt_set(
             row = done.row
             bar.write(
                 f"{done.position}: {row['slug']} replacement {row['replacement_score']:.3f} completeness "
-                f"{row['completeness_score']:.3f} ({row['n_nodes_pruned']} nodes, {row['seconds']:.1f} s)"
+                f"{row['completeness_score']:.3f} ({row['n_nodes_pruned']} nodes, {row['seconds']:.1f} s)",
+                file=sys.stderr,
             )
             bar.update()
 
