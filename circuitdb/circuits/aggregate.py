@@ -85,7 +85,11 @@ def circuit_features(name: str, nodes: pl.DataFrame, graphs: pl.DataFrame, label
             pl.col("influence").max().alias("max_influence"),
             pl.col("activation").mean().alias("mean_activation"),
             (pl.col("influence") / pl.col("total")).mean().alias("target_share"),
-            pl.col("from_end").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().alias("positions_from_end"),
+            pl.col("from_end")
+            .list.explode(keep_nulls=False, empty_as_null=False)
+            .unique()
+            .sort()
+            .alias("positions_from_end"),
         )
         .with_columns(pl.lit(name).alias("prompt_set"), (pl.col("graphs") / n_graphs).alias("graph_share"))
         .join(labels, on="feature_id", how="left")
@@ -93,6 +97,11 @@ def circuit_features(name: str, nodes: pl.DataFrame, graphs: pl.DataFrame, label
     columns = ["prompt_set", "feature_id", "layer", "graphs", "graph_share", "mean_influence", "max_influence"]
     columns += ["mean_activation", "target_share", "positions_from_end", "label"]
     return frame.select(columns).sort(["graphs", "mean_influence", "feature_id"], descending=[True, True, False])
+
+
+def _flattened(column: str) -> pl.Expr:
+    """A list column's elements over a group, as one list."""
+    return pl.col(column).list.explode(keep_nulls=False, empty_as_null=False)
 
 
 def circuit_edges(name: str, nodes: pl.DataFrame, edges: pl.DataFrame) -> pl.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -121,30 +120,3 @@ def built_slugs(store: Store, name: str) -> list[str]:
     if rows.is_empty():
         raise CircuitDBError(f"no prompt set {name!r}; `circuitdb graph build --set {name} --prompts FILE` makes it")
     return [slug for slug in rows["slug"] if slug is not None]
-
-
-class BuiltPrompt(NamedTuple):
-    position: int
-    row: dict
-    """The graph's `graphs` row."""
-
-
-def build_set(
-    store: Store,
-    name: str,
-    build_one: Callable[[str, str], dict],
-    progress: Callable[[BuiltPrompt], None] | None = None,
-) -> pl.DataFrame:
-    """Build the graph of each of the set's prompts not built yet with `build_one(prompt, target) -> graphs row`
-    (the caller holds the model and transcoders), recording each slug in the set as it finishes."""
-    rows = set_rows(store, name)
-    for position in rows.filter(pl.col("slug").is_null())["position"].to_list():
-        prompt, target = rows.filter(pl.col("position") == position).select("prompt", "target").row(0)
-        graph = build_one(prompt, target)
-        rows = rows.with_columns(
-            slug=pl.when(pl.col("position") == position).then(pl.lit(graph["slug"])).otherwise(pl.col("slug"))
-        )
-        write_partition(store, "prompt_sets", name, rows)
-        if progress is not None:
-            progress(BuiltPrompt(position, graph))
-    return rows

@@ -302,7 +302,7 @@ TABLES: dict[str, TableSchema] = {
         "one row per (prompt set, source, target) of the set's pruned graphs, nodes named across prompts",
         {
             "prompt_set": (pl.String(), "the set"),
-            "source": (pl.String(), "a feature_id, 'error <layer>' or 'token \'<text>\''"),
+            "source": (pl.String(), "a feature_id, 'error <layer>' or 'token '<text>''"),
             "target": (pl.String(), "a feature_id or 'target' (the graph's logits)"),
             "graphs": (pl.Int64(), "graphs holding such an edge"),
             "mean_weight": (pl.Float64(), "mean over those graphs of its weight (summed over positions)"),

@@ -29,16 +29,10 @@ def build_prompt_set(
     model and transcoders loaded once, one line per prompt, then aggregate it."""
     from tqdm import tqdm
 
-    from circuitdb.attribution.pipeline import NamedTranscoders, build_graph
-    from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec
-    from circuitdb.circuits.aggregate import aggregate_set
-    from circuitdb.circuits.prompt_sets import (
-        check_set_name,
-        define_set,
-        read_prompt_file,
-        set_rows,
-        template_prompts,
-    )
+    from circuitdb.attribution.pipeline import NamedTranscoders
+    from circuitdb.circuits.building import build_prompt_set as build
+    from circuitdb.circuits.building import to_build
+    from circuitdb.circuits.prompt_sets import check_set_name, define_set, read_prompt_file, set_rows, template_prompts
 
     check_set_name(name)
     if prompts is not None and template is not None:
@@ -50,15 +44,12 @@ def build_prompt_set(
         built = project.built().store
         if given is None and set_rows(built, name).is_empty():
             raise CircuitDBError(f"no prompt set {name!r} yet: give --prompts FILE or --template and --filler")
-        rows = define_set(built, name, given) if given is not None else set_rows(built, name)
+        if given is not None:
+            define_set(built, name, given)
         cfg = project.config.attribution
         named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
-        todo = rows.filter(rows["slug"].is_null()).height
+        todo = to_build(built, name).height
         bar = tqdm(total=todo, desc=f"graphs of {name}", unit="graph", disable=todo == 0)
-
-        def build_one(prompt: str, target: str) -> dict:
-            spec = TargetSpec((target,)) if target else TOP_LOGITS_TARGET
-            return build_graph(built, project.model, prompt, named, cfg, target=spec, keep_json=False)[0]
 
         def finished(done) -> None:
             row = done.row
@@ -69,11 +60,8 @@ def build_prompt_set(
             )
             bar.update()
 
-        from circuitdb.circuits.prompt_sets import build_set
-
-        build_set(built, name, build_one, finished)
+        summary = build(built, project.model, named, cfg, name, finished)
         bar.close()
-        summary = aggregate_set(built, name)
     to_stderr(
         f"prompt set {name}: {summary['graphs']} of {summary['prompts']} graphs; replacement "
         f"{summary['replacement']:.3f} ± {summary['replacement_ci95']:.3f}, completeness "

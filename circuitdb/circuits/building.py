@@ -1,0 +1,52 @@
+"""Building a prompt set: its graphs back to back with the model and transcoders loaded once, each slug recorded
+in the set as its graph finishes (so a build that stops resumes where it was), then the set aggregated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import polars as pl
+
+from circuitdb.attribution.pipeline import NamedTranscoders, build_graph
+from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec
+from circuitdb.circuits.aggregate import aggregate_set
+from circuitdb.circuits.prompt_sets import set_rows
+from circuitdb.config import AttributionConfig
+from circuitdb.models import LoadedModel
+from circuitdb.store import Store, write_partition
+
+
+class BuiltPrompt(NamedTuple):
+    position: int
+    row: dict
+    """The graph's `graphs` row."""
+
+
+def to_build(store: Store, name: str, stale: set[str] = frozenset()) -> pl.DataFrame:
+    """The set's prompts whose graph is not built, or is in `stale` (built before its transcoders' retraining)."""
+    rows = set_rows(store, name)
+    return rows.filter(pl.col("slug").is_null() | pl.col("slug").is_in(list(stale)))
+
+
+def build_prompt_set(
+    store: Store,
+    lm: LoadedModel,
+    named: NamedTranscoders,
+    cfg: AttributionConfig,
+    name: str,
+    progress: Callable[[BuiltPrompt], None] | None = None,
+    stale: set[str] = frozenset(),
+) -> dict:
+    """Build the graphs of the set's prompts `to_build` names (rows only: `graph export` writes a JSON), record
+    each slug as it finishes, aggregate the set; returns its `circuit_sets` row."""
+    rows = set_rows(store, name)
+    for position, prompt, target in to_build(store, name, stale).select("position", "prompt", "target").iter_rows():
+        spec = TargetSpec((target,)) if target else TOP_LOGITS_TARGET
+        graph, _ = build_graph(store, lm, prompt, named, cfg, target=spec, keep_json=False)
+        done = pl.col("position") == position
+        rows = rows.with_columns(slug=pl.when(done).then(pl.lit(graph["slug"])).otherwise(pl.col("slug")))
+        write_partition(store, "prompt_sets", name, rows)
+        if progress is not None:
+            progress(BuiltPrompt(position, graph))
+    return aggregate_set(store, name)
