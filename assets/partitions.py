@@ -55,3 +55,7 @@ def per_layer_options(partitions: dg.PartitionsDefinition, runs_model: bool = Tr
 prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")
 """One key per graph: the slug of a configured prompt or of a graph already built, or, for a partition a
 user adds in the UI, the prompt text itself."""
+
+prompt_set_partitions = dg.DynamicPartitionsDefinition(name="prompt_sets")
+"""One key per prompt set: its name (the stem of its file in attribution.prompt_set_files, or a set defined by
+`circuitdb graph build --set`)."""

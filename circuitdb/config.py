@@ -224,6 +224,9 @@ class AttributionConfig:
     """Prompts the pipeline attributes (one `attribution_graphs` partition each)."""
     prompts_file: str = ""
     """Optional text file, one prompt per line, watched by a sensor that adds partitions."""
+    prompt_set_files: list[str] = field(default_factory=list)
+    """Prompt sets (.jsonl or .csv: prompt, target, tags), each named by its file's stem: the sensor adds a
+    `prompt_set_circuits` partition per new file, whose run builds and aggregates the set's graphs."""
     max_prompt_tokens: int = 1024
     """Longest prompt accepted (BOS included, and never past the model's context); memory_gb bounds the rest."""
     max_feature_nodes: int = 7500

@@ -9,7 +9,8 @@ import dagster as dg
 import yaml
 
 from assets.attribution import attribution_graphs, configured_prompts, stored_prompts
-from assets.partitions import project_layers, prompt_partitions
+from assets.circuits import configured_sets
+from assets.partitions import project_layers, prompt_partitions, prompt_set_partitions
 from assets.resources import ProjectResource
 from assets.sweeps import sweep_key
 from circuitdb.errors import CircuitDBError, first_line
@@ -47,8 +48,9 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
     resource = ProjectResource(config_file=str(effective))
     defs = build_definitions(config, resource)
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
+    per_set = [a for a in defs.assets or [] if a.partitions_def == prompt_set_partitions]
     on_demand = [a for a in defs.assets or [] if sweep_key in a.keys]  # its (k, seed) partitions: UI or CLI
-    per_layer = [a for a in defs.assets or [] if a not in per_prompt + on_demand]
+    per_layer = [a for a in defs.assets or [] if a not in per_prompt + per_set + on_demand]
     for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
         (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1]), **builder_tag()}
@@ -70,6 +72,15 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
                     instance=instance,
                 )
             )
+        sets = list(configured_sets(config))
+        instance.add_dynamic_partitions(prompt_set_partitions.name, sets)
+        for name in sets:  # one run per prompt set: its graphs back to back, then its aggregates
+            results.append(
+                dg.materialize(
+                    per_set, resources=resources, partition_key=name, tags=builder_tag(), run_config=QUIET_LOGS,
+                    instance=instance,
+                )
+            )  # fmt: skip
     except Exception as failure:
         raise _reported(failure, project) from None
     return [check for result in results for check in result.get_asset_check_evaluations()]

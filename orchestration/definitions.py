@@ -12,6 +12,7 @@ import dagster as dg
 
 from assets.activations import build_activations_asset
 from assets.attribution import attribution_graphs
+from assets.circuits import prompt_set_circuits
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset, dictionaries_quality
@@ -23,8 +24,8 @@ from assets.resources import ProjectResource
 from assets.sweeps import build_sweep_asset
 from circuitdb.config import ProjectConfig, load_config
 from orchestration.executors import executor_from_environment
-from orchestration.schedules import refresh_stale_graphs
-from orchestration.sensors import prompts_file_sensor
+from orchestration.schedules import refresh_stale_graphs, refresh_stale_sets
+from orchestration.sensors import prompt_sets_sensor, prompts_file_sensor
 
 
 def build_definitions(config: ProjectConfig, project: ProjectResource | None = None) -> dg.Definitions:
@@ -38,6 +39,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_feature_vectors_asset(layers),
         build_explanations_asset(layers),
         attribution_graphs,
+        prompt_set_circuits,
         build_sweep_asset(config),
     ]
     if config.clt.enabled:
@@ -52,8 +54,8 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         assets=assets,
         jobs=[per_layer],
         asset_checks=[*files_intact_checks(), dictionaries_quality, every_latent_has_a_row],
-        sensors=[prompts_file_sensor],
-        schedules=[refresh_stale_graphs],
+        sensors=[prompts_file_sensor, prompt_sets_sensor],
+        schedules=[refresh_stale_graphs, refresh_stale_sets],
         resources={"project": project or ProjectResource()},
         executor=executor_from_environment(),
     )

@@ -1,21 +1,12 @@
 """Schedules: graphs are rebuilt when the transcoders they used have been retrained since."""
 
 import dagster as dg
-import polars as pl
 
 from assets.attribution import attribution_graphs
-from assets.partitions import prompt_partitions
+from assets.circuits import prompt_set_circuits, stale_sets
+from assets.partitions import prompt_partitions, prompt_set_partitions
 from circuitdb.project import Project
-from circuitdb.store import Store, read_table
-
-
-def stale_graphs(store: Store) -> dict[str, str]:
-    """slug → prompt of the graphs built before the latest training of the transcoders they use."""
-    graphs = read_table(store, "graphs")
-    trained = read_table(store, "dictionaries").group_by("name").agg(pl.col("created_at").max().alias("trained"))
-    joined = graphs.join(trained, left_on="dictionaries", right_on="name", how="inner")
-    stale = joined.filter(pl.col("created_at") < pl.col("trained"))
-    return dict(zip(stale["slug"], stale["prompt"], strict=True))
+from circuitdb.store.graphs import stale_graphs
 
 
 @dg.schedule(
@@ -33,3 +24,18 @@ def refresh_stale_graphs(context: dg.ScheduleEvaluationContext):
     if not keys:
         return dg.SkipReason("every graph is newer than its transcoders")
     return [dg.RunRequest(partition_key=key) for key in keys]
+
+
+@dg.schedule(
+    cron_schedule="30 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    target=[prompt_set_circuits],
+    description="Hourly: rebuilds the graphs of every prompt set whose transcoders were retrained after them "
+    "(the stale graphs only), and aggregates the set again.",
+)
+def refresh_stale_sets(context: dg.ScheduleEvaluationContext):
+    known = set(context.instance.get_dynamic_partitions(prompt_set_partitions.name))
+    names = [name for name in stale_sets(Project.open().store) if name in known]
+    if not names:
+        return dg.SkipReason("every prompt set's graphs are newer than their transcoders")
+    return [dg.RunRequest(partition_key=name) for name in names]

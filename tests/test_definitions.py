@@ -11,7 +11,7 @@ import torch
 
 from assets.dictionaries import dictionaries_quality
 from assets.features import every_latent_has_a_row
-from assets.partitions import prompt_partitions
+from assets.partitions import prompt_partitions, prompt_set_partitions
 from assets.resources import ProjectResource
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import load_dictionary
@@ -38,11 +38,12 @@ def test_default_definitions_load() -> None:
         "feature_vectors",
         "explanations",
         "attribution_graphs",
+        "prompt_set_circuits",
         "sweep",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
-    assert [s.name for s in loaded.sensors] == ["prompts_file_sensor"]
-    assert [s.name for s in loaded.schedules] == ["refresh_stale_graphs"]
+    assert [s.name for s in loaded.sensors] == ["prompts_file_sensor", "prompt_sets_sensor"]
+    assert [s.name for s in loaded.schedules] == ["refresh_stale_graphs", "refresh_stale_sets"]
     described = [*loaded.sensors, *loaded.schedules]
     assert all(item.description for item in described)
     for node in graph.asset_nodes:
@@ -68,7 +69,8 @@ def test_materialize_corpus_and_activations(
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
-    assets = [a for a in defs.assets if a.partitions_def != prompt_partitions and dg.AssetKey("sweep") not in a.keys]
+    per_layer = [a for a in defs.assets if a.partitions_def not in (prompt_partitions, prompt_set_partitions)]
+    assets = [a for a in per_layer if dg.AssetKey("sweep") not in a.keys]
     checks = [dictionaries_quality, every_latent_has_a_row]
     result = dg.materialize([*assets, *checks], resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
     assert result.success
@@ -222,3 +224,53 @@ def test_build_evaluates_an_imported_set_instead_of_training_over_it(
     coder, meta = load_dictionary(store.root / row["path"])
     assert torch.equal(coder.W_enc, weights["encoder.weight"]) and meta["imported_format"] == "sparsify"
     assert read_table(store, "features").height == 80
+
+
+def test_a_prompt_set_file_becomes_a_partition_that_builds_and_aggregates(
+    built_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The sensor adds a partition per new set file; its run builds the set's graphs and aggregates them; a
+    retrained dictionary makes the schedule ask for the set again."""
+    import shutil
+
+    store = Path(shutil.copytree(built_store, tmp_path / "store"))
+    animals = tmp_path / "animals.jsonl"
+    animals.write_text("\n".join(json.dumps({"prompt": f"The quick brown {a} jumps"}) for a in ("fox", "dog", "cat")))
+    config = tmp_path / "circuitdb.yaml"
+    text = (built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store))
+    config.write_text(text + f"attribution:\n  prompt_set_files: [{animals}]\n")
+    monkeypatch.chdir(tmp_path)
+    with dg.instance_for_test() as instance:
+        _set_partition_builds(instance, store, config)
+
+
+def _set_partition_builds(instance: dg.DagsterInstance, store: Path, config: Path) -> None:
+    from datetime import UTC, datetime
+
+    from assets.circuits import prompt_set_circuits
+    from circuitdb.store import Store, read_table, write_partition
+    from orchestration.schedules import refresh_stale_sets
+    from orchestration.sensors import prompt_sets_sensor
+
+    (request,) = prompt_sets_sensor(dg.build_sensor_context(instance=instance)).run_requests
+    assert request.partition_key == "animals"
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["animals"])
+    assert isinstance(prompt_sets_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    result = dg.materialize(
+        [prompt_set_circuits],
+        instance=instance,
+        partition_key="animals",
+        resources={"project": ProjectResource(config_file=str(config))},
+    )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("prompt_set_circuits")
+    assert materialization.metadata["graphs"].value == 3
+    built = Store(store)
+    assert read_table(built, "prompt_sets", partitions=["animals"])["slug"].null_count() == 0
+    assert read_table(built, "circuit_sets", partitions=["animals"])["graphs"][0] == 3
+    assert isinstance(refresh_stale_sets(dg.build_schedule_context(instance=instance)), dg.SkipReason)
+    partition = built.partition_files("dictionaries")[0].stem  # one layer retrained: its row is newer
+    rows = read_table(built, "dictionaries", partitions=[partition])
+    write_partition(built, "dictionaries", partition, rows.with_columns(created_at=pl.lit(datetime.now(UTC))))
+    (again,) = refresh_stale_sets(dg.build_schedule_context(instance=instance))
+    assert again.partition_key == "animals"

@@ -123,6 +123,7 @@ def test_graphql_shows_the_build(served) -> None:
     assert all(node["description"] for node in nodes.values())
     assert set(nodes["feature_stats"]["kinds"]) == {"pytorch", "parquet"}
     assert set(nodes["feature_vectors"]["kinds"]) == {"lancedb"}
+    assert set(nodes["prompt_set_circuits"]["kinds"]) == {"pytorch", "parquet"}  # prompt sets, one partition each
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")

@@ -35,3 +35,12 @@ def graph_row(store: Store, slug: str) -> dict:
     if rows.is_empty():
         raise CircuitDBError(f"unknown graph {slug!r}; `circuitdb graph list` shows the built ones")
     return rows.row(0, named=True)
+
+
+def stale_graphs(store: Store) -> dict[str, str]:
+    """slug → prompt of the graphs built before the latest training of the transcoders they use."""
+    graphs = read_table(store, "graphs")
+    trained = read_table(store, "dictionaries").group_by("name").agg(pl.col("created_at").max().alias("trained"))
+    joined = graphs.join(trained, left_on="dictionaries", right_on="name", how="inner")
+    stale = joined.filter(pl.col("created_at") < pl.col("trained"))
+    return dict(zip(stale["slug"], stale["prompt"], strict=True))
