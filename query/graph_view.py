@@ -169,3 +169,59 @@ def _write_annotation(
     row |= {"kind": kind, "deleted": deleted}
     partition = f"{slug}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
+
+
+def set_document(store: Store, name: str, top: int = 150) -> dict:
+    """What a prompt set's page draws: its `circuit_sets` row, its `top` most recurring features placed by layer
+    and by position counted from the prompt's end (the nearest to the end they appear at), the aggregated edges
+    among them and into the target, the graphs each appears in, the set's prompts and its ablation runs."""
+    summary = read_table(store, "circuit_sets", partitions=[name])
+    if summary.is_empty():
+        raise CircuitDBError(f"no aggregated prompt set {name!r}; `circuitdb circuit show {name}` aggregates it")
+    prompts = read_table(store, "prompt_sets", partitions=[name]).sort("position")
+    features = read_table(store, "circuit_features", partitions=[name]).head(top)
+    shown = set(features["feature_id"])
+    span = max([0, *(min(p) for p in features["positions_from_end"] if len(p))])
+    nodes = [
+        {"node_id": f["feature_id"], "feature_id": f["feature_id"], "kind": "feature", "layer": f["layer"]}
+        | {"position": span - min(f["positions_from_end"] or [0]), "score": f["mean_influence"] * f["graph_share"]}
+        | {"label": f["label"], "graphs": f["graphs"], "token": "", "activation": f["mean_activation"]}
+        for f in features.iter_rows(named=True)
+    ]
+    layers = read_table(store, "graph_nodes", ["layer", "kind"], partitions=[prompts["slug"].drop_nulls()[0]])
+    n_layers = int(layers.filter(pl.col("kind") == "logit")["layer"].max())
+    nodes.append({"node_id": "target", "kind": "logit", "layer": n_layers, "position": span, "score": 1.0})
+    nodes[-1] |= {"label": "the prompts' targets", "token": "target", "activation": 1.0, "feature_id": None}
+    edges = read_table(store, "circuit_edges", partitions=[name])
+    edges = edges.filter(pl.col("source").is_in(list(shown)) & pl.col("target").is_in([*shown, "target"]))
+    slugs = prompts["slug"].drop_nulls().to_list()
+    found = read_table(store, "graph_nodes", ["slug", "feature_id"], partitions=slugs)
+    found = found.filter(pl.col("feature_id").is_in(list(shown))).unique()
+    where = found.group_by("feature_id").agg(pl.col("slug").sort())
+    appears = dict(zip(where["feature_id"], where["slug"].to_list(), strict=True))
+    runs = read_table(store, "interventions").filter(pl.col("prompt_set") == name)
+    return {
+        "set": summary.row(0, named=True),
+        "tokens": [f"−{span - i}" if i < span else "end" for i in range(span + 1)],
+        "nodes": [node | {"appears_in": appears.get(node["node_id"], [])} for node in nodes],
+        "edges": [
+            [s, t, w, abs(w) * g] for s, t, w, g in edges.select("source", "target", "mean_weight", "graphs").rows()
+        ],
+        "prompts": prompts.select("position", "prompt", "target", "slug").to_dicts(),
+        "ablations": _ablation_summaries(runs),
+    }
+
+
+def _ablation_summaries(runs: pl.DataFrame) -> list[dict]:
+    """Per ablation run and feature list: prompts, mean change of the target's probability, flips."""
+    if runs.is_empty():
+        return []
+    changes = runs.with_columns(
+        change=pl.col("logit_changes").str.json_path_match("$[0].change").cast(pl.Float64),
+        flipped=pl.col("top_token_before") != pl.col("top_token_after"),
+        features_text=pl.col("features").list.join(", "),
+    )
+    summary = changes.group_by("run_id", "features_text").agg(
+        pl.len().alias("prompts"), pl.col("change").mean(), pl.col("flipped").mean(), pl.col("created_at").max()
+    )
+    return summary.sort("created_at", descending=True).drop("created_at").to_dicts()

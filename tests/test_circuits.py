@@ -151,6 +151,51 @@ def test_a_template_set_is_built_aggregated_and_ablated(set_store, cli) -> None:
     assert ablation["control"]["features"][0].startswith(top.rsplit("/", 1)[0] + "/")  # same layer
     runs = read_table(store, "interventions").filter(pl.col("run_id") == ablation["run_id"])
     assert runs.height == 8 and set(runs["prompt_set"]) == {"animals"}
+    _the_set_page(store_path, config, features, top)
+
+
+def _the_set_page(store_path: Path, config: Path, features: dict, top: str) -> None:
+    """The set's page draws its recurring features and the target; a feature's card lists the graphs it is in."""
+    from circuitdb.project import Project
+    from query.viewer.app import make_app
+    from tests.servers import free_port
+    from tests.test_viewer import CHROMIUM
+
+    if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+        return
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    app = make_app(Project.open(config, {"store": str(store_path)}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    errors = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{port}/set/animals")
+            page.wait_for_selector("#set-page[data-ready='1']", timeout=60_000)
+            assert int(page.get_attribute("#plot", "data-nodes")) == min(150, len(features)) + 1  # and the target
+            page.evaluate(
+                'id => document.querySelector(`#plot .node[data-id="${CSS.escape(id)}"]`)'
+                ".dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                top,
+            )
+            page.wait_for_selector("#appears li")
+            assert page.locator("#appears li").count() == features[top][0]
+            assert page.locator("#ablations li").count() == 2  # the features and their random control
+            assert page.locator("#prompts a").count() == 4
+            browser.close()
+    finally:
+        server.should_exit = True
+    assert errors == []
 
 
 def test_a_killed_build_resumes_and_order_does_not_matter(set_store, cli) -> None:

@@ -27,6 +27,7 @@ from query.graph_view import (
     graph_document,
     rename_annotation,
     save_annotation,
+    set_document,
     steerable_nodes,
     subgraph_scores,
 )
@@ -147,6 +148,21 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
         return HTMLResponse(
             page(" vs ".join(slugs), compare_body(*slugs), ["common.js", "graph_draw.js", "compare.js"])
         )
+
+    def prompt_set(request: Request) -> HTMLResponse:
+        name = request.path_params["name"]
+        try:
+            set_document(store, name, 1)
+        except CircuitDBError as exc:
+            return error_page(str(exc))
+        body = (
+            f'<main id="set-page" class="graph-view" data-set="{html.escape(name)}"><div class="plot" id="plot"></div>'
+        )
+        body += '<aside id="side"><div id="summary"></div><div id="panel"></div></aside></main>'
+        return HTMLResponse(page(name, body, ["common.js", "graph_draw.js", "set.js"]))
+
+    def api_set(request: Request) -> Response:
+        return _cached(request, set_document, store, request.path_params["name"])
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]
@@ -324,6 +340,8 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
             Route("/", index),
             Route("/graph/{slug}", graph),
             Route("/compare/{a}/{b}", compare),
+            Route("/set/{name}", prompt_set),
+            Route("/api/set/{name}", api_set),
             Route("/feature/{feature_id:path}", feature),
             Route("/api/index", api_index),
             Route("/api/graph/{slug}", api_graph),
