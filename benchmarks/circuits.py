@@ -47,8 +47,13 @@ COUNTRIES = [
 
 
 def capitals(count: int) -> list[SetPrompt]:
-    """'The capital of X is' (target: its capital), cycling through the countries with other phrasings."""
-    frames = ["The capital of {} is", "The capital city of {} is", "{}'s capital is", "The seat of government of {} is"]
+    """'... the capital of X is' (its capital tagged), cycling through the countries, then the phrasings."""
+    frames = [  # 10-16 tokens each, as the issue's target sets
+        "In the atlas on my desk, the capital city of {} is",
+        "Every schoolchild knows that the capital of {} is",
+        "Question: what is the capital of {}? Answer: the capital is",
+        "Travel guide, chapter one: the capital of {} is",
+    ]
     prompts = []
     for i in range(count):
         country, city = COUNTRIES[i % len(COUNTRIES)]

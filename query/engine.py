@@ -82,8 +82,10 @@ class Catalog:
     def cursor(self, query: str) -> duckdb.DuckDBPyConnection:
         with self._lock:
             for table in named_tables(self.store, query):
-                stats = [(f.name, f.stat()) for f in self.store.partition_files(table)]
-                signature = tuple((name, st.st_mtime_ns, st.st_size, st.st_ino) for name, st in stats)
+                # every write replaces a partition file by a rename, which changes its folder's mtime: one stat
+                # notices any change, where a stat per file took ~15 ms for a table of 1,000 graphs
+                folder = (self.store.tables_dir / table).stat()
+                signature = (folder.st_mtime_ns, folder.st_ino, folder.st_nlink)
                 if self._bound.get(table) != signature:
                     bind(self._con, self.store, table, named=True)
                     self._bound[table] = signature

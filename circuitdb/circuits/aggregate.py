@@ -125,5 +125,5 @@ def circuit_edges(name: str, nodes: pl.DataFrame, edges: pl.DataFrame) -> pl.Dat
         frame.with_columns(pl.lit(name).alias("prompt_set"), agreement.alias("sign_agreement"))
         .rename({"source_name": "source", "target_name": "target"})
         .select("prompt_set", "source", "target", "graphs", "mean_weight", "sum_weight", "sign_agreement")
-        .sort([pl.col("graphs"), pl.col("sum_weight").abs(), "source", "target"], descending=[True, True, False, False])
+        .sort("target", "source")  # row groups by target: "what feeds X across the set" reads one or two
     )

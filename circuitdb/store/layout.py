@@ -12,6 +12,7 @@ A store may live on object storage (`s3://bucket/prefix`): `root` is then its lo
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from circuitdb.config import ObjectStoreConfig
@@ -62,7 +63,13 @@ class Store:
         """Tables that have at least one partition file."""
         if not self.tables_dir.is_dir():
             return []
-        return sorted(d.name for d in self.tables_dir.iterdir() if d.is_dir() and any(d.glob("*.parquet")))
+        return sorted(d.name for d in self.tables_dir.iterdir() if d.is_dir() and _holds_parquet(d))
+
+
+def _holds_parquet(folder: Path) -> bool:
+    """Whether `folder` holds a Parquet file, stopping at the first (a graph table holds thousands)."""
+    with os.scandir(folder) as entries:
+        return any(entry.name.endswith(".parquet") for entry in entries)
 
 
 def atomic_write_bytes(path: Path, data: bytes, checksum: bool = True) -> None:
