@@ -82,23 +82,14 @@ def test_steering_reports_and_records_the_run(store_copy: Path, llama_dir: Path)
 
     store, lm, cfg = Store(store_copy), load_model(str(llama_dir), device="cpu"), AttributionConfig()
     transcoders = stored_transcoders(store, "plt")
-    same, changes = steer_prompt(
-        store,
-        lm,
-        transcoders,
-        cfg,
-        SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("scale", 1.0), False, 0),
-        3,
-    )
+
+    def steer(clamp: Clamp):
+        run = SteeringRun("fox jumps", [Steered("plt/1/3", None)], clamp, False, 0)
+        return steer_prompt(store, lm, transcoders, cfg, run, 3)
+
+    same, changes = steer(Clamp("scale", 1.0))
     assert all(abs(change) < 1e-8 for *_, change in changes) and same["top_token_before"] == same["top_token_after"]
-    row, changes = steer_prompt(
-        store,
-        lm,
-        transcoders,
-        cfg,
-        SteeringRun("fox jumps", [Steered("plt/1/3", None)], Clamp("set", 50.0), False, 0),
-        3,
-    )
+    row, changes = steer(Clamp("set", 50.0))
     assert 3 <= len(changes) <= 6 and any(abs(change) > 1e-4 for *_, change in changes)
     assert all(change == pytest.approx(after - before) for _, before, after, change in changes)
     assert [after for _, _, after, _ in changes] == sorted((after for _, _, after, _ in changes), reverse=True)

@@ -2,8 +2,9 @@
 pages, the index. It writes only supernodes, pinned sets and interventions.
 
 Pages are thin HTML shells; their data comes from the JSON API under `/api/` (the same calls the CLI
-makes, in query/questions.py), and their drawing from plotly.js, which the `plotly` wheel ships: nothing
-is fetched from the network at view time. Hand-written JavaScript lives in `static/`.
+makes, in query/questions.py and query/graph_view.py). Graphs are drawn as plain SVG (static/graph_draw.js),
+charts with plotly.js, which the `plotly` wheel ships: nothing is fetched from the network at view time.
+Hand-written JavaScript lives in `static/`.
 """
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ def _encoded(document: dict) -> bytes:
     return json.dumps(document, default=str).encode()
 
 
+def _checked_page(check: Callable[[], object], title: str, body: str, scripts: list[str]) -> HTMLResponse:
+    """The page (common.js first), or a page saying what is not in the store (a graph, a feature, a set)."""
+    try:
+        check()
+    except CircuitDBError as exc:
+        return error_page(str(exc))
+    return HTMLResponse(page(title, body, ["common.js", *scripts]))
+
+
 def make_app(project: Project, access: Access | None = None) -> Starlette:
     """The app over the project's store (every request reads the tables as they are now) and its model, loaded
     on the first request that runs one (text search, "try your text", interventions): pages that only read
@@ -132,46 +142,27 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
 
     def graph(request: Request) -> HTMLResponse:
         slug = request.path_params["slug"]
-        try:
-            graph_row(store, slug)
-        except CircuitDBError as exc:
-            return error_page(str(exc))
-        return HTMLResponse(page(slug, graph_body(slug), ["common.js", "graph_draw.js", "graph.js"]))
+        return _checked_page(lambda: graph_row(store, slug), slug, graph_body(slug), ["graph_draw.js", "graph.js"])
 
     def compare(request: Request) -> HTMLResponse:
         slugs = (request.path_params["a"], request.path_params["b"])
-        try:
-            for slug in slugs:
-                graph_row(store, slug)
-        except CircuitDBError as exc:
-            return error_page(str(exc))
-        return HTMLResponse(
-            page(" vs ".join(slugs), compare_body(*slugs), ["common.js", "graph_draw.js", "compare.js"])
-        )
+        body = compare_body(*slugs)
+        scripts = ["graph_draw.js", "compare.js"]
+        return _checked_page(lambda: [graph_row(store, s) for s in slugs], " vs ".join(slugs), body, scripts)
 
     def prompt_set(request: Request) -> HTMLResponse:
         name = request.path_params["name"]
-        try:
-            set_document(store, name, 1)
-        except CircuitDBError as exc:
-            return error_page(str(exc))
-        body = (
-            f'<main id="set-page" class="graph-view" data-set="{html.escape(name)}"><div class="plot" id="plot"></div>'
-        )
-        body += '<aside id="side"><div id="summary"></div><div id="panel"></div></aside></main>'
-        return HTMLResponse(page(name, body, ["common.js", "graph_draw.js", "set.js"]))
+        body = f'<main id="set-page" class="graph-view" data-set="{html.escape(name)}"><div class="plot" id="plot">'
+        body += '</div><aside id="side"><div id="summary"></div><div id="panel"></div></aside></main>'
+        return _checked_page(lambda: set_document(store, name, 1), name, body, ["graph_draw.js", "set.js"])
 
     def api_set(request: Request) -> Response:
         return _cached(request, set_document, store, request.path_params["name"])
 
     def feature(request: Request) -> HTMLResponse:
         feature_id = request.path_params["feature_id"]
-        try:
-            feature_page(store, feature_id, 1)
-        except CircuitDBError as exc:
-            return error_page(str(exc))
         body = f'<main id="feature-page" data-feature="{html.escape(feature_id)}"></main>'
-        return HTMLResponse(page(feature_id, body, ["plotly.js", "common.js", "feature.js"]))
+        return _checked_page(lambda: feature_page(store, feature_id, 1), feature_id, body, ["plotly.js", "feature.js"])
 
     def index_document() -> dict:
         listing = graph_listing(store) if "graphs" in store.table_names() else None
