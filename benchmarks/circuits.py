@@ -128,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     project = Project.open(overrides={"store": args.store}).built()
     store, cfg = project.store, project.config.attribution
-    name = f"capitals-{args.prompts}"
+    name = f"capitals-{args.prompts}-{int(time.time())}"  # a new set: every graph is built, none resumed
     define_set(store, name, capitals(args.prompts))
     named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
     model = project.model  # loaded before the clock starts, as in a long-lived process
