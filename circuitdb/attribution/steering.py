@@ -53,14 +53,20 @@ class SteeringRun(NamedTuple):
     """The graph whose nodes were steered (its page lists the run), if any."""
 
 
+def dictionary_set(feature_ids: list[str], action: str) -> str:
+    """The one dictionary set of `feature_ids` (an intervention loads one set's transcoders); `action` (steer,
+    ablate) words the error."""
+    if not feature_ids:
+        raise CircuitDBError(f"{action} at least one feature")
+    dictionaries = {parse_feature_id(feature_id)[0] for feature_id in feature_ids}
+    if len(dictionaries) != 1:
+        raise CircuitDBError(f"{action} features of one dictionary set at a time, got {sorted(dictionaries)}")
+    return dictionaries.pop()
+
+
 def steered_set(run: SteeringRun) -> str:
     """The one dictionary set whose features `run` steers."""
-    if not run.steered:
-        raise CircuitDBError("steer at least one feature")
-    dictionaries = {parse_feature_id(item.feature_id)[0] for item in run.steered}
-    if len(dictionaries) != 1:
-        raise CircuitDBError(f"steer features of one dictionary set at a time, got {sorted(dictionaries)}")
-    return dictionaries.pop()
+    return dictionary_set([item.feature_id for item in run.steered], "steer")
 
 
 def steer_prompt(

@@ -1,2 +1,3 @@
-"""Reading stored circuits: a pruned graph's influence towards one logit, its strongest paths, the scores of
-a subgraph. NumPy only, so the viewer and the CLI answer these without torch or the model."""
+"""Circuits beyond one graph's build: reading a stored graph (influence towards one logit, paths, subgraph
+scores: NumPy only, so the viewer answers without torch), its circuit-tracer JSON from the rows, and prompt sets
+(defined, built back to back, aggregated, ablated)."""

@@ -99,11 +99,6 @@ def circuit_features(name: str, nodes: pl.DataFrame, graphs: pl.DataFrame, label
     return frame.select(columns).sort(["graphs", "mean_influence", "feature_id"], descending=[True, True, False])
 
 
-def _flattened(column: str) -> pl.Expr:
-    """A list column's elements over a group, as one list."""
-    return pl.col(column).list.explode(keep_nulls=False, empty_as_null=False)
-
-
 def circuit_edges(name: str, nodes: pl.DataFrame, edges: pl.DataFrame) -> pl.DataFrame:
     """Per (source name, target name): graphs holding such an edge, the weight (summed within a graph) averaged
     and summed over graphs, and the share of graphs whose weight has the majority's sign."""

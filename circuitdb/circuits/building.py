@@ -23,9 +23,9 @@ class BuiltPrompt(NamedTuple):
     """The graph's `graphs` row."""
 
 
-def to_build(store: Store, name: str, stale: set[str] = frozenset()) -> pl.DataFrame:
-    """The set's prompts whose graph is not built, or is in `stale` (built before its transcoders' retraining)."""
-    rows = set_rows(store, name)
+def to_build(rows: pl.DataFrame, stale: set[str] = frozenset()) -> pl.DataFrame:
+    """The set's prompts (`set_rows`) whose graph is not built, or is in `stale` (built before its transcoders'
+    retraining)."""
     return rows.filter(pl.col("slug").is_null() | pl.col("slug").is_in(list(stale)))
 
 
@@ -41,7 +41,7 @@ def build_prompt_set(
     """Build the graphs of the set's prompts `to_build` names (rows only: `graph export` writes a JSON), record
     each slug as it finishes, aggregate the set; returns its `circuit_sets` row."""
     rows = set_rows(store, name)
-    for position, prompt, target in to_build(store, name, stale).select("position", "prompt", "target").iter_rows():
+    for position, prompt, target in to_build(rows, stale).select("position", "prompt", "target").iter_rows():
         spec = TargetSpec((target,)) if target else TOP_LOGITS_TARGET
         graph, _ = build_graph(store, lm, prompt, named, cfg, target=spec, keep_json=False)
         done = pl.col("position") == position

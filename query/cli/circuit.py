@@ -48,7 +48,7 @@ def build_prompt_set(
             define_set(built, name, given)
         cfg = project.config.attribution
         named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
-        todo = to_build(built, name).height
+        todo = to_build(set_rows(built, name)).height
         bar = tqdm(total=todo, desc=f"graphs of {name}", unit="graph", disable=todo == 0)
 
         def finished(done) -> None:
@@ -100,18 +100,15 @@ def circuit_ablate(
 ) -> None:
     """Zero features on every prompt of the set; the mean change of each prompt's target (95% interval) and the
     share of prompts whose top token flips, beside as many random features of the same layers."""
+    from circuitdb.attribution.steering import dictionary_set
     from circuitdb.circuits.ablation import ablate_set, top_recurring
-    from circuitdb.store import parse_feature_id
 
     if (feature is None) == (top is None):
         raise CircuitDBError("give --feature (repeatable) or --top N")
     with open_project(config, store=store) as project:
         built = project.built().store
         chosen = list(feature) if feature else top_recurring(built, name, top)
-        dictionaries = {parse_feature_id(f)[0] for f in chosen}
-        if len(dictionaries) != 1:
-            raise CircuitDBError(f"ablate features of one dictionary set at a time, got {sorted(dictionaries)}")
-        transcoders = project.transcoders(dictionaries.pop())
+        transcoders = project.transcoders(dictionary_set(chosen, "ablate"))
         cfg = project.config.attribution
         result = ablate_set(built, project.model, transcoders, cfg, name, chosen, not live, seed)
     render_ablation(result, fmt)

@@ -80,6 +80,13 @@ def _whole_number(request: Request, name: str, default: int, most: int) -> int:
     return int(given)
 
 
+def _annotation_kind(request: Request) -> str:
+    """`graph_annotations.kind` of the URL's word (supernodes, pins)."""
+    if request.path_params["kind"] not in ANNOTATION_KINDS:
+        raise ValueError("annotations are supernodes or pins")
+    return ANNOTATION_KINDS[request.path_params["kind"]]
+
+
 def _node_ids(body: dict) -> list[str]:
     node_ids = body.get("node_ids")
     if not isinstance(node_ids, list) or not all(isinstance(n, str) for n in node_ids) or len(node_ids) > 10_000:
@@ -228,10 +235,9 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
     async def api_annotations(request: Request) -> Response:
         """Save a supernode or pinned set ({name, node_ids}) or rename one ({name, new_name}), into the
         graph's `graph_annotations` partitions."""
-        slug, kind = request.path_params["slug"], ANNOTATION_KINDS.get(request.path_params["kind"])
+        slug = request.path_params["slug"]
         try:
-            if kind is None:
-                raise ValueError("annotations are supernodes or pins")
+            kind = _annotation_kind(request)
             body = await _json_body(request)
             name = body.get("name")
             if not isinstance(name, str):
@@ -245,11 +251,10 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
         return _json({request.path_params["kind"]: saved})
 
     def api_delete_annotation(request: Request) -> Response:
-        slug, kind = request.path_params["slug"], ANNOTATION_KINDS.get(request.path_params["kind"])
         try:
-            if kind is None:
-                raise ValueError("annotations are supernodes or pins")
-            left = delete_annotation(store, slug, kind, request.path_params["name"])
+            left = delete_annotation(
+                store, request.path_params["slug"], _annotation_kind(request), request.path_params["name"]
+            )
         except (CircuitDBError, ValueError) as exc:
             return _error(exc, 400)
         return _json({request.path_params["kind"]: left})

@@ -73,7 +73,7 @@ function writeState(state) {
     const needle = state.q.toLowerCase();
     const hit = i => needle && (i.label || i.name || "").toLowerCase().includes(needle);
     const priority = i => (i.kind === "logit" ? 1e9 + i.activation : pinned.has(i.id) || i.id === state.sel ? 1e8 : i.kind === "supernode" ? 1e7 : i.kind === "feature" ? i.score : 0);
-    const labels = placeLabels(merged.items, placed, width, height, nLayers, priority, 40);
+    const labels = placeLabels(merged.items, placed, projection(plot, placed, nLayers), priority, 40);
     const dim = item => (item.kind === "error" && state.errors === "dim") || (state.sub && item.kind === "token");
     const selected = state.sel && (merged.owner[state.sel] || state.sel);
     const owned = id => merged.owner[id] || id;

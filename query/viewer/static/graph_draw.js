@@ -96,10 +96,11 @@ function marker(node, x, y, r) {
   return `<circle ${attributes} cx="${x}" cy="${y}" r="${r}">${title}</circle>`;
 }
 
-const LABEL_ANCHORS = { "top center": [0, -1, "middle"], "bottom center": [0, 1, "middle"], "middle right": [1, 0, "start"], "middle left": [-1, 0, "end"] };
+// Where a label may go, in the order `placeLabels` tries: direction from its node (dx, dy) and text anchor.
+const LABEL_SPOTS = { "top center": [0, -1, "middle"], "bottom center": [0, 1, "middle"], "middle right": [1, 0, "start"], "middle left": [-1, 0, "end"] };
 function labelText(node, x, y, r) {
   if (!node.label) return "";
-  const [dx, dy, anchor] = LABEL_ANCHORS[node.labelSpot];
+  const [dx, dy, anchor] = LABEL_SPOTS[node.labelSpot];
   const lx = x + dx * (r + 2), ly = y + (dy < 0 ? -r - 3 : dy > 0 ? r + 10 : 3);
   return `<text x="${lx.toFixed(1)}" y="${ly.toFixed(1)}" text-anchor="${anchor}" class="node-label">${escapeHTML(node.label)}</text>`;
 }
@@ -248,9 +249,8 @@ function keptEdges(edges, share) {
 // Labels that do not cover one another: candidates in priority order (logits, pinned, supernodes, then the
 // features of most influence), each tried above, below, right and left of its node; one that fits nowhere
 // is left to the hover text.
-const LABEL_SPOTS = [["top center", 0, -1], ["bottom center", 0, 1], ["middle right", 1, 0], ["middle left", -1, 0]];
-function placeLabels(items, placed, widthPx, heightPx, nLayers, wanted, most) {
-  const toPx = p => ({ x: (p.x / placed.slots) * widthPx, y: ((nLayers + 1.7 - p.y) / (nLayers + 2.4)) * heightPx });
+// `to` is the drawing's `projection`.
+function placeLabels(items, placed, to, wanted, most) {
   const boxes = [];
   const text = items.map(() => ""), where = items.map(() => "top center");
   const order = items.map((item, k) => k).filter(k => wanted(items[k]) > 0).sort((a, b) => wanted(items[b]) - wanted(items[a]));
@@ -259,12 +259,12 @@ function placeLabels(items, placed, widthPx, heightPx, nLayers, wanted, most) {
     if (placedCount >= most) break;
     const label = shortLabel(items[k]);
     if (!label) continue;
-    const centre = toPx(placed.at[items[k].id]);
+    const at = placed.at[items[k].id], centre = { x: to.x(at.x), y: to.y(at.y) };
     const w = 5.2 * label.length + 4, h = 12, gap = placed.size / 2 + 1;
-    for (const [spot, dx, dy] of LABEL_SPOTS) {
+    for (const [spot, [dx, dy]] of Object.entries(LABEL_SPOTS)) {
       const cx = centre.x + dx * (gap + w / 2), cy = centre.y + dy * (gap + h / 2);
       const box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2];
-      if (box[0] < -20 || box[2] > widthPx + 40) continue;
+      if (box[0] < MARGIN.l - 20 || box[2] > MARGIN.l + to.width + 40) continue;
       if (boxes.some(b => b[0] < box[2] && box[0] < b[2] && b[1] < box[3] && box[1] < b[3])) continue;
       boxes.push(box);
       text[k] = label;

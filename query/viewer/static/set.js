@@ -18,7 +18,7 @@
     const { width, height } = plotSize(plot);
     const placed = layoutNodes(items, nLayers, data.tokens.length, width, height);
     const priority = i => (i.kind === "logit" ? 1e9 : i.graphs + i.score);
-    const labels = placeLabels(items, placed, width, height, nLayers, priority, 30);
+    const labels = placeLabels(items, placed, projection(plot, placed, nLayers), priority, 30);
     renderScene(plot, {
       placed, nLayers, tokens: data.tokens, opacity: selected ? 0.12 : 0.3, edges: data.edges, paths: [], selected,
       highlight: selected ? data.edges.filter(([a, b]) => a === selected || b === selected) : [],
