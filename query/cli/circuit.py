@@ -102,11 +102,13 @@ def circuit_ablate(
     share of prompts whose top token flips, beside as many random features of the same layers."""
     from circuitdb.attribution.steering import dictionary_set
     from circuitdb.circuits.ablation import ablate_set, top_recurring
+    from circuitdb.circuits.prompt_sets import built_slugs
 
     if (feature is None) == (top is None):
         raise CircuitDBError("give --feature (repeatable) or --top N")
     with open_project(config, store=store) as project:
         built = project.built().store
+        built_slugs(built, name)  # an unknown set is one line before the model loads
         chosen = list(feature) if feature else top_recurring(built, name, top)
         transcoders = project.transcoders(dictionary_set(chosen, "ablate"))
         cfg = project.config.attribution
