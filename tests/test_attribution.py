@@ -303,6 +303,38 @@ def test_capped_influence_first_keeps_the_most_influential(traced) -> None:
     assert capped.n_features == cap and overlap >= 0.9 and share >= 0.99, (overlap, share)
 
 
+def test_influence_in_one_pass_is_the_power_series(traced) -> None:
+    """Influence solved layer by layer equals wᵀ(Â + Â² + …) summed until the products vanish."""
+    from circuitdb.attribution.pruning import logit_weights, node_influence, normalized
+
+    _, graph = traced
+    matrix, weights = normalized(graph.adjacency), logit_weights(graph)
+    current, expected = weights @ matrix, torch.zeros_like(weights)
+    while current.any():
+        expected += current
+        current = current @ matrix
+    torch.testing.assert_close(node_influence(graph), expected, rtol=1e-9, atol=1e-12)
+    assert expected[: graph.n_features].any()
+
+
+def test_capped_rows_kept_from_the_selection_are_the_dense_rows(traced12, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Influence-first with room for its rows keeps the ones the selection computed: the graph is the dense
+    graph's submatrix over the kept nodes, as when they are computed again over the kept columns only."""
+    rm, graph = traced12
+    cap = graph.n_features // 3
+    report = []
+    kept = attribute(rm, progress=False, max_feature_nodes=cap, batch_size=16, report=report.append)
+    assert report[0].influence_first and report[0].rows_kept and kept.n_features == cap
+    nodes = torch.cat([_positions_in(graph, kept), torch.arange(graph.n_features, graph.n_nodes)])
+    torch.testing.assert_close(kept.adjacency, graph.adjacency[nodes][:, nodes], rtol=1e-6, atol=1e-12)
+    attribute_module = importlib.import_module("circuitdb.attribution.attribute")
+    estimate = attribute_module.memory_estimate
+    no_room = lambda *args: estimate(*args)._replace(rows_kept=False)  # noqa: E731
+    monkeypatch.setattr(attribute_module, "memory_estimate", no_room)
+    again = attribute(rm, progress=False, max_feature_nodes=cap, batch_size=16)
+    torch.testing.assert_close(again.adjacency, kept.adjacency, rtol=1e-6, atol=1e-12)
+
+
 def test_targets_in_chunks_give_the_same_rows(traced, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long prompt's targets go through the sweep in chunks (bounded gradient memory): same rows."""
     attribute_module = importlib.import_module(

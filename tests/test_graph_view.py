@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 
-from circuitdb.attribution.pruning import influence, normalized
+from circuitdb.attribution.pruning import normalized
 from circuitdb.circuits.pruned import PrunedGraph
 from circuitdb.errors import CircuitDBError
 
@@ -62,6 +62,15 @@ def _dense(nodes: pl.DataFrame, edges: pl.DataFrame) -> torch.Tensor:
     for source, target, weight in edges.iter_rows():
         matrix[index[target], index[source]] = weight
     return matrix
+
+
+def influence(matrix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """wᵀ(M + M² + …) by its definition: products until they vanish (the graphs are acyclic)."""
+    current, total = weights @ matrix, torch.zeros_like(weights)
+    while current.any():
+        total += current
+        current = current @ matrix
+    return total
 
 
 def test_influence_towards_one_logit_matches_dense_matrices() -> None:

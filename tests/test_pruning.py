@@ -11,9 +11,10 @@ from circuitdb.attribution.graph import Graph
 from circuitdb.attribution.replacement_model import Features
 
 
-def _graph(adjacency: torch.Tensor, n_features: int, n_layers: int, n_positions: int, probabilities: list[float]):
+def _graph(adjacency, n_features: int, n_layers: int, n_positions: int, probabilities: list[float], layers=None):
     zeros = torch.zeros(n_features, dtype=torch.long)
-    features = Features(zeros, zeros, torch.arange(n_features), torch.ones(n_features))
+    layers = zeros if layers is None else layers
+    features = Features(layers, zeros, torch.arange(n_features), torch.ones(n_features))
     logits = list(range(len(probabilities)))
     probabilities = torch.tensor(probabilities)
     return Graph(list(range(n_positions)), features, n_layers, logits, probabilities, adjacency, n_features)
@@ -106,12 +107,14 @@ def test_random_graphs_match_circuit_tracer(seed: int) -> None:
         ]
     )
     allowed = depth[:, None] > depth[None, :]  # [targets, sources]: edges only go deeper
+    allowed[n_features : n - n_logits] = False  # errors and tokens read nothing, as in an attribution graph
     weights = torch.randn(n, n, generator=gen, dtype=torch.float64) ** 3
     sparse = torch.rand(n, n, generator=gen) < 0.3
     adjacency = torch.where(allowed & sparse, weights, torch.zeros(()))
     adjacency[-n_logits:, :n_features][:, :5] += 1.0  # a few strong features, so pruning has a shape
     probabilities = torch.tensor([0.6, 0.25, 0.1])
-    graph = _graph(adjacency.float(), n_features, n_layers, n_positions, probabilities.tolist())
+    layers = depth[:n_features] - 1  # a feature of depth d reads errors of depth < d: its layer is d - 1
+    graph = _graph(adjacency.float(), n_features, n_layers, n_positions, probabilities.tolist(), layers)
     for nt, et in [(0.8, 0.98), (0.5, 0.9), (0.95, 0.7)]:
         pruned = prune(graph, node_threshold=nt, edge_threshold=et)
         reference = _reference_prune(adjacency.float().double(), n_features, n_positions, probabilities, nt, et)

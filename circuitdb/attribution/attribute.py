@@ -209,18 +209,15 @@ class _BackwardPass:
 
         inject(L)
         for layer in tqdm(range(L - 1, -1, -1), desc=desc, unit="layer", disable=not self.progress, leave=False):
-            sources = [self._mapped(*block, column_map) for block in self.writes(layer)]
+            segments = self._segments(layer, column_map)
             for position, members, member_layers, grad in groups:
                 live = grad[: active(member_layers, layer + 1)]
                 if not len(live):
                     continue
                 rows = out_rows[members[: len(live)]]
-                for columns, source_positions, vectors in sources:
-                    for source_position in source_positions.unique().tolist():
-                        if source_position > position:
-                            continue
-                        pick = source_positions == source_position
-                        out[rows[:, None], columns[pick][None, :]] += live[:, source_position] @ vectors[pick].T
+                for segment in segments:
+                    if segment.position <= position:
+                        segment.add_into(out, rows, live[:, segment.position] @ segment.vectors.T)
                 self.weights[layer].skip_backward(live, position + 1)
             inject(layer)
             for position, _, member_layers, grad in groups:
@@ -237,14 +234,45 @@ class _BackwardPass:
                     "npd,pd->np", grad, self.embeddings[: position + 1]
                 )
 
-    @staticmethod
-    def _mapped(columns, positions, vectors, column_map):
-        """A source block with its columns mapped, the dropped ones (-1) left out."""
-        if column_map is None:
-            return columns, positions, vectors
-        mapped = column_map[columns]
-        keep = mapped >= 0
-        return mapped[keep], positions[keep], vectors[keep]
+    def _segments(self, layer: int, column_map: torch.Tensor | None) -> list[_Segment]:
+        """The sources writing into mlp_out of `layer`, a segment per (block, position), their columns mapped
+        and the dropped ones (-1) left out."""
+        segments = []
+        for columns, positions, vectors in self.writes(layer):
+            if column_map is not None:
+                mapped = column_map[columns]
+                keep = mapped >= 0
+                columns, positions, vectors = mapped[keep], positions[keep], vectors[keep]
+            values, counts = torch.unique_consecutive(positions, return_counts=True)
+            start = 0
+            for position, count in zip(values.tolist(), counts.tolist(), strict=True):
+                part = slice(start, start + count)
+                consecutive = bool((columns[part].diff() == 1).all())
+                first = int(columns[start]) if consecutive else None
+                segments.append(_Segment(position, columns[part], vectors[part], first))
+                start += count
+        return segments
+
+
+class _Segment(NamedTuple):
+    """Sources at one position writing into one layer: their output columns and write vectors [k, d].
+
+    Features are ordered by (layer, position, index) and a column map keeps that order, so a segment's columns
+    are nearly always consecutive: then its products are added row by row into that slice of the output, not
+    element by element."""
+
+    position: int
+    columns: torch.Tensor
+    vectors: torch.Tensor
+    first: int | None
+    """The first column when the columns are consecutive."""
+
+    def add_into(self, out: torch.Tensor, rows: torch.Tensor, products: torch.Tensor) -> None:
+        """out[rows, columns] += products [len(rows), len(columns)]."""
+        if self.first is not None:
+            out.narrow(1, self.first, len(self.columns)).index_add_(0, rows, products)
+        else:
+            out[rows[:, None], self.columns[None, :]] += products
 
 
 def _estimated_gb(n_rows: int, n_columns: int, bytes_per_value: int) -> float:
@@ -257,25 +285,34 @@ class MemoryEstimate(NamedTuple):
     n_positions: int
     """Prompt tokens, BOS included."""
     gb: float
-    """Peak bytes of the graph's buffers (adjacency, pruning's copy, the selection buffer), in GB."""
+    """Peak bytes of the graph's buffers (adjacency, pruning's copy, the selection buffers), in GB."""
     influence_first: bool
-    """Whether rows are computed influence-first (the dense graph of every active feature does not fit)."""
+    """Whether rows are computed influence-first (the cap is below the active features, as circuit-tracer)."""
+    rows_kept: bool = False
+    """Influence-first: whether each chosen feature's exact row, computed once for the selection, is kept for the
+    graph (it fits `memory_gb`); otherwise the kept graph's rows are computed again over the kept nodes only."""
 
 
 def memory_estimate(
     n_features: int, n_layers: int, n_positions: int, max_feature_nodes: int | None, memory_gb: float | None
 ) -> MemoryEstimate:
-    """What the graph will hold: dense (every active feature a node, then the cap by exact influence) when
-    that fits `memory_gb`, else influence-first (a bf16 selection buffer of max_feature_nodes rows over the
-    feature columns, an upper bound: a row only holds the features of earlier layers; then the exact square
-    graph of the kept nodes). Both hold the square graph twice while pruning."""
+    """What the graph will hold. Dense (every active feature's row) when the cap keeps every feature. Otherwise
+    influence-first, as circuit-tracer: rows in batches of estimated influence until the cap, ranked through a
+    bf16 copy of the normalized rows (an upper bound: a row only holds the features of earlier layers); the
+    fp32 rows themselves are kept for the graph when they fit `memory_gb`, else the exact square graph of the
+    kept nodes is computed again. Every way holds the square graph twice while pruning."""
     others = n_layers * n_positions + n_positions + MAX_LOGITS
     dense = 2 * _estimated_gb(n_features + others, n_features + others, 4)
-    if max_feature_nodes is None or max_feature_nodes >= n_features or memory_gb is None or dense <= memory_gb:
+    if max_feature_nodes is None or max_feature_nodes >= n_features:
         return MemoryEstimate(n_features, n_positions, dense, False)
     kept = max_feature_nodes + others
+    square = 2 * _estimated_gb(kept, kept, 4)
     selection = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features, 2) + SCRATCH_BYTES / 1e9
-    return MemoryEstimate(n_features, n_positions, max(selection, 2 * _estimated_gb(kept, kept, 4)), True)
+    rows = _estimated_gb(max_feature_nodes + MAX_LOGITS, n_features + others, 4)
+    with_rows = max(selection + rows, rows + square / 2, square)  # the buffer lives until the square is filled
+    if memory_gb is None or with_rows <= memory_gb:
+        return MemoryEstimate(n_features, n_positions, with_rows, True, True)
+    return MemoryEstimate(n_features, n_positions, max(selection, square), True)
 
 
 @torch.no_grad()
@@ -294,15 +331,14 @@ def attribute(
     """The attribution graph of the traced prompt (see the module docstring), with at most
     `max_feature_nodes` features as nodes, chosen by influence on the logits.
 
-    Dense when it fits `memory_gb` (every active feature gets its exact row, the cap keeps the most
-    influential by exact influence: `keep_top_features`); otherwise influence-first: logit rows, then
-    feature rows in batches, each batch the features of highest influence estimated from the rows so far,
-    until the cap (`batch_size` features between two rankings); then the kept graph's rows once more,
-    exactly, over the kept nodes only. Features never given a row are left out of the graph with their
-    edges, as circuit-tracer's are.
-    `influence_first` forces one way (tests). `report` hears the memory estimate before anything is
-    allocated; past `memory_gb`, one clear error instead. `target` says what the graph explains (the top
-    logits unless asked otherwise: `targets.py`).
+    Dense when the cap keeps every active feature (each gets its exact row). Otherwise influence-first, as
+    circuit-tracer: logit rows, then feature rows in batches, each batch the features of highest influence
+    estimated from the rows so far, until the cap (`batch_size` features between two rankings). The rows are
+    exact: kept for the graph when they fit `memory_gb`, else computed once more over the kept nodes only.
+    Features never given a row are left out of the graph with their edges, as circuit-tracer's are.
+    `influence_first` forces one way (tests: dense then keeps the most influential by exact influence).
+    `report` hears the memory estimate before anything is allocated; past `memory_gb`, one clear error instead.
+    `target` says what the graph explains (the top logits unless asked otherwise: `targets.py`).
     """
     lm, features = rm.lm, rm.features
     L, P, n_f = lm.n_layers, rm.n_positions, len(features)
@@ -321,7 +357,11 @@ def attribute(
     if not estimate.influence_first:
         every = torch.arange(n_f, device=backward.device)
         return keep_top_features(_kept_graph(backward, targets, every), max_feature_nodes)
-    chosen = _choose_features(backward, targets, max_feature_nodes, batch_size)
+    capacity = min(max_feature_nodes or n_f, n_f)
+    kept_rows = _KeptRows(backward, len(targets.ids), capacity) if estimate.rows_kept else None
+    chosen = _choose_features(backward, targets, capacity, batch_size, kept_rows)
+    if kept_rows is not None:
+        return _graph(backward, targets, chosen, kept_rows.square(chosen))
     return _kept_graph(backward, targets, chosen)
 
 
@@ -375,11 +415,49 @@ def _times(vector: torch.Tensor, matrix: torch.Tensor, rows_per_chunk: int = 128
     return out
 
 
+class _KeptRows:
+    """Influence-first with room for them: the exact rows the selection computes, over every source column, kept
+    in the order computed (the targets' first), so the graph needs no second pass over the kept nodes."""
+
+    def __init__(self, backward: _BackwardPass, n_targets: int, capacity: int) -> None:
+        self.backward, self.n_targets, self.filled = backward, n_targets, 0
+        dtype, device = backward.rm.mlp_in.dtype, backward.device
+        self.rows = torch.zeros(n_targets + capacity, backward.n_columns, dtype=dtype, device=device)
+        self.where = torch.full((backward.n_features,), -1, dtype=torch.long, device=device)  # feature → its row
+
+    def next_rows(self, columns: torch.Tensor) -> torch.Tensor:
+        """The buffer's next rows (a view to compute into) for targets whose feature `columns` are given (-1:
+        a logit)."""
+        rows = self.rows[self.filled : self.filled + len(columns)]
+        features = (columns >= 0).nonzero().flatten()
+        self.where[columns[features]] = self.filled + features
+        self.filled += len(columns)
+        return rows
+
+    def square(self, chosen: torch.Tensor) -> torch.Tensor:
+        """The graph's adjacency: rows of the chosen features and the targets, over the chosen features' columns,
+        errors and tokens (a block of rows at a time: no copy of the whole buffer)."""
+        backward = self.backward
+        others = torch.arange(backward.error_start, backward.n_columns, device=backward.device)
+        columns = torch.cat([chosen, others])
+        n_kept, n_sources = len(chosen), len(columns)
+        adjacency = torch.zeros(n_sources + self.n_targets, n_sources + self.n_targets, dtype=self.rows.dtype)
+        adjacency = adjacency.to(backward.device)
+        sources = torch.cat([self.where[chosen], torch.arange(self.n_targets, device=backward.device)])
+        out_rows = torch.arange(n_kept + self.n_targets, device=backward.device)
+        out_rows[n_kept:] += len(others)
+        for start in range(0, len(sources), 1024):
+            part = slice(start, start + 1024)
+            adjacency[out_rows[part], :n_sources] = self.rows[sources[part]][:, columns]
+        return adjacency
+
+
 def _choose_features(
-    backward: _BackwardPass, targets: Targets, max_feature_nodes: int, batch_size: int
+    backward: _BackwardPass, targets: Targets, capacity: int, batch_size: int, kept: _KeptRows | None
 ) -> torch.Tensor:
     """Influence-first: the features to keep, in batches of the highest estimated influence so far. A batch's
-    rows are computed in blocks whose fp32 rows over every source stay within SCRATCH_BYTES."""
+    rows are computed in blocks whose fp32 rows over every source stay within SCRATCH_BYTES, or straight into
+    `kept`."""
     rm, device, n_f = backward.rm, backward.device, backward.n_features
     f = rm.features
     selection = _SelectionRows(f, backward.L)
@@ -388,10 +466,14 @@ def _choose_features(
     def add_rows(layers: torch.Tensor, positions: torch.Tensor, reads: torch.Tensor, columns, weights, desc) -> None:
         for start in range(0, len(reads), block_rows):
             part = slice(start, start + block_rows)
-            block = torch.zeros(len(reads[part]), backward.n_columns, dtype=reads.dtype, device=device)
+            if kept is not None:
+                block = kept.next_rows(columns[part])
+            else:
+                block = torch.zeros(len(reads[part]), backward.n_columns, dtype=reads.dtype, device=device)
             out_rows = torch.arange(len(block), device=device)
             backward.rows(layers[part], positions[part], reads[part], block, out_rows, desc=desc)
-            selection.add(normalize_rows_(block.abs_()), layers[part], columns[part], weights[part])
+            magnitudes = block.abs() if kept is not None else block.abs_()
+            selection.add(normalize_rows_(magnitudes), layers[part], columns[part], weights[part])
 
     n_targets = len(targets.ids)
     layers = torch.full((n_targets,), targets.layer, device=device)
@@ -400,7 +482,6 @@ def _choose_features(
     weights = targets.weights.to(device)
     add_rows(layers, where, backward.target_reads(targets), no_column, weights, "target rows")
     chosen = torch.zeros(n_f, dtype=torch.bool, device=device)
-    capacity = min(max_feature_nodes, n_f)
     bar = tqdm(total=capacity, desc="feature rows", unit="row", disable=not backward.progress, leave=False)
     done = 0
     while done < capacity:
@@ -422,10 +503,9 @@ def _choose_features(
 
 def _kept_graph(backward: _BackwardPass, targets: Targets, chosen: torch.Tensor) -> Graph:
     """The exact square graph of the chosen features (all of them: the dense graph), errors, tokens and
-    targets; other features are dropped with their edges."""
+    targets, computed over those columns only; other features are dropped with their edges."""
     rm, device = backward.rm, backward.device
     f = rm.features
-    kept = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
     n_kept = len(chosen)
     others = torch.arange(backward.error_start, backward.n_columns, device=device)
     column_map = None  # every feature kept: columns stay where they are
@@ -436,14 +516,21 @@ def _kept_graph(backward: _BackwardPass, targets: Targets, chosen: torch.Tensor)
     n_targets = len(targets.ids)
     n_nodes = n_kept + len(others) + n_targets
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=rm.mlp_in.dtype, device=device)
-    layers = torch.cat([kept.layer, torch.full((n_targets,), targets.layer, device=device)])
-    positions = torch.cat([kept.position, torch.full((n_targets,), targets.position, device=device)])
+    layers = torch.cat([f.layer[chosen], torch.full((n_targets,), targets.layer, device=device)])
+    positions = torch.cat([f.position[chosen], torch.full((n_targets,), targets.position, device=device)])
     reads = torch.cat([backward.feature_reads(chosen), backward.target_reads(targets)])
     out_rows = torch.arange(n_kept + n_targets, device=device)
     out_rows[n_kept:] += len(others)
     backward.rows(layers, positions, reads, adjacency, out_rows, column_map, desc="exact rows")
+    return _graph(backward, targets, chosen, adjacency)
+
+
+def _graph(backward: _BackwardPass, targets: Targets, chosen: torch.Tensor, adjacency: torch.Tensor) -> Graph:
+    """The `Graph` of the chosen features (indices into the active ones, ascending) over `adjacency`."""
+    f = backward.rm.features
+    kept = Features(f.layer[chosen], f.position[chosen], f.index[chosen], f.activation[chosen])
     return Graph(
-        rm.ids.tolist(),
+        backward.rm.ids.tolist(),
         kept,
         backward.L,
         targets.ids,

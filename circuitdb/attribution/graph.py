@@ -39,6 +39,16 @@ class Graph:
     """The targets' position (None: the last)."""
 
     @property
+    def read_layers(self) -> torch.Tensor:
+        """Where each node reads the residual stream: a feature at its layer, a target at `target_layer` (the
+        unembedding: n_layers); errors and tokens read nothing (−1: their rows are empty)."""
+        device = self.features.layer.device
+        n_targets = len(self.logit_tokens)
+        target = self.n_layers if self.target_layer is None else self.target_layer
+        nothing = torch.full((self.logit_start - self.error_start,), -1, dtype=torch.long, device=device)
+        return torch.cat([self.features.layer, nothing, torch.full((n_targets,), target, device=device)])
+
+    @property
     def n_positions(self) -> int:
         return len(self.ids)
 

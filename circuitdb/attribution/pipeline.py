@@ -60,7 +60,9 @@ def target_tokens(lm: LoadedModel, graph) -> list[str]:
 
 
 def _describe(report: Callable[[str], None], cfg: AttributionConfig, estimate: MemoryEstimate) -> None:
-    how = "influence-first rows" if estimate.influence_first else "every feature's row"
+    how = "every feature's row"
+    if estimate.influence_first:
+        how = "influence-first rows, kept" if estimate.rows_kept else "influence-first rows, then the kept graph's"
     report(
         f"{estimate.n_positions} tokens, {estimate.n_features} active features: ~{estimate.gb:.2f} GB for the graph "
         f"({how}; attribution.memory_gb {cfg.memory_gb}, max_feature_nodes {cfg.max_feature_nodes})"

@@ -2,8 +2,8 @@
 
 Influence is measured on the row-normalized absolute adjacency Â (each target's incoming weights
 sum to 1): the total influence of node s on the logits is wᵀ(Â + Â² + …)[s] = wᵀ((I − Â)⁻¹ − I)[s],
-with w the logits' probabilities. The graph is acyclic, so Â is nilpotent and the series ends after
-at most depth-many terms; it is summed as repeated vector–matrix products, never as an inverse.
+with w the logits' probabilities. The graph is acyclic and layered, so the series is solved in one pass
+over Â's rows from the last layer down, never as an inverse.
 As circuit-tracer's `prune_graph`, so the same graph gives the same node and edge sets:
 - nodes: rank *every* node by influence (tokens included: they compete for the threshold; logits
   have none) and keep those at or above the score where the ranked cumulative sum reaches
@@ -41,16 +41,22 @@ def normalize_rows_(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.div_(matrix.sum(1, keepdim=True).clamp_min(1e-10))
 
 
-def influence(matrix: torch.Tensor, weights: torch.Tensor, max_steps: int = 10_000) -> torch.Tensor:
-    """wᵀ(M + M² + …) for a nilpotent M, by repeated products until they vanish."""
-    current = weights @ matrix
-    total = current.clone()
-    for _ in range(max_steps):
-        if not current.any():
-            return total
-        current = current @ matrix
-        total += current
-    raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
+def influence(matrix: torch.Tensor, weights: torch.Tensor, read_layers: torch.Tensor) -> torch.Tensor:
+    """wᵀ(M + M² + …) for a graph's normalized adjacency M, in one pass over its rows.
+
+    Row t holds the edges into t, which reads the residual stream at `read_layers[t]` (−1: errors and tokens,
+    whose rows are empty). An edge only enters a node of a later read layer than its source's, so taking the
+    rows from the last read layer down, each row's own influence is complete when it is reached: one
+    vector–matrix product per layer instead of one pass over M per path length (the series' definition)."""
+    total = torch.zeros_like(weights)
+    for layer in read_layers.unique().flip(0).tolist():
+        if layer < 0:
+            break
+        rows = (read_layers == layer).nonzero().flatten()
+        first, count = int(rows[0]), len(rows)
+        block = matrix[first : first + count] if int(rows[-1]) - first == count - 1 else matrix[rows]
+        total += (weights[rows] + total[rows]) @ block
+    return total
 
 
 def logit_weights(graph: Graph) -> torch.Tensor:
@@ -60,7 +66,7 @@ def logit_weights(graph: Graph) -> torch.Tensor:
 
 
 def node_influence(graph: Graph) -> torch.Tensor:
-    return influence(normalized(graph.adjacency), logit_weights(graph))
+    return influence(normalized(graph.adjacency), logit_weights(graph), graph.read_layers)
 
 
 def _threshold(scores: torch.Tensor, share: float) -> float:
@@ -114,7 +120,8 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
     weights = logit_weights(graph)
     matrix = normalized(graph.adjacency)
-    node_scores = influence(matrix, weights)
+    read_layers = graph.read_layers
+    node_scores = influence(matrix, weights, read_layers)
     errors = slice(graph.error_start, graph.token_start)
     token_influence = node_scores[graph.token_start : graph.logit_start].sum()
     error_influence = node_scores[errors].sum()
@@ -128,7 +135,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     matrix[~keep] = 0
     matrix[:, ~keep] = 0
     normalize_rows_(matrix)
-    target_scores = influence(matrix, weights) + weights
+    target_scores = influence(matrix, weights, read_layers) + weights
     matrix.mul_(target_scores[:, None])
     edge_floor = _matrix_threshold(matrix, edge_threshold)
     edges = matrix >= edge_floor if edge_floor > 0 else matrix > 0
