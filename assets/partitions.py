@@ -52,6 +52,10 @@ def per_layer_options(partitions: dg.PartitionsDefinition, runs_model: bool = Tr
     return options | (gpu_step() if runs_model else {})
 
 
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+"""Tags of a run over a range of partitions (a single-run backfill), as Dagster's backfills set them."""
+
 prompt_partitions = dg.DynamicPartitionsDefinition(name="prompts")
 """One key per graph: the slug of a configured prompt or of a graph already built, or, for a partition a
 user adds in the UI, the prompt text itself."""
@@ -59,3 +63,16 @@ user adds in the UI, the prompt text itself."""
 prompt_set_partitions = dg.DynamicPartitionsDefinition(name="prompt_sets")
 """One key per prompt set: its name (the stem of its file in attribution.prompt_set_files, or a set defined by
 `circuitdb graph build --set`)."""
+
+set_prompt_partitions = dg.DynamicPartitionsDefinition(name="set_prompts")
+"""One key per prompt of a prompt set: 'SET:POSITION' (a set's name holds no ':'); the keys of a set are added in
+order, so a range of them is a single-run backfill of its graphs."""
+
+
+def set_prompt_key(name: str, position: int) -> str:
+    return f"{name}:{position}"
+
+
+def split_set_prompt_key(key: str) -> tuple[str, int]:
+    name, _, position = key.rpartition(":")
+    return name, int(position)

@@ -9,10 +9,19 @@ import dagster as dg
 import yaml
 
 from assets.attribution import attribution_graphs, configured_prompts, stored_prompts
-from assets.circuits import configured_sets
-from assets.partitions import project_layers, prompt_partitions, prompt_set_partitions
+from assets.circuits import configured_sets, set_graphs_request
+from assets.partitions import (
+    RANGE_END,
+    RANGE_START,
+    project_layers,
+    prompt_partitions,
+    prompt_set_partitions,
+    set_prompt_key,
+    set_prompt_partitions,
+)
 from assets.resources import ProjectResource
 from assets.sweeps import sweep_key
+from circuitdb.circuits.prompt_sets import read_prompt_file
 from circuitdb.errors import CircuitDBError, first_line
 from circuitdb.project import Project
 from circuitdb.store import atomic_write_bytes
@@ -27,8 +36,6 @@ from orchestration.instance import (
     project_instance,
 )
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """The CLI reports progress bars and a summary itself; a failure surfaces as one CircuitDBError line."""
 
@@ -49,8 +56,9 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
     defs = build_definitions(config, resource)
     per_prompt = [a for a in defs.assets or [] if a.partitions_def == prompt_partitions]
     per_set = [a for a in defs.assets or [] if a.partitions_def == prompt_set_partitions]
+    per_set_prompt = [a for a in defs.assets or [] if a.partitions_def == set_prompt_partitions]
     on_demand = [a for a in defs.assets or [] if sweep_key in a.keys]  # its (k, seed) partitions: UI or CLI
-    per_layer = [a for a in defs.assets or [] if a not in per_prompt + per_set + on_demand]
+    per_layer = [a for a in defs.assets or [] if a not in per_prompt + per_set + per_set_prompt + on_demand]
     for check in defs.asset_checks or []:  # each runs in the run that materializes its asset
         (per_prompt if next(iter(check.check_keys)).asset_key == attribution_graphs.key else per_layer).append(check)
     tags = {RANGE_START: str(layers[0]), RANGE_END: str(layers[-1]), **builder_tag()}
@@ -72,15 +80,17 @@ def build_all(project: Project) -> list[dg.AssetCheckEvaluation]:
                     instance=instance,
                 )
             )
-        sets = list(configured_sets(config))
-        instance.add_dynamic_partitions(prompt_set_partitions.name, sets)
-        for name in sets:  # one run per prompt set: its graphs back to back, then its aggregates
-            results.append(
-                dg.materialize(
-                    per_set, resources=resources, partition_key=name, tags=builder_tag(), run_config=QUIET_LOGS,
-                    instance=instance,
+        for name, file in configured_sets(config).items():  # a run of the set's graphs, then one aggregating it
+            count = len(read_prompt_file(file))
+            instance.add_dynamic_partitions(prompt_set_partitions.name, [name])
+            instance.add_dynamic_partitions(set_prompt_partitions.name, [set_prompt_key(name, i) for i in range(count)])
+            request = set_graphs_request(name, count)
+            graphs_run = {"tags": request.tags | builder_tag()}
+            aggregate_run = {"partition_key": name, "tags": builder_tag()}
+            for assets, options in ((per_set_prompt, graphs_run), (per_set, aggregate_run)):
+                results.append(
+                    dg.materialize(assets, resources=resources, run_config=QUIET_LOGS, instance=instance, **options)
                 )
-            )  # fmt: skip
     except Exception as failure:
         raise _reported(failure, project) from None
     return [check for result in results for check in result.get_asset_check_evaluations()]

@@ -12,7 +12,7 @@ import dagster as dg
 
 from assets.activations import build_activations_asset
 from assets.attribution import attribution_graphs
-from assets.circuits import prompt_set_circuits
+from assets.circuits import prompt_set_circuits, set_graphs
 from assets.corpus import corpus_tokens
 from assets.cross_layer import build_cross_layer_asset
 from assets.dictionaries import build_dictionaries_asset, dictionaries_quality
@@ -25,7 +25,7 @@ from assets.sweeps import build_sweep_asset
 from circuitdb.config import ProjectConfig, load_config
 from orchestration.executors import executor_from_environment
 from orchestration.schedules import refresh_stale_graphs, refresh_stale_sets
-from orchestration.sensors import prompt_sets_sensor, prompts_file_sensor
+from orchestration.sensors import prompt_sets_sensor, prompts_file_sensor, set_circuits_sensor
 
 
 def build_definitions(config: ProjectConfig, project: ProjectResource | None = None) -> dg.Definitions:
@@ -39,6 +39,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         build_feature_vectors_asset(layers),
         build_explanations_asset(layers),
         attribution_graphs,
+        set_graphs,
         prompt_set_circuits,
         build_sweep_asset(config),
     ]
@@ -54,7 +55,7 @@ def build_definitions(config: ProjectConfig, project: ProjectResource | None = N
         assets=assets,
         jobs=[per_layer],
         asset_checks=[*files_intact_checks(), dictionaries_quality, every_latent_has_a_row],
-        sensors=[prompts_file_sensor, prompt_sets_sensor],
+        sensors=[prompts_file_sensor, prompt_sets_sensor, set_circuits_sensor],
         schedules=[refresh_stale_graphs, refresh_stale_sets],
         resources={"project": project or ProjectResource()},
         executor=executor_from_environment(),

@@ -3,8 +3,9 @@
 import dagster as dg
 
 from assets.attribution import attribution_graphs
-from assets.circuits import prompt_set_circuits, stale_sets
+from assets.circuits import set_graphs, set_graphs_request, stale_sets
 from assets.partitions import prompt_partitions, prompt_set_partitions
+from circuitdb.circuits.prompt_sets import set_rows
 from circuitdb.project import Project
 from circuitdb.store.graphs import stale_graphs
 
@@ -29,13 +30,14 @@ def refresh_stale_graphs(context: dg.ScheduleEvaluationContext):
 @dg.schedule(
     cron_schedule="30 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    target=[prompt_set_circuits],
-    description="Hourly: rebuilds the graphs of every prompt set whose transcoders were retrained after them "
-    "(the stale graphs only), and aggregates the set again.",
+    target=[set_graphs],
+    description="Hourly: rebuilds, one run per prompt set, the graphs built before their transcoders were last "
+    "retrained (the set's other graphs are kept); the set is aggregated again once they are rebuilt.",
 )
 def refresh_stale_sets(context: dg.ScheduleEvaluationContext):
     known = set(context.instance.get_dynamic_partitions(prompt_set_partitions.name))
-    names = [name for name in stale_sets(Project.open().store) if name in known]
+    store = Project.open().store
+    names = [name for name in stale_sets(store) if name in known]
     if not names:
         return dg.SkipReason("every prompt set's graphs are newer than their transcoders")
-    return [dg.RunRequest(partition_key=name) for name in names]
+    return [set_graphs_request(name, set_rows(store, name).height) for name in names]
