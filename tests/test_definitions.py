@@ -11,7 +11,7 @@ import torch
 
 from assets.dictionaries import dictionaries_quality
 from assets.features import every_latent_has_a_row
-from assets.partitions import prompt_partitions, prompt_set_partitions
+from assets.partitions import prompt_partitions, prompt_set_partitions, set_prompt_partitions
 from assets.resources import ProjectResource
 from circuitdb.config import load_config
 from circuitdb.dictionaries.formats import load_dictionary
@@ -38,11 +38,12 @@ def test_default_definitions_load() -> None:
         "feature_vectors",
         "explanations",
         "attribution_graphs",
+        "set_graphs",
         "prompt_set_circuits",
         "sweep",
     }
     assert graph.get(dg.AssetKey("activations")).partitions_def.get_partition_keys() == [str(i) for i in range(30)]
-    assert [s.name for s in loaded.sensors] == ["prompts_file_sensor", "prompt_sets_sensor"]
+    assert [s.name for s in loaded.sensors] == ["prompts_file_sensor", "prompt_sets_sensor", "set_circuits_sensor"]
     assert [s.name for s in loaded.schedules] == ["refresh_stale_graphs", "refresh_stale_sets"]
     described = [*loaded.sensors, *loaded.schedules]
     assert all(item.description for item in described)
@@ -69,7 +70,8 @@ def test_materialize_corpus_and_activations(
     config = load_config(file)
     project = ProjectResource(config_file=str(file))
     defs = build_definitions(config, project)
-    per_layer = [a for a in defs.assets if a.partitions_def not in (prompt_partitions, prompt_set_partitions)]
+    per_set = (prompt_partitions, prompt_set_partitions, set_prompt_partitions)
+    per_layer = [a for a in defs.assets if a.partitions_def not in per_set]
     assets = [a for a in per_layer if dg.AssetKey("sweep") not in a.keys]
     checks = [dictionaries_quality, every_latent_has_a_row]
     result = dg.materialize([*assets, *checks], resources={"project": project}, tags={RANGE_START: "0", RANGE_END: "2"})
@@ -247,30 +249,43 @@ def test_a_prompt_set_file_becomes_a_partition_that_builds_and_aggregates(
 def _set_partition_builds(instance: dg.DagsterInstance, store: Path, config: Path) -> None:
     from datetime import UTC, datetime
 
-    from assets.circuits import prompt_set_circuits
+    from assets.circuits import prompt_set_circuits, set_graphs
     from circuitdb.store import Store, read_table, write_partition
     from orchestration.schedules import refresh_stale_sets
-    from orchestration.sensors import prompt_sets_sensor
+    from orchestration.sensors import prompt_sets_sensor, set_circuits_sensor
 
-    (request,) = prompt_sets_sensor(dg.build_sensor_context(instance=instance)).run_requests
-    assert request.partition_key == "animals"
-    instance.add_dynamic_partitions(prompt_set_partitions.name, ["animals"])
+    resources = {"project": ProjectResource(config_file=str(config))}
+    found = prompt_sets_sensor(dg.build_sensor_context(instance=instance))
+    (request,) = found.run_requests
+    assert request.tags == {RANGE_START: "animals:0", RANGE_END: "animals:2"}  # the set's graphs: one run
+    added = {r.partitions_def_name: r.partition_keys for r in found.dynamic_partitions_requests}
+    prompts = [f"animals:{i}" for i in range(3)]
+    assert added == {prompt_set_partitions.name: ["animals"], set_prompt_partitions.name: prompts}
+    for name, keys in added.items():
+        instance.add_dynamic_partitions(name, keys)
     assert isinstance(prompt_sets_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
-    result = dg.materialize(
-        [prompt_set_circuits],
-        instance=instance,
-        partition_key="animals",
-        resources={"project": ProjectResource(config_file=str(config))},
-    )
+    assert isinstance(set_circuits_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)  # none built
+    result = dg.materialize([set_graphs], instance=instance, tags=request.tags, resources=resources)
     assert result.success
-    (materialization,) = result.asset_materializations_for_node("prompt_set_circuits")
-    assert materialization.metadata["graphs"].value == 3
+    events = result.asset_materializations_for_node("set_graphs")
+    assert sorted(e.partition for e in events) == ["animals:0", "animals:1", "animals:2"]
+    assert events[0].metadata["graphs_built"].value == 3
     built = Store(store)
     assert read_table(built, "prompt_sets", partitions=["animals"])["slug"].null_count() == 0
+    (aggregate,) = set_circuits_sensor(dg.build_sensor_context(instance=instance)).run_requests
+    assert aggregate.partition_key == "animals"
+    result = dg.materialize([prompt_set_circuits], instance=instance, partition_key="animals", resources=resources)
+    (materialization,) = result.asset_materializations_for_node("prompt_set_circuits")
+    assert materialization.metadata["graphs"].value == 3
     assert read_table(built, "circuit_sets", partitions=["animals"])["graphs"][0] == 3
+    assert isinstance(set_circuits_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)  # up to date
     assert isinstance(refresh_stale_sets(dg.build_schedule_context(instance=instance)), dg.SkipReason)
     partition = built.partition_files("dictionaries")[0].stem  # one layer retrained: its row is newer
     rows = read_table(built, "dictionaries", partitions=[partition])
     write_partition(built, "dictionaries", partition, rows.with_columns(created_at=pl.lit(datetime.now(UTC))))
     (again,) = refresh_stale_sets(dg.build_schedule_context(instance=instance))
-    assert again.partition_key == "animals"
+    assert again.tags == request.tags
+    single = dg.materialize([set_graphs], instance=instance, partition_key="animals:1", resources=resources)
+    assert single.asset_materializations_for_node("set_graphs")[0].metadata["graphs_built"].value == 1
+    (aggregate,) = set_circuits_sensor(dg.build_sensor_context(instance=instance)).run_requests
+    assert aggregate.partition_key == "animals"  # a graph newer than the aggregate: aggregated again

@@ -30,7 +30,7 @@ MODEL_STEPS = {
     "explanations_layer",
     "sweep",
     "attribution_graphs",
-    "prompt_set_circuits",
+    "set_graphs",
     "cross_layer_transcoder",
 }
 """Ops that run the model: one step each (per layer for the per-layer ones)."""

@@ -48,6 +48,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
     root = tmp_path_factory.mktemp("ui")
     corpus = root / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog. Python is a programming language. " * 40)
+    tiny_set = root / "tiny.csv"
+    tiny_set.write_text("prompt,target,tags\nThe quick brown fox,,animal\nThe lazy dog,,animal\n")
     project = root / "circuitdb.yaml"
     project.write_text(
         f"store: {root / 'store'}\nmodel:\n  spec: {llama_dir}\n  device: cpu\n"
@@ -55,6 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
         "harvest:\n  hooks: [mlp_in, mlp_out]\n  batch_size: 4\n"
         "dictionaries:\n  dictionary: {n_latents: 64, k: 4}\n  train: {batch_size: 32, epochs: 2, warmup_steps: 2}\n"
         f"  ce_eval_blocks: 2\nattribution:\n  prompts: {json.dumps(PROMPTS)}\n  node_threshold: 0.95\n"
+        f"  prompt_set_files: [{tiny_set}]\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CIRCUITDB_CONFIG")}
     env["CIRCUITDB_CONFIG"] = str(project)
@@ -103,6 +106,15 @@ def test_graphql_shows_the_build(served) -> None:
             assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization {
               status evaluation { success } } } } }
           } }
+          setGraphs: assetNodeOrError(assetKey: {path: ["set_graphs"]}) { ... on AssetNode { partitionKeys } }
+          setGraphEvents: assetOrError(assetKey: {path: ["set_graphs"]}) { ... on Asset {
+            assetMaterializations(limit: 20) { partition }
+          } }
+          setEvents: assetOrError(assetKey: {path: ["prompt_set_circuits"]}) { ... on Asset {
+            assetMaterializations(limit: 5) {
+              partition metadataEntries { label ... on IntMetadataEntry { intValue } }
+            }
+          } }
           assetNodes { assetKey { path } description kinds }
         }""",
     )
@@ -123,7 +135,13 @@ def test_graphql_shows_the_build(served) -> None:
     assert all(node["description"] for node in nodes.values())
     assert set(nodes["feature_stats"]["kinds"]) == {"pytorch", "parquet"}
     assert set(nodes["feature_vectors"]["kinds"]) == {"lancedb"}
-    assert set(nodes["prompt_set_circuits"]["kinds"]) == {"pytorch", "parquet"}  # prompt sets, one partition each
+    assert set(nodes["set_graphs"]["kinds"]) == {"pytorch", "parquet"}  # a partition per (set, prompt)
+    assert set(nodes["prompt_set_circuits"]["kinds"]) == {"duckdb", "parquet"}  # a partition per set
+    assert data["setGraphs"]["partitionKeys"] == ["tiny:0", "tiny:1"]
+    assert sorted(e["partition"] for e in data["setGraphEvents"]["assetMaterializations"]) == ["tiny:0", "tiny:1"]
+    (aggregate,) = data["setEvents"]["assetMaterializations"]
+    labels = {entry["label"]: entry.get("intValue") for entry in aggregate["metadataEntries"]}
+    assert aggregate["partition"] == "tiny" and labels["graphs"] == 2
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium")
