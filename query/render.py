@@ -261,6 +261,47 @@ def render_check(report: StoreCheck, fmt: OutputFormat) -> None:
     )
 
 
+def render_graph_diff(document: dict, top: int, fmt: OutputFormat) -> None:
+    """A graph diff: scores side by side, counts, each graph's strongest unique features, the largest edge changes
+    between shared nodes and each graph's paths into its top logit; or the whole document as one JSON line."""
+    if fmt is not OutputFormat.table:
+        print(json.dumps(document, default=str))
+        return
+    a, b, counts = document["a"], document["b"], document["counts"]
+    rows = [
+        (key, a[key], b[key]) for key in ("slug", "model", "dictionaries", "replacement_score", "completeness_score")
+    ]
+    rows += [
+        ("top logit", a["top_logit"], b["top_logit"]),
+        ("nodes / edges", f"{a['nodes']} / {a['edges']}", f"{b['nodes']} / {b['edges']}"),
+    ]
+    render(QueryResult(["", "A", "B"], [], rows), fmt, title=f"graph diff (nodes matched by {document['rule']})")
+    print(
+        f"features: {counts['shared_features']} shared (carrying {counts['shared_influence_a']:.1%} of A's feature "
+        f"influence, {counts['shared_influence_b']:.1%} of B's), {counts['only_a']} only in A, {counts['only_b']} only "
+        f"in B; {counts['shared_edges']} edges in both"
+    )
+    nodes = document["nodes"]
+    for side, other, title in (("a", "b", "only in A"), ("b", "a", "only in B")):
+        unique = [n for n in nodes if n["kind"] == "feature" and n[f"node_{other}"] is None][:top]
+        table = [
+            (n[f"feature_{side}"], n["position"], n["token"], round(n[f"influence_{side}"], 4), n[f"label_{side}"])
+            for n in unique
+        ]
+        render(QueryResult(["feature", "position", "token", "influence", "label"], [], table), fmt, title=title)
+    changed = [
+        (e["source_a"], e["target_a"], e["weight_a"], e["weight_b"], e["change"]) for e in document["edges"][:top]
+    ]
+    render(
+        QueryResult(["source (A)", "target (A)", "weight A", "weight B", "change"], [], changed),
+        fmt,
+        title="edge changes",
+    )
+    for name, side in (("A", a), ("B", b)):
+        for path in side["paths"][:3]:
+            print(f"{name} path into {side['top_logit']!r} ({path['share']:.3f}): {' → '.join(path['nodes'])}")
+
+
 def render_circuit(summary: dict, features: QueryResult, edges: QueryResult, fmt: OutputFormat) -> None:
     """A prompt set's scores, its recurring features and the aggregated edges into its target and top features
     (tables), or one JSON line holding all three."""

@@ -267,6 +267,46 @@ TABLES: dict[str, TableSchema] = {
         },
         filled_later=frozenset({"kind", "deleted"}),
     ),
+    "graph_diffs": TableSchema(
+        "one row per node of either of two graphs of one prompt (`graph diff A B`), one partition per diff 'A~B'",
+        {
+            "diff": (pl.String(), "'<slug A>~<slug B>'"),
+            "node_a": (pl.String(), "the node in A (null: only in B)"),
+            "node_b": (pl.String(), "its match in B (null: only in A)"),
+            "kind": (pl.String(), "feature, error, token or logit"),
+            "feature_a": (pl.String(), "A's feature id (features)"),
+            "feature_b": (pl.String(), "B's feature id (features)"),
+            "layer": (pl.Int32(), "layer of the node (A's when matched)"),
+            "position": (pl.Int32(), "token position"),
+            "token": (pl.String(), "the token at that position (a logit's token)"),
+            "match": (
+                pl.String(),
+                "identity, decoder (cosine) or label (word overlap); null: unique",
+            ),
+            "score": (pl.Float64(), "the match's score: 1 for identity, the decoder cosine, or the label overlap"),
+            "influence_a": (pl.Float64(), "the node's influence on A's logits"),
+            "influence_b": (pl.Float64(), "its match's influence on B's logits"),
+            "label_a": (pl.String(), "A's label"),
+            "label_b": (pl.String(), "B's label"),
+            "activation_correlation": (
+                pl.Float64(),
+                "decoder matches: activation correlation over positions",
+            ),
+        },
+    ),
+    "graph_diff_edges": TableSchema(
+        "one row per edge between matched nodes in either of two graphs, with its weight in each",
+        {
+            "diff": (pl.String(), "'<slug A>~<slug B>'"),
+            "source_a": (pl.String(), "source node in A"),
+            "target_a": (pl.String(), "target node in A"),
+            "source_b": (pl.String(), "the matched source in B"),
+            "target_b": (pl.String(), "the matched target in B"),
+            "weight_a": (pl.Float64(), "the edge's weight in A (null: absent after pruning)"),
+            "weight_b": (pl.Float64(), "its weight in B (null: absent after pruning)"),
+            "change": (pl.Float64(), "weight_b - weight_a (absent: 0)"),
+        },
+    ),
     "prompt_sets": TableSchema(
         "one row per prompt of a named prompt set (a behaviour studied over many prompts), one partition per set",
         {

@@ -104,6 +104,15 @@ def read_vectors(store: Store) -> tuple[list[str], np.ndarray]:
     return table["feature_id"].to_pylist(), np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
 
 
+def vectors_of(store: Store, feature_ids: list[str]) -> dict[str, np.ndarray]:
+    """The unit decoder directions of `feature_ids` that are stored (one query)."""
+    if not feature_ids:
+        return {}
+    listed = ", ".join(sql_literal(feature_id) for feature_id in feature_ids)
+    rows = _table(store).search().where(f"feature_id IN ({listed})").limit(len(feature_ids)).to_list()
+    return {row["feature_id"]: np.asarray(row["vector"], dtype=np.float32) for row in rows}
+
+
 def feature_vector(store: Store, feature_id: str) -> np.ndarray:
     rows = _table(store).search().where(f"feature_id = {sql_literal(feature_id)}").limit(1).to_list()
     if not rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from query.questions import export_graph_json, graph_listing, node_edges
 from query.render import (
     OutputFormat,
     render,
+    render_graph_diff,
     render_graph_row,
     render_graph_tree,
     render_steering,
@@ -178,6 +180,36 @@ def graph_supernode(
         else:
             saved = save_annotation(built, slug, "supernode", name, node_ids or [])
     render(pl.DataFrame(saved, schema={"name": pl.String, "node_ids": pl.List(pl.String)}), fmt)
+
+
+@graph_app.command("diff")
+def graph_diff(
+    a: Annotated[str, typer.Argument(help="First graph id (see `graph list`).")],
+    b: Annotated[str, typer.Argument(help="Second graph id, of the same prompt.")],
+    min_cosine: Annotated[
+        float, typer.Option(min=-1.0, max=1.0, help="Two dictionary sets: least decoder cosine of a feature match.")
+    ] = 0.5,
+    min_label_overlap: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Two models: least label word overlap of a feature match.")
+    ] = 0.3,
+    top: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per table shown.")] = 10,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the whole diff as one JSON document.")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Two graphs of one prompt (two dictionary sets, two targets, two models with one tokenizer): shared and
+    unique nodes by influence, edge changes between shared nodes, scores and paths side by side; stored in
+    `graph_diffs` and `graph_diff_edges`."""
+    from circuitdb.circuits.diff import DiffSettings, diff_graphs
+    from circuitdb.store.layout import atomic_write_bytes
+
+    settings = DiffSettings(min_cosine=min_cosine, min_label_overlap=min_label_overlap)
+    with open_project(config, store=store) as project:
+        diff = diff_graphs(project.built().store, a, b, settings)
+    if out is not None:
+        atomic_write_bytes(out, json.dumps(diff.document, default=str).encode())
+    render_graph_diff(diff.document, top, fmt)
 
 
 @graph_app.command("export")
