@@ -1,0 +1,173 @@
+"""Automatic supernodes: the features of a pruned graph grouped by what they do, as a researcher groups them by
+hand (Anthropic's and Neuronpedia's workflow).
+
+Two features are similar when their decoder directions agree (they write the same thing), they feed the same
+nodes with the same signs (their place in the graph), their labels share words (explanations, or the heuristic
+label naming the logits a feature promotes) and, over a prompt set, they are active in the same prompts. The
+similarity is a weighted mean of those signals (a signal that is missing, e.g. co-activation for a lone graph,
+gives its weight to the others). Features are grouped at one position at a time (a supernode is one token's
+mechanism) and only within `max_layer_gap` layers of each other, by average-linkage agglomeration until no two
+groups are more similar than `threshold` on average.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from circuitdb.circuits.diff import label_words
+
+
+class GroupingSettings(NamedTuple):
+    """How features are grouped (stored with the groups, so a grouping can be reproduced)."""
+
+    threshold: float = 0.5
+    """Groups merge while their average similarity is at least this."""
+    max_layer_gap: int = 3
+    """Features farther apart in layers are never grouped."""
+    decoder_weight: float = 0.35
+    """Weight of decoder-direction cosine (clipped at 0)."""
+    output_weight: float = 0.3
+    """Weight of the cosine between the features' signed outgoing edge weights (the nodes they feed)."""
+    label_weight: float = 0.15
+    """Weight of their labels' word overlap (Jaccard)."""
+    coactivation_weight: float = 0.2
+    """Weight of their activation correlation across a prompt set's graphs (absent for one graph)."""
+    min_size: int = 2
+    """Smallest group kept."""
+
+
+DEFAULT_GROUPING = GroupingSettings()
+
+
+def decoder_similarity(vectors: np.ndarray) -> np.ndarray:
+    """Cosine of unit-normalized decoder rows [n, d], clipped at 0: opposite writers are not alike."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.clip(unit @ unit.T, 0.0, 1.0)
+
+
+def output_similarity(outgoing: np.ndarray) -> np.ndarray:
+    """Cosine of rows [n, targets] of signed edge weights, clipped at 0; 0 for a feature feeding nothing."""
+    norms = np.linalg.norm(outgoing, axis=1, keepdims=True)
+    unit = np.divide(outgoing, norms, out=np.zeros_like(outgoing), where=norms > 0)
+    return np.clip(unit @ unit.T, 0.0, 1.0)
+
+
+def label_similarity(labels: list[str]) -> np.ndarray:
+    words = [label_words(label or "") for label in labels]
+    n = len(words)
+    similarity = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            union = words[i] | words[j]
+            similarity[i, j] = similarity[j, i] = len(words[i] & words[j]) / len(union) if union else 0.0
+    return similarity
+
+
+def coactivation_similarity(activations: np.ndarray) -> np.ndarray:
+    """Pearson correlation of rows [n, graphs] (a feature's activation in each graph, 0 where absent), clipped
+    at 0; 0 for a feature active in every graph alike."""
+    centred = activations - activations.mean(1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1)
+    outer = norms[:, None] * norms[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlation = np.where(outer > 0, centred @ centred.T / outer, 0.0)
+    return np.clip(correlation, 0.0, 1.0)
+
+
+def combined_similarity(signals: dict[str, np.ndarray | None], settings: GroupingSettings) -> np.ndarray:
+    """The weighted mean of the signals given (None: missing, its weight left out)."""
+    weights = {
+        "decoder": settings.decoder_weight,
+        "output": settings.output_weight,
+        "label": settings.label_weight,
+        "coactivation": settings.coactivation_weight,
+    }
+    present = {name: matrix for name, matrix in signals.items() if matrix is not None}
+    total = sum(weights[name] for name in present)
+    return sum(weights[name] * matrix for name, matrix in present.items()) / total
+
+
+def average_linkage(similarity: np.ndarray, allowed: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster labels [n] by average-linkage agglomeration: merge the two most similar groups while their
+    average similarity is ≥ threshold; groups holding a pair that is not `allowed` never merge."""
+    n = len(similarity)
+    labels = np.arange(n)
+    sizes = np.ones(n)
+    linkage = np.where(allowed, similarity, -np.inf).astype(np.float64)
+    forbidden = ~allowed
+    np.fill_diagonal(linkage, -np.inf)
+    alive = np.ones(n, dtype=bool)
+    while alive.sum() > 1:
+        flat = int(np.argmax(linkage))
+        i, j = divmod(flat, n)
+        if linkage[i, j] < threshold:
+            break
+        # Lance-Williams for average linkage; a forbidden pair anywhere forbids the merged group with that one
+        merged = (sizes[i] * linkage[i] + sizes[j] * linkage[j]) / (sizes[i] + sizes[j])
+        forbidden[i] |= forbidden[j]
+        forbidden[:, i] = forbidden[i]
+        merged[forbidden[i] | ~alive] = -np.inf
+        linkage[i], linkage[:, i] = merged, merged
+        linkage[i, i] = -np.inf
+        linkage[j], linkage[:, j] = -np.inf, -np.inf
+        sizes[i] += sizes[j]
+        alive[j] = False
+        labels[labels == j] = i
+    return labels
+
+
+class Group(NamedTuple):
+    node_ids: list[str]
+    position: int
+    layers: tuple[int, int]
+    """Lowest and highest layer of its members."""
+    similarity: float
+    """Mean similarity of its member pairs."""
+
+
+def group_features(
+    features: pl.DataFrame, signals: dict[str, np.ndarray | None], settings: GroupingSettings = DEFAULT_GROUPING
+) -> list[Group]:
+    """Groups of `features` (rows: node_id, layer, position, in the order of the signals' rows and columns), one
+    position at a time, largest first."""
+    similarity = combined_similarity(signals, settings)
+    layers = features["layer"].to_numpy()
+    positions = features["position"].to_numpy()
+    ids = features["node_id"].to_list()
+    groups = []
+    for position in np.unique(positions):
+        members = np.flatnonzero(positions == position)
+        near = np.abs(layers[members, None] - layers[None, members]) <= settings.max_layer_gap
+        local = similarity[np.ix_(members, members)]
+        labels = average_linkage(local, near, settings.threshold)
+        for label in np.unique(labels):
+            chosen = members[labels == label]
+            if len(chosen) < settings.min_size:
+                continue
+            inner = similarity[np.ix_(chosen, chosen)]
+            pairs = inner[np.triu_indices(len(chosen), 1)]
+            groups.append(
+                Group(
+                    [ids[k] for k in chosen],
+                    int(position),
+                    (int(layers[chosen].min()), int(layers[chosen].max())),
+                    float(pairs.mean()),
+                )
+            )
+    return sorted(groups, key=lambda group: (-len(group.node_ids), group.position))
+
+
+def adjusted_rand_index(truth: list, found: list) -> float:
+    """Agreement of two clusterings of the same items, 1 when identical and ~0 for chance (Hubert & Arabie)."""
+    _, true_codes = np.unique(np.asarray(truth, dtype=object).astype(str), return_inverse=True)
+    _, found_codes = np.unique(np.asarray(found, dtype=object).astype(str), return_inverse=True)
+    table = np.zeros((true_codes.max() + 1, found_codes.max() + 1))
+    np.add.at(table, (true_codes, found_codes), 1)
+    pairs = lambda counts: (counts * (counts - 1) / 2).sum()  # noqa: E731
+    both, rows, columns = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * columns / pairs(np.array([len(truth)]))
+    best = (rows + columns) / 2
+    return 1.0 if best == expected else float((both - expected) / (best - expected))
