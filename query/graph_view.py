@@ -3,9 +3,7 @@ logit, the paths into it, the scores of a pinned subgraph, and the supernodes an
 
 from __future__ import annotations
 
-import hashlib
 import json
-from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
@@ -13,8 +11,8 @@ import polars as pl
 
 from circuitdb.circuits.pruned import PrunedGraph
 from circuitdb.errors import CircuitDBError
-from circuitdb.store import Store, read_table, write_partition
-from circuitdb.store.graphs import graph_row
+from circuitdb.store import Store, read_table
+from circuitdb.store.graphs import graph_row, write_annotation
 from query.questions import require
 
 AnnotationKind = Literal["supernode", "pins"]
@@ -130,7 +128,7 @@ def save_annotation(store: Store, slug: str, kind: AnnotationKind, name: str, no
     if len(set(node_ids)) < least or unknown:
         what = "a supernode groups two" if kind == "supernode" else "a pinned set holds one"
         raise CircuitDBError(f"{what} or more of the graph's nodes (unknown: {unknown})")
-    _write_annotation(store, slug, kind, name, sorted(set(node_ids)), deleted=False)
+    write_annotation(store, slug, kind, name, sorted(set(node_ids)), deleted=False)
     return annotations(store, slug, kind)
 
 
@@ -138,7 +136,7 @@ def delete_annotation(store: Store, slug: str, kind: AnnotationKind, name: str) 
     """Delete the supernode (or pinned set) `name`: its partition now says so. Returns what is left."""
     if name not in {saved["name"] for saved in annotations(store, slug, kind)}:
         raise CircuitDBError(f"graph {slug} has no {kind} named {name!r}")
-    _write_annotation(store, slug, kind, name, [], deleted=True)
+    write_annotation(store, slug, kind, name, [], deleted=True)
     return annotations(store, slug, kind)
 
 
@@ -158,17 +156,6 @@ def _checked_name(name: str) -> str:
     if not name or len(name) > NAME_LIMIT:
         raise CircuitDBError(f"a name has 1 to {NAME_LIMIT} characters")
     return name
-
-
-def _write_annotation(
-    store: Store, slug: str, kind: AnnotationKind, name: str, node_ids: list[str], deleted: bool
-) -> None:
-    """One partition per (graph, kind, name); supernodes keep the partition names they always had."""
-    key = name if kind == "supernode" else f"{kind}\0{name}"
-    row = {"slug": slug, "name": name, "node_ids": node_ids, "created_at": datetime.now(UTC)}
-    row |= {"kind": kind, "deleted": deleted}
-    partition = f"{slug}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
 
 
 def set_document(store: Store, name: str, top: int = 150) -> dict:

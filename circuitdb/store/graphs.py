@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
 from circuitdb.errors import CircuitDBError
 from circuitdb.store.layout import Store
-from circuitdb.store.parquet import read_table
+from circuitdb.store.parquet import read_table, write_partition
 
 
 def graph_slug(prompt: str, model: str, dictionaries: str, target: str = "") -> str:
@@ -44,3 +45,15 @@ def stale_graphs(store: Store) -> dict[str, str]:
     joined = graphs.join(trained, left_on="dictionaries", right_on="name", how="inner")
     stale = joined.filter(pl.col("created_at") < pl.col("trained"))
     return dict(zip(stale["slug"], stale["prompt"], strict=True))
+
+
+def write_annotation(
+    store: Store, slug: str, kind: str, name: str, node_ids: list[str], deleted: bool, extra: dict | None = None
+) -> None:
+    """One `graph_annotations` partition per (graph, kind, name), written whole (supernodes keep the partition
+    names they always had); `extra` fills the columns automatic supernodes carry (source, parameters, effects)."""
+    key = name if kind == "supernode" else f"{kind}\0{name}"
+    row = {"slug": slug, "name": name, "node_ids": node_ids, "created_at": datetime.now(UTC)}
+    row |= {"kind": kind, "deleted": deleted} | (extra or {})
+    partition = f"{slug}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))

@@ -264,8 +264,19 @@ TABLES: dict[str, TableSchema] = {
             "created_at": (pl.Datetime("us", "UTC"), "when it was saved"),
             "kind": (pl.String(), "'supernode' (null before kinds existed) or 'pins' (a pinned subgraph)"),
             "deleted": (pl.Boolean(), "true: this name was deleted (the row replaces what was saved under it)"),
+            "source": (pl.String(), "'auto' for an automatic supernode (`graph supernodes --auto`); null: by hand"),
+            "parameters": (pl.String(), "automatic: the grouping and validation settings, JSON"),
+            "effect": (pl.Float64(), "automatic: change of the target's logit when the group is zeroed"),
+            "control": (pl.Float64(), "automatic: mean |change| for random groups of the same layers and position"),
+            "control_ci95": (pl.Float64(), "automatic: half-width of its 95% interval"),
+            "interchangeability": (
+                pl.Float64(),
+                "automatic: share of the effect one member carrying the group's write undoes",
+            ),
         },
-        filled_later=frozenset({"kind", "deleted"}),
+        filled_later=frozenset(
+            {"kind", "deleted", "source", "parameters", "effect", "control", "control_ci95", "interchangeability"}
+        ),
     ),
     "graph_diffs": TableSchema(
         "one row per node of either of two graphs of one prompt (`graph diff A B`), one partition per diff 'A~B'",

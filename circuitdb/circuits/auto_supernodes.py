@@ -1,0 +1,204 @@
+"""Automatic supernodes of a stored graph: its features grouped by what they do (`supernodes.py`), from what the
+store holds beside the graph (decoder vectors, edges, labels), then each group validated by intervention on the
+graph's prompt; the groups that pass are saved as supernodes marked automatic, with their effect sizes.
+
+A group passes when
+- zeroing it (its members at their position, attention frozen as in the graph) moves the target's logit more
+  than random groups of the same size, layers and position do: |effect| above the random groups' mean |change|
+  plus its 95% interval (`draws` groups);
+- its members are interchangeable: the strongest member alone, set to carry the group's summed write along its
+  own direction while the others are zeroed, undoes at least `min_interchangeability` of the group's effect
+  (members that each write something else cannot stand in for one another).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+import torch
+
+from circuitdb.attribution.interventions import Intervention, intervene
+from circuitdb.attribution.pipeline import NamedTranscoders, trace_prompt
+from circuitdb.attribution.replacement_model import ReplacementModel
+from circuitdb.circuits.supernodes import (
+    DEFAULT_GROUPING,
+    Group,
+    GroupingSettings,
+    decoder_similarity,
+    group_features,
+    label_similarity,
+    output_similarity,
+)
+from circuitdb.config import AttributionConfig
+from circuitdb.errors import CircuitDBError
+from circuitdb.intervals import interval
+from circuitdb.models import LoadedModel
+from circuitdb.store import Store, read_table
+from circuitdb.store.graphs import graph_row, write_annotation
+
+
+class ValidationSettings(NamedTuple):
+    draws: int = 8
+    """Random groups the effect is compared with."""
+    seed: int = 0
+    """Seed of the random groups."""
+    min_interchangeability: float = 0.5
+    """Least share of the effect the strongest member alone must undo."""
+    max_groups: int = 20
+    """Groups validated, those of most summed influence first."""
+
+
+DEFAULT_VALIDATION = ValidationSettings()
+
+
+class Validated(NamedTuple):
+    group: Group
+    name: str
+    effect: float
+    """Change of the target's logit with the group zeroed."""
+    control: float
+    """Mean |change| of the random groups."""
+    control_ci95: float
+    interchangeability: float
+    passed: bool
+
+
+def graph_signals(store: Store, slug: str) -> tuple[pl.DataFrame, dict[str, np.ndarray | None]]:
+    """The graph's feature nodes (node_id, feature_id, layer, position, index, influence, label, token) and the
+    similarity signals between them: decoder directions (the stored vectors), signed outgoing edges, labels."""
+    from circuitdb.store.vectors import vectors_of
+
+    nodes = read_table(store, "graph_nodes", partitions=[slug])
+    features = nodes.filter(pl.col("kind") == "feature")
+    if features.height < 2:
+        raise CircuitDBError(f"graph {slug} has fewer than two feature nodes to group")
+    vectors = vectors_of(store, features["feature_id"].unique().to_list())
+    missing = [f for f in features["feature_id"] if f not in vectors]
+    if missing:
+        raise CircuitDBError(f"no decoder vector stored for {missing[0]}: build feature_vectors first")
+    edges = read_table(store, "graph_edges", ["source", "target", "weight"], partitions=[slug])
+    where = {node_id: i for i, node_id in enumerate(features["node_id"])}
+    targets = {node_id: i for i, node_id in enumerate(nodes["node_id"])}
+    outgoing = np.zeros((features.height, nodes.height))
+    for source, target, weight in edges.filter(pl.col("source").is_in(list(where))).iter_rows():
+        outgoing[where[source], targets[target]] = weight
+    signals = {
+        "decoder": decoder_similarity(np.stack([vectors[f] for f in features["feature_id"]])),
+        "output": output_similarity(outgoing),
+        "label": label_similarity(features["label"].fill_null("").to_list()),
+        "coactivation": None,
+    }
+    return features, signals
+
+
+def group_name(members: pl.DataFrame, group: Group) -> str:
+    """'auto: <words most members' labels share> @<token> L<lo>-<hi>'."""
+    words = Counter(w for label in members["label"].fill_null("") for w in set(label.lower().split()) if w.isalpha())
+    common = " ".join(word for word, _ in words.most_common(3)) or members["feature_id"][0]
+    token = (members["token"][0] or "").strip() or "·"
+    return f"auto: {common} @{token} L{group.layers[0]}-{group.layers[1]}"[:100]
+
+
+def _zeroed(members: list[tuple[int, int, int]]) -> list[Intervention]:
+    return [Intervention(layer, index, "zero", positions=[position]) for layer, position, index in members]
+
+
+def _change(rm: ReplacementModel, items: list[Intervention], target: int) -> float:
+    result = intervene(rm, items, freeze_attention=True)
+    return float(result.logits[-1, target] - result.clean_logits[-1, target])
+
+
+def _random_group(rm: ReplacementModel, members: list[tuple[int, int, int]], rng: random.Random) -> list[tuple]:
+    """For each member, another active feature of its layer, at its position when there is one."""
+    f = rm.features
+    active = list(zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True))
+    chosen = set(members)
+    picked = []
+    for layer, position, _ in members:
+        same = [a for a in active if a[0] == layer and a[1] == position and a not in chosen and a not in picked]
+        pool = same or [a for a in active if a[0] == layer and a not in chosen and a not in picked]
+        if pool:
+            picked.append(rng.choice(pool))
+    return picked
+
+
+def _carried_by_one(rm: ReplacementModel, members: list[tuple[int, int, int]]) -> list[Intervention]:
+    """The strongest member set to carry the group's summed write projected on its own decoder direction, the
+    others zeroed (members sit at one position; a cross-layer decoder's own layer stands for it)."""
+    f = rm.features
+    activation = {
+        key: value
+        for key, value in zip(
+            zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True),
+            f.activation.tolist(),
+            strict=True,
+        )
+    }
+    writes = []
+    for layer, position, index in members:
+        decoder = rm.transcoders.writes(layer, torch.tensor([index], device=f.layer.device))[layer][0].double()
+        writes.append(activation[(layer, position, index)] * decoder)
+    strongest = int(np.argmax([float(w.norm()) for w in writes]))
+    layer, position, index = members[strongest]
+    direction = writes[strongest] / activation[members[strongest]]
+    total = torch.stack(writes).sum(0)
+    carried = float(total @ direction / (direction @ direction))
+    items = _zeroed([m for k, m in enumerate(members) if k != strongest])
+    return [*items, Intervention(layer, index, "set", carried, positions=[position])]
+
+
+def validate_groups(
+    rm: ReplacementModel, features: pl.DataFrame, groups: list[Group], target: int, settings: ValidationSettings
+) -> list[Validated]:
+    """Each group's effect on the target's logit beside random groups', and its members' interchangeability."""
+    keys = dict(zip(features["node_id"], features.select("layer", "position", "index").rows(), strict=True))
+    rng = random.Random(settings.seed)
+    validated, names = [], Counter()
+    for group in groups:
+        members = [keys[node_id] for node_id in group.node_ids]
+        effect = _change(rm, _zeroed(members), target)
+        controls = [abs(_change(rm, _zeroed(_random_group(rm, members, rng)), target)) for _ in range(settings.draws)]
+        control, control_ci = interval(controls)
+        swapped = _change(rm, _carried_by_one(rm, members), target)
+        interchangeability = float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)) if effect else 0.0
+        passed = abs(effect) > control + control_ci and interchangeability >= settings.min_interchangeability
+        name = group_name(features.filter(pl.col("node_id").is_in(group.node_ids)), group)
+        names[name] += 1
+        name = name if names[name] == 1 else f"{name} ({names[name]})"
+        validated.append(Validated(group, name, effect, control, control_ci, interchangeability, passed))
+    return validated
+
+
+def auto_supernodes(
+    store: Store,
+    lm: LoadedModel,
+    named: NamedTranscoders,
+    cfg: AttributionConfig,
+    slug: str,
+    grouping: GroupingSettings = DEFAULT_GROUPING,
+    validation: ValidationSettings = DEFAULT_VALIDATION,
+) -> list[Validated]:
+    """Group the graph's features, validate the `max_groups` groups of most influence on its prompt, and save
+    those that pass as automatic supernodes (replacing the graph's earlier automatic ones of the same names)."""
+    row = graph_row(store, slug)
+    if row["dictionaries"] != named.name:
+        raise CircuitDBError(f"graph {slug} was built with {row['dictionaries']!r}, not {named.name!r}")
+    features, signals = graph_signals(store, slug)
+    influence = dict(zip(features["node_id"], features["influence"], strict=True))
+    groups = sorted(group_features(features, signals, grouping), key=lambda g: -sum(influence[n] for n in g.node_ids))
+    logits = read_table(store, "graph_nodes", ["kind", "index", "activation"], partitions=[slug])
+    target = int(logits.filter(pl.col("kind") == "logit").sort("activation", descending=True)["index"][0])
+    rm = trace_prompt(lm, row["prompt"], named.transcoders, cfg)
+    validated = validate_groups(rm, features, groups[: validation.max_groups], target, validation)
+    parameters = json.dumps({"grouping": grouping._asdict(), "validation": validation._asdict()})
+    for item in validated:
+        if item.passed:
+            extra = {"source": "auto", "parameters": parameters, "effect": item.effect, "control": item.control}
+            extra |= {"control_ci95": item.control_ci95, "interchangeability": item.interchangeability}
+            write_annotation(store, slug, "supernode", item.name, sorted(item.group.node_ids), False, extra)
+    return validated
