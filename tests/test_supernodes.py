@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from circuitdb.circuits.supernodes import (
     GroupingSettings,
@@ -81,3 +82,90 @@ def test_planted_groups_are_recovered(seed: int) -> None:
     found = {node_id: f"g{k}" for k, group in enumerate(groups) for node_id in group.node_ids}
     labels = [found.get(node_id, node_id) for node_id in features["node_id"]]  # ungrouped: a group of its own
     assert adjusted_rand_index(truth, labels) >= 0.9
+
+
+PROMPT = "The quick brown fox jumps over the lazy"
+
+
+def _planted_transcoders(lm, target: int):
+    """Weak random transcoders on all 12 layers, plus two planted groups of three latents (layer 3 and layer 8)
+    that fire only at the last position and write along directions that raise `target`'s logit: in the
+    replacement model (errors hold the rest of each MLP's output) the groups carry the target, the other active
+    latents barely do."""
+    from circuitdb.attribution import Transcoders, trace
+    from circuitdb.config import DictionaryConfig
+    from circuitdb.dictionaries import SparseCoder
+
+    torch.manual_seed(0)
+    d = lm.d_model
+    coders = {}
+    for layer in range(lm.n_layers):
+        coder = SparseCoder(DictionaryConfig(kind="plt", activation="relu", n_latents=32, skip=False), d, d).double()
+        with torch.no_grad():
+            coder.b_enc.fill_(-0.3)
+            coder.W_dec.mul_(0.05)
+            coder.b_dec.zero_()
+        coders[layer] = coder
+    ids = lm.encode(PROMPT)
+    mlp_in = trace(lm, ids, Transcoders(coders)).mlp_in  # the model's own: planting changes none of it
+    unembed = lm.model.get_output_embeddings().weight[target].double()
+    gain = lm.model.get_submodule(lm.arch.final_norm).weight.double()
+    reads = {}
+    for layer in (3, 8):  # what sets the last position apart at the layer's MLP input
+        inputs = mlp_in[layer].double()
+        reads[layer] = (inputs[-1] - inputs[:-1].mean(0)) / (inputs[-1] - inputs[:-1].mean(0)).norm()
+    basis = torch.linalg.qr(torch.stack([reads[3], reads[8]], 1)).Q  # the groups write nothing the other reads
+    push = unembed * gain - basis @ (basis.T @ (unembed * gain))
+    other = torch.randn(d, dtype=torch.float64)
+    other -= basis @ (basis.T @ other) + (other @ push) * push / (push @ push)
+    directions = {3: push / push.norm(), 8: (push / push.norm() + 0.6 * other / other.norm())}
+    with torch.no_grad():
+        for layer, direction in directions.items():
+            inputs = mlp_in[layer].double()
+            first = float(reads[layer] @ inputs[-1])
+            threshold = (first + float((inputs[:-1] @ reads[layer]).max())) / 2  # halfway: fires at the end only
+            scale = float(inputs[-1].norm()) / (first - threshold)  # activation there = the residual's norm
+            for index in range(3):
+                coder = coders[layer]
+                coder.W_enc[index] = scale * reads[layer]
+                coder.b_enc[index] = -scale * threshold
+                noise = torch.randn(d, dtype=torch.float64) * 0.02  # members' directions agree to cosine ~0.97
+                coder.W_dec[index] = (direction / direction.norm() + noise) * 0.5
+    return Transcoders(coders, name="planted"), ids
+
+
+def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> None:
+    from circuitdb.attribution.pipeline import NamedTranscoders, build_graph
+    from circuitdb.attribution.replacement_model import trace
+    from circuitdb.circuits.auto_supernodes import ValidationSettings, auto_supernodes
+    from circuitdb.config import AttributionConfig
+    from circuitdb.models import load_model
+    from circuitdb.store import Store, read_table
+
+    lm = load_model(str(deep_llama_dirs[12]), device="cpu")
+    lm.model.double()
+    with torch.no_grad():
+        target = int(lm.model(torch.tensor([lm.encode(PROMPT)])).logits[0, -1].argmax())  # the model's next token
+    transcoders, ids = _planted_transcoders(lm, target)
+    rm = trace(lm, ids, transcoders)
+    planted = {(layer, index) for layer in (3, 8) for index in range(3)}
+    active = zip(rm.features.layer.tolist(), rm.features.position.tolist(), rm.features.index.tolist(), strict=True)
+    fired = {(layer, p, i) for layer, p, i in active if (layer, i) in planted}
+    assert fired == {(layer, len(ids) - 1, index) for layer, index in planted}  # the groups fire at the end only
+
+    store = Store(tmp_path / "store")
+    cfg = AttributionConfig(node_threshold=0.95, edge_threshold=0.99)
+    named = NamedTranscoders(transcoders, "planted")
+    row, _ = build_graph(store, lm, PROMPT, named, cfg, keep_json=False)
+    validated = auto_supernodes(
+        store, lm, named, cfg, row["slug"], validation=ValidationSettings(draws=6, max_groups=8)
+    )
+    last = len(ids) - 1
+    expected = [{f"{layer}_{index}_{last}" for index in range(3)} for layer in (3, 8)]
+    passed = [set(v.group.node_ids) for v in validated if v.passed]
+    assert sorted(passed, key=sorted) == sorted(expected, key=sorted), [
+        (v.name, v.effect, v.control, v.interchangeability) for v in validated
+    ]
+    saved = read_table(store, "graph_annotations").filter(pl.col("source") == "auto")
+    assert sorted(set(ids) for ids in saved["node_ids"].to_list()) == sorted(expected, key=sorted)
+    assert (saved["effect"] < -saved["control"]).all()  # zeroing a group lowers the target beyond random groups

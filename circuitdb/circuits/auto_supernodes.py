@@ -3,7 +3,7 @@ store holds beside the graph (decoder vectors, edges, labels), then each group v
 graph's prompt; the groups that pass are saved as supernodes marked automatic, with their effect sizes.
 
 A group passes when
-- zeroing it (its members at their position, attention frozen as in the graph) moves the target's logit more
+- zeroing it (its members at their position; the model run live unless `freeze_attention`) moves the target's logit more
   than random groups of the same size, layers and position do: |effect| above the random groups' mean |change|
   plus its 95% interval (`draws` groups);
 - its members are interchangeable: the strongest member alone, set to carry the group's summed write along its
@@ -25,6 +25,7 @@ import torch
 from circuitdb.attribution.interventions import Intervention, intervene
 from circuitdb.attribution.pipeline import NamedTranscoders, trace_prompt
 from circuitdb.attribution.replacement_model import ReplacementModel
+from circuitdb.attribution.transcoders import Transcoders
 from circuitdb.circuits.supernodes import (
     DEFAULT_GROUPING,
     Group,
@@ -51,6 +52,9 @@ class ValidationSettings(NamedTuple):
     """Least share of the effect the strongest member alone must undo."""
     max_groups: int = 20
     """Groups validated, those of most summed influence first."""
+    freeze_attention: bool = False
+    """Replay the prompt's attention patterns and norm scales (the graph's frozen paths) rather than run the model
+    live: live by default, since frozen norm scales let a large ablation grow unchecked through later layers."""
 
 
 DEFAULT_VALIDATION = ValidationSettings()
@@ -68,19 +72,17 @@ class Validated(NamedTuple):
     passed: bool
 
 
-def graph_signals(store: Store, slug: str) -> tuple[pl.DataFrame, dict[str, np.ndarray | None]]:
+def graph_signals(
+    store: Store, slug: str, transcoders: Transcoders
+) -> tuple[pl.DataFrame, dict[str, np.ndarray | None]]:
     """The graph's feature nodes (node_id, feature_id, layer, position, index, influence, label, token) and the
-    similarity signals between them: decoder directions (the stored vectors), signed outgoing edges, labels."""
-    from circuitdb.store.vectors import vectors_of
-
+    similarity signals between them: decoder directions (the transcoders', into the feature's own layer: the
+    rows the store's vectors hold), signed outgoing edges (the nodes they feed), labels."""
     nodes = read_table(store, "graph_nodes", partitions=[slug])
     features = nodes.filter(pl.col("kind") == "feature")
     if features.height < 2:
         raise CircuitDBError(f"graph {slug} has fewer than two feature nodes to group")
-    vectors = vectors_of(store, features["feature_id"].unique().to_list())
-    missing = [f for f in features["feature_id"] if f not in vectors]
-    if missing:
-        raise CircuitDBError(f"no decoder vector stored for {missing[0]}: build feature_vectors first")
+    decoders = _decoders(transcoders, features["layer"].to_list(), features["index"].to_list())
     edges = read_table(store, "graph_edges", ["source", "target", "weight"], partitions=[slug])
     where = {node_id: i for i, node_id in enumerate(features["node_id"])}
     targets = {node_id: i for i, node_id in enumerate(nodes["node_id"])}
@@ -88,12 +90,22 @@ def graph_signals(store: Store, slug: str) -> tuple[pl.DataFrame, dict[str, np.n
     for source, target, weight in edges.filter(pl.col("source").is_in(list(where))).iter_rows():
         outgoing[where[source], targets[target]] = weight
     signals = {
-        "decoder": decoder_similarity(np.stack([vectors[f] for f in features["feature_id"]])),
+        "decoder": decoder_similarity(decoders),
         "output": output_similarity(outgoing),
         "label": label_similarity(features["label"].fill_null("").to_list()),
         "coactivation": None,
     }
     return features, signals
+
+
+def _decoders(transcoders: Transcoders, layers: list[int], indices: list[int]) -> np.ndarray:
+    """Each latent's decoder row into its own layer's MLP output [n, d] (one lookup per layer)."""
+    rows = np.zeros((len(layers), transcoders.d_model))
+    for layer in sorted(set(layers)):
+        where = [i for i, lay in enumerate(layers) if lay == layer]
+        written = transcoders.writes(layer, torch.tensor([indices[i] for i in where]))[layer]
+        rows[where] = written.detach().double().cpu().numpy()
+    return rows
 
 
 def group_name(members: pl.DataFrame, group: Group) -> str:
@@ -108,8 +120,8 @@ def _zeroed(members: list[tuple[int, int, int]]) -> list[Intervention]:
     return [Intervention(layer, index, "zero", positions=[position]) for layer, position, index in members]
 
 
-def _change(rm: ReplacementModel, items: list[Intervention], target: int) -> float:
-    result = intervene(rm, items, freeze_attention=True)
+def _change(rm: ReplacementModel, items: list[Intervention], target: int, frozen: bool) -> float:
+    result = intervene(rm, items, freeze_attention=frozen)
     return float(result.logits[-1, target] - result.clean_logits[-1, target])
 
 
@@ -161,10 +173,13 @@ def validate_groups(
     validated, names = [], Counter()
     for group in groups:
         members = [keys[node_id] for node_id in group.node_ids]
-        effect = _change(rm, _zeroed(members), target)
-        controls = [abs(_change(rm, _zeroed(_random_group(rm, members, rng)), target)) for _ in range(settings.draws)]
+        effect = _change(rm, _zeroed(members), target, settings.freeze_attention)
+        controls = [
+            abs(_change(rm, _zeroed(_random_group(rm, members, rng)), target, settings.freeze_attention))
+            for _ in range(settings.draws)
+        ]
         control, control_ci = interval(controls)
-        swapped = _change(rm, _carried_by_one(rm, members), target)
+        swapped = _change(rm, _carried_by_one(rm, members), target, settings.freeze_attention)
         interchangeability = float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)) if effect else 0.0
         passed = abs(effect) > control + control_ci and interchangeability >= settings.min_interchangeability
         name = group_name(features.filter(pl.col("node_id").is_in(group.node_ids)), group)
@@ -188,7 +203,7 @@ def auto_supernodes(
     row = graph_row(store, slug)
     if row["dictionaries"] != named.name:
         raise CircuitDBError(f"graph {slug} was built with {row['dictionaries']!r}, not {named.name!r}")
-    features, signals = graph_signals(store, slug)
+    features, signals = graph_signals(store, slug, named.transcoders)
     influence = dict(zip(features["node_id"], features["influence"], strict=True))
     groups = sorted(group_features(features, signals, grouping), key=lambda g: -sum(influence[n] for n in g.node_ids))
     logits = read_table(store, "graph_nodes", ["kind", "index", "activation"], partitions=[slug])
