@@ -113,7 +113,16 @@ def annotations(store: Store, slug: str, kind: AnnotationKind) -> list[dict]:
     frame = read_table(store, "graph_annotations").filter(pl.col("slug") == slug)
     frame = frame.filter(pl.col("kind").fill_null("supernode") == kind).sort("created_at")
     frame = frame.unique("name", keep="last").filter(~pl.col("deleted").fill_null(False)).sort("created_at")
-    return [{"name": row["name"], "node_ids": list(row["node_ids"])} for row in frame.iter_rows(named=True)]
+    return [_annotation(row) for row in frame.iter_rows(named=True)]
+
+
+def _annotation(row: dict) -> dict:
+    """A saved group's name and nodes; an automatic supernode's validation beside them."""
+    saved = {"name": row["name"], "node_ids": list(row["node_ids"])}
+    if row["source"] != "auto":
+        return saved
+    validation = {key: row[key] for key in ("effect", "control", "control_ci95", "interchangeability")}
+    return saved | {"source": "auto", "validation": validation}
 
 
 def save_annotation(store: Store, slug: str, kind: AnnotationKind, name: str, node_ids: list[str]) -> list[dict]:

@@ -17,6 +17,7 @@ from circuitdb.circuits.supernodes import (
     group_features,
     label_similarity,
     output_similarity,
+    planted_family,
 )
 
 
@@ -49,35 +50,9 @@ def test_average_linkage_by_hand() -> None:
     assert labels[0] == labels[1] and len({labels[0], labels[2], labels[3]}) == 3
 
 
-def _planted(seed: int, groups: int = 8, size: int = 5, loners: int = 20, d: int = 64, targets: int = 40):
-    """Features of planted groups (a shared decoder direction and outputs plus noise, a shared word in their
-    labels) spread over 4 positions and adjacent layers, and loners with their own direction and outputs."""
-    rng = np.random.default_rng(seed)
-    rows, truth, vectors, outgoing, labels = [], [], [], [], []
-    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "zeta", "iota"]
-    for g in range(groups + loners):
-        planted = g < groups
-        direction, feeds = rng.normal(size=d), rng.normal(size=targets) * (rng.random(targets) < 0.3)
-        position, layer = int(rng.integers(4)), int(rng.integers(2, 26))
-        for m in range(size if planted else 1):
-            rows.append((f"{layer + m % 3}_{g}{m}_{position}", layer + m % 3, position))
-            truth.append(g)
-            vectors.append(direction + 0.5 * rng.normal(size=d))
-            outgoing.append(feeds + 0.2 * rng.normal(size=targets) * (feeds != 0))
-            labels.append(f"{words[g % len(words)]} {rng.choice(words)} thing{g}" if planted else f"loner {g}")
-    features = pl.DataFrame(rows, schema=["node_id", "layer", "position"], orient="row")
-    signals = {
-        "decoder": decoder_similarity(np.array(vectors)),
-        "output": output_similarity(np.array(outgoing)),
-        "label": label_similarity(labels),
-        "coactivation": None,
-    }
-    return features, signals, truth
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_planted_groups_are_recovered(seed: int) -> None:
-    features, signals, truth = _planted(seed)
+    features, signals, truth = planted_family(seed)
     groups = group_features(features, signals, GroupingSettings())
     found = {node_id: f"g{k}" for k, group in enumerate(groups) for node_id in group.node_ids}
     labels = [found.get(node_id, node_id) for node_id in features["node_id"]]  # ungrouped: a group of its own

@@ -193,9 +193,14 @@ function writeState(state) {
   }
 
   function showGroupCard([name, ...members]) {
-    const isSaved = saved.supernodes.some(g => g.name === name);
+    const stored = saved.supernodes.find(g => g.name === name);
+    const isSaved = Boolean(stored);
+    const v = stored && stored.validation;
+    const validated = v ? `<p class="auto">automatic: zeroing it moves the target's logit by ${v.effect.toFixed(3)}
+      (random groups of its layers: ${v.control.toFixed(3)} ± ${v.control_ci95.toFixed(3)}); one member carrying the group's
+      write undoes ${(100 * v.interchangeability).toFixed(0)}% of that</p>` : "";
     panel.innerHTML = `<div id="group-card" data-group="${escapeHTML(name)}"><h3>▣ ${escapeHTML(name)}</h3>
-      <p>${members.length} nodes${isSaved ? " · saved" : " · not saved"}</p>
+      <p>${members.length} nodes${isSaved ? " · saved" : " · not saved"}</p>${validated}
       <ul>${members.map(id => `<li>${escapeHTML(nodeName(id))}</li>`).join("")}</ul>
       <input id="rename-to" placeholder="new name" value="${escapeHTML(name)}"> <button id="rename">rename</button>
       <button id="ungroup">ungroup</button> <button id="delete-group">delete</button>
