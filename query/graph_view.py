@@ -26,6 +26,32 @@ def graph_tree(store: Store, slug: str) -> tuple[dict, list[dict], list[tuple], 
     return row, nodes.to_dicts(), edges.rows(), annotations(store, slug, "supernode")
 
 
+def supernode_level(nodes: list[dict], edges: list[tuple], supernodes: list[dict]) -> tuple[list[dict], list[tuple]]:
+    """The graph with each supernode's members drawn as one node ('group:NAME', kind 'supernode', at its members'
+    first position): edges into or out of members summed per other end, edges among members dropped. A node in
+    two supernodes goes to the first."""
+    group_of = {}
+    for group in supernodes:
+        for node_id in group["node_ids"]:
+            group_of.setdefault(node_id, f"group:{group['name']}")
+    by_id = {node["node_id"]: node for node in nodes}
+    merged = [node for node in nodes if node["node_id"] not in group_of]
+    for group in supernodes:
+        members = [by_id[n] for n in group["node_ids"] if group_of.get(n) == f"group:{group['name']}" and n in by_id]
+        if members:
+            first = min(members, key=lambda node: node["position"])
+            influence = sum(node["influence"] or 0.0 for node in members)
+            label = f"{group['name']} ({len(members)} features)"
+            merged.append(first | {"node_id": f"group:{group['name']}", "kind": "supernode", "label": label})
+            merged[-1]["influence"] = influence
+    summed: dict[tuple[str, str], float] = {}
+    for source, target, weight in edges:
+        source, target = group_of.get(source, source), group_of.get(target, target)
+        if source != target:
+            summed[(source, target)] = summed.get((source, target), 0.0) + weight
+    return merged, [(source, target, weight) for (source, target), weight in summed.items()]
+
+
 def _rows(store: Store, slug: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The graph's pruned nodes (by node_id) and edges: one partition each, named by the slug."""
     nodes = read_table(store, "graph_nodes", partitions=[slug]).drop("slug").sort("node_id")

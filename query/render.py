@@ -123,6 +123,8 @@ def _describe(node: dict) -> str:
         return f"MLP error, layer {node['layer']} {where}"
     if node["kind"] == "token":
         return f"token {where}"
+    if node["kind"] == "supernode":
+        return f"■ {node['label']} {where}"
     return node["label"]
 
 

@@ -195,3 +195,18 @@ def test_supernodes_and_pin_sets_are_saved_renamed_and_deleted(built_store: Path
     assert sorted(rows) == [("pair", "pins", False), ("pair", "supernode", True), ("renamed", "supernode", True)]
     code, _, err = cli("graph", "supernode", slug, "x", first, "--delete", "--store", str(store.root))
     assert code != 0 and err.startswith("error: give the node ids to group, --rename NEW or --delete")
+
+
+def test_supernode_level_sums_edges_through_groups() -> None:
+    """a and b grouped as G: a→L 1 and b→L 2 make G→L 3, c→a 0.5 and c→b 0.25 make c→G 0.75, a→b goes."""
+    from query.graph_view import supernode_level
+
+    node = {"kind": "feature", "position": 2, "token": " x", "feature_id": "f", "label": "", "layer": 1}
+    nodes = [node | {"node_id": "a", "influence": 0.2}, node | {"node_id": "b", "position": 1, "influence": 0.3}]
+    nodes += [node | {"node_id": "c", "influence": 0.1}, node | {"node_id": "L", "kind": "logit", "influence": 0.0}]
+    edges = [("a", "L", 1.0), ("b", "L", 2.0), ("c", "a", 0.5), ("c", "b", 0.25), ("a", "b", 3.0)]
+    merged, summed = supernode_level(nodes, edges, [{"name": "G", "node_ids": ["a", "b"]}])
+    assert sorted(summed) == [("c", "group:G", 0.75), ("group:G", "L", 3.0)]
+    (group,) = [n for n in merged if n["kind"] == "supernode"]
+    assert group["node_id"] == "group:G" and group["position"] == 1 and group["influence"] == pytest.approx(0.5)
+    assert {n["node_id"] for n in merged} == {"group:G", "c", "L"}

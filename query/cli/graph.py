@@ -21,7 +21,7 @@ from query.cli.common import (
     open_project,
     to_stderr,
 )
-from query.graph_view import delete_annotation, graph_tree, rename_annotation, save_annotation
+from query.graph_view import delete_annotation, graph_tree, rename_annotation, save_annotation, supernode_level
 from query.questions import export_graph_json, graph_listing, node_edges
 from query.render import (
     OutputFormat,
@@ -133,11 +133,17 @@ def graph_show(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
     depth: Annotated[int, typer.Option(min=1, max=32, help="Levels of the tree below the logit.")] = 4,
     width: Annotated[int, typer.Option(min=1, max=100, help="Strongest inputs shown per node.")] = 3,
+    supernodes: Annotated[
+        bool, typer.Option("--supernodes", help="Each saved supernode (by hand or automatic) as one node.")
+    ] = False,
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
     """The strongest paths into the top logit, as a tree: each node's strongest inputs below it."""
-    render_graph_tree(*graph_tree(built_store(store, config), slug), depth, width)
+    row, nodes, edges, groups = graph_tree(built_store(store, config), slug)
+    if supernodes:
+        nodes, edges = supernode_level(nodes, edges, groups)
+    render_graph_tree(row, nodes, edges, groups, depth, width)
 
 
 @graph_app.command("edges")
