@@ -6,8 +6,8 @@ queries at 1,000 graphs on synthetic partitions.
 Prints one JSON line: prompts, seconds_per_graph (building the set's graphs back to back, model and
 transcoders loaded once), peak_rss_gb, bytes_per_graph (the set's graph rows on disk: no JSON), aggregate_s
 (aggregating the set), ablation_seconds_per_prompt (zeroing its 5 most recurring features and a random control
-on every prompt, frozen attention), and at --synthetic-graphs graphs: synthetic_aggregate_s and
-aggregate_p50_ms (median of three queries: top recurring features of the set, edges into its top feature,
+on every prompt, frozen attention; ablation_diverged: prompts whose intervened logits were not finite), and
+at --synthetic-graphs graphs: synthetic_aggregate_s and aggregate_p50_ms (median of three queries: top recurring features of the set, edges into its top feature,
 features shared with a second set).
 """
 
@@ -143,7 +143,7 @@ def main() -> None:
     aggregate_set(store, name)
     aggregate_s = time.perf_counter() - started
     started = time.perf_counter()
-    ablate_set(store, model, named.transcoders, cfg, name, top_recurring(store, name, 5), True)
+    ablation_run = ablate_set(store, model, named.transcoders, cfg, name, top_recurring(store, name, 5), True)
     ablation = (time.perf_counter() - started) / args.prompts
     with tempfile.TemporaryDirectory() as folder:
         synthetic = Store(folder)
@@ -159,6 +159,7 @@ def main() -> None:
                 "bytes_per_graph": round(on_disk / len(slugs)),
                 "aggregate_s": round(aggregate_s, 3),
                 "ablation_seconds_per_prompt": round(ablation, 2),
+                "ablation_diverged": ablation_run.circuit.diverged,
                 "synthetic_graphs": args.synthetic_graphs,
                 "synthetic_aggregate_s": round(synthetic_s, 2),
                 "aggregate_p50_ms": round(p50, 1),

@@ -346,3 +346,9 @@ def render_ablation(result, fmt: OutputFormat) -> None:
         )
         return
     render(QueryResult(columns, [], rows), fmt, title=f"ablation run {result.run_id} (interventions table)")
+    for arm, effect in (("circuit", result.circuit), ("random control", result.control)):
+        if effect.diverged:
+            print(
+                f"{arm}: {effect.diverged} prompts left out, their logits not finite under the intervention "
+                "(frozen norm scales let it grow through later layers): --live runs the model as it is"
+            )

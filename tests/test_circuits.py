@@ -274,3 +274,11 @@ def test_graph_json_from_rows_equals_the_stored_one(built_store: Path, tmp_path:
     made = tmp_path / "made.json"
     assert cli("graph", "export", slug, "--out", str(made), "--store", str(store))[0] == 0
     assert json.loads(made.read_text()) == json.loads(stored.read_text())
+
+
+def test_prompts_whose_intervened_logits_diverge_are_counted_not_averaged() -> None:
+    from circuitdb.circuits.ablation import _effect
+
+    effect = _effect(["plt/1/2"], [(0.1, 1.0, True), (float("nan"), float("inf"), False), (0.3, 3.0, False)])
+    assert (effect.prompts, effect.diverged, effect.flipped) == (2, 1, 0.5)
+    assert effect.probability_change == pytest.approx(0.2) and effect.logit_change == pytest.approx(2.0)

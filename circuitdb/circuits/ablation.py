@@ -5,6 +5,7 @@ run is an `interventions` row carrying the set's name."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
 from datetime import UTC, datetime
@@ -37,6 +38,9 @@ class SetEffect(NamedTuple):
     logit_ci95: float
     flipped: float
     """Share of prompts whose most probable next token changed."""
+    diverged: int = 0
+    """Prompts left out because the intervened run's logits were not finite (frozen norm scales let a large
+    ablation grow through later layers; live attention renormalizes)."""
 
 
 class Ablation(NamedTuple):
@@ -119,10 +123,17 @@ def _target_change(clean: torch.Tensor, after: torch.Tensor, target: int) -> tup
 
 
 def _effect(features: list[str], changes: list[tuple[float, float, bool]]) -> SetEffect:
-    probability, probability_ci = interval([c[0] for c in changes])
-    logit, logit_ci = interval([c[1] for c in changes])
-    flipped = sum(c[2] for c in changes) / len(changes)
-    return SetEffect(features, len(changes), probability, probability_ci, logit, logit_ci, flipped)
+    """Mean changes over the prompts whose intervened logits stayed finite (NaN when none did)."""
+    finite = [c for c in changes if math.isfinite(c[0]) and math.isfinite(c[1])]
+    if not finite:
+        nan = float("nan")
+        return SetEffect(features, 0, nan, nan, nan, nan, nan, len(changes))
+    probability, probability_ci = interval([c[0] for c in finite])
+    logit, logit_ci = interval([c[1] for c in finite])
+    flipped = sum(c[2] for c in finite) / len(finite)
+    return SetEffect(
+        features, len(finite), probability, probability_ci, logit, logit_ci, flipped, len(changes) - len(finite)
+    )
 
 
 def _record(run_id, name, prompt, features, frozen, lm, result, target, change) -> dict:
