@@ -7,8 +7,8 @@ Prints one JSON line: prompts, seconds_per_graph (building the set's graphs back
 transcoders loaded once), peak_rss_gb, bytes_per_graph (the set's graph rows on disk: no JSON), aggregate_s
 (aggregating the set), ablation_seconds_per_prompt (zeroing its 5 most recurring features and a random control
 on every prompt, frozen attention; ablation_diverged: prompts whose intervened logits were not finite), and
-at --synthetic-graphs graphs: synthetic_aggregate_s and aggregate_p50_ms (median of three queries: top recurring features of the set, edges into its top feature,
-features shared with a second set).
+at --synthetic-graphs graphs: synthetic_aggregate_s and aggregate_p50_ms (median of three queries: top
+recurring features of the set, edges into its top feature, features shared with a second set).
 """
 
 from __future__ import annotations
