@@ -211,8 +211,6 @@ def diff_id(a: str, b: str) -> str:
 def diff_graphs(store: Store, slug_a: str, slug_b: str, settings: DiffSettings = DEFAULT_SETTINGS) -> GraphDiff:
     """Diff two stored graphs of one prompt and store it (`graph_diffs`, `graph_diff_edges`, partition
     `A~B`)."""
-    from circuitdb.store.vectors import vectors_of
-
     rows = graph_row(store, slug_a), graph_row(store, slug_b)
     rule = match_rule(*rows)
     frames = [read_table(store, "graph_nodes", partitions=[slug]) for slug in (slug_a, slug_b)]
@@ -222,6 +220,8 @@ def diff_graphs(store: Store, slug_a: str, slug_b: str, settings: DiffSettings =
     n_layers = tuple(_layers(frame) for frame in frames)
     vectors = None
     if rule == "decoder":
+        from circuitdb.store.vectors import vectors_of  # LanceDB takes seconds to import: only when needed
+
         ids = pl.concat([frame["feature_id"] for frame in frames]).drop_nulls().unique().to_list()
         vectors = vectors_of(store, ids)
     pairs = match_nodes(frames[0], frames[1], rule, n_layers, vectors, settings)
