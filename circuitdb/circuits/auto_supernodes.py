@@ -153,7 +153,7 @@ def _carried_by_one(rm: ReplacementModel, members: list[tuple[int, int, int]]) -
     }
     writes = []
     for layer, position, index in members:
-        decoder = rm.transcoders.writes(layer, torch.tensor([index], device=f.layer.device))[layer][0].double()
+        decoder = rm.transcoders.writes(layer, torch.tensor([index], device=f.layer.device))[layer][0].detach().double()
         writes.append(activation[(layer, position, index)] * decoder)
     strongest = int(np.argmax([float(w.norm()) for w in writes]))
     layer, position, index = members[strongest]
