@@ -245,19 +245,20 @@ def _node_rows(name: str, frames, pairs: pl.DataFrame, rule: MatchRule, n_positi
     a, b = frames
     columns = ["node_id", "kind", "feature_id", "layer", "position", "token", "influence", "label"]
     left = a.select(columns).join(pairs, left_on="node_id", right_on="a", how="left")
-    matched = left.join(b.select(columns), left_on="b", right_on="node_id", how="left", suffix="_b")
-    only_b = b.filter(~pl.col("node_id").is_in(pairs["b"].to_list())).select(columns)
+    # a full join keeps A's nodes (matched or not) and B's unmatched ones in one frame
+    joined = left.join(b.select(columns), left_on="b", right_on="node_id", how="full", suffix="_b")
     correlation = activation_correlation(a, b, n_positions) if rule == "decoder" else {}
-    rows = matched.select(
+    either = lambda column: pl.coalesce(column, f"{column}_b")  # noqa: E731  A's value, else B's
+    rows = joined.select(
         diff=pl.lit(name),
         node_a=pl.col("node_id"),
-        node_b=pl.col("b"),
-        kind=pl.col("kind"),
+        node_b=pl.col("node_id_b"),
+        kind=either("kind"),
         feature_a=pl.col("feature_id"),
         feature_b=pl.col("feature_id_b"),
-        layer=pl.col("layer"),
-        position=pl.col("position"),
-        token=pl.col("token"),
+        layer=either("layer"),
+        position=either("position"),
+        token=either("token"),
         match=pl.col("rule"),
         score=pl.col("score"),
         influence_a=pl.col("influence").cast(pl.Float64),
@@ -265,24 +266,6 @@ def _node_rows(name: str, frames, pairs: pl.DataFrame, rule: MatchRule, n_positi
         label_a=pl.col("label"),
         label_b=pl.col("label_b"),
     )
-    unique_b = only_b.select(
-        diff=pl.lit(name),
-        node_a=pl.lit(None, pl.String),
-        node_b=pl.col("node_id"),
-        kind=pl.col("kind"),
-        feature_a=pl.lit(None, pl.String),
-        feature_b=pl.col("feature_id"),
-        layer=pl.col("layer"),
-        position=pl.col("position"),
-        token=pl.col("token"),
-        match=pl.lit(None, pl.String),
-        score=pl.lit(None, pl.Float64),
-        influence_a=pl.lit(None, pl.Float64),
-        influence_b=pl.col("influence").cast(pl.Float64),
-        label_a=pl.lit(None, pl.String),
-        label_b=pl.col("label"),
-    )
-    rows = pl.concat([rows, unique_b])
     correlations = [
         correlation.get((fa, fb), None) if fa and fb else None
         for fa, fb in rows.select("feature_a", "feature_b").iter_rows()
