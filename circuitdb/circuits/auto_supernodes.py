@@ -125,10 +125,18 @@ def _change(rm: ReplacementModel, items: list[Intervention], target: int, frozen
     return float(result.logits[-1, target] - result.clean_logits[-1, target])
 
 
-def _random_group(rm: ReplacementModel, members: list[tuple[int, int, int]], rng: random.Random) -> list[tuple]:
-    """For each member, another active feature of its layer, at its position when there is one."""
+Active = dict[tuple[int, int, int], float]
+"""The prompt's active features, (layer, position, index) → activation, in the replacement model's order."""
+
+
+def _active(rm: ReplacementModel) -> Active:
     f = rm.features
-    active = list(zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True))
+    keys = zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True)
+    return dict(zip(keys, f.activation.tolist(), strict=True))
+
+
+def _random_group(active: Active, members: list[tuple[int, int, int]], rng: random.Random) -> list[tuple]:
+    """For each member, another active feature of its layer, at its position when there is one."""
     chosen = set(members)
     picked = []
     for layer, position, _ in members:
@@ -139,21 +147,15 @@ def _random_group(rm: ReplacementModel, members: list[tuple[int, int, int]], rng
     return picked
 
 
-def _carried_by_one(rm: ReplacementModel, members: list[tuple[int, int, int]]) -> list[Intervention]:
+def _carried_by_one(
+    rm: ReplacementModel, activation: Active, members: list[tuple[int, int, int]]
+) -> list[Intervention]:
     """The strongest member set to carry the group's summed write projected on its own decoder direction, the
     others zeroed (members sit at one position; a cross-layer decoder's own layer stands for it)."""
-    f = rm.features
-    activation = {
-        key: value
-        for key, value in zip(
-            zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True),
-            f.activation.tolist(),
-            strict=True,
-        )
-    }
+    device = rm.features.layer.device
     writes = []
     for layer, position, index in members:
-        decoder = rm.transcoders.writes(layer, torch.tensor([index], device=f.layer.device))[layer][0].detach().double()
+        decoder = rm.transcoders.writes(layer, torch.tensor([index], device=device))[layer][0].detach().double()
         writes.append(activation[(layer, position, index)] * decoder)
     strongest = int(np.argmax([float(w.norm()) for w in writes]))
     layer, position, index = members[strongest]
@@ -170,16 +172,17 @@ def validate_groups(
     """Each group's effect on the target's logit beside random groups', and its members' interchangeability."""
     keys = dict(zip(features["node_id"], features.select("layer", "position", "index").rows(), strict=True))
     rng = random.Random(settings.seed)
+    active = _active(rm)  # once: every group draws from it
     validated, names = [], Counter()
     for group in groups:
         members = [keys[node_id] for node_id in group.node_ids]
         effect = _change(rm, _zeroed(members), target, settings.freeze_attention)
         controls = [
-            abs(_change(rm, _zeroed(_random_group(rm, members, rng)), target, settings.freeze_attention))
+            abs(_change(rm, _zeroed(_random_group(active, members, rng)), target, settings.freeze_attention))
             for _ in range(settings.draws)
         ]
         control, control_ci = interval(controls)
-        swapped = _change(rm, _carried_by_one(rm, members), target, settings.freeze_attention)
+        swapped = _change(rm, _carried_by_one(rm, active, members), target, settings.freeze_attention)
         interchangeability = float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)) if effect else 0.0
         passed = abs(effect) > control + control_ci and interchangeability >= settings.min_interchangeability
         name = group_name(features.filter(pl.col("node_id").is_in(group.node_ids)), group)
