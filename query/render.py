@@ -352,3 +352,23 @@ def render_ablation(result, fmt: OutputFormat) -> None:
                 f"{arm}: {effect.diverged} prompts left out, their logits not finite under the intervention "
                 "(frozen norm scales let it grow through later layers): --live runs the model as it is"
             )
+
+
+def render_set_supernodes(validated: list, fmt: OutputFormat) -> None:
+    """Each validated group of a prompt set: members, where, its effect and the random groups' (mean ± 95%
+    interval over the prompts), interchangeability, whether it was saved."""
+    rows = [
+        (
+            v.name,
+            len(v.group.node_ids),
+            v.group.position,
+            v.prompts,
+            f"{v.effect:+.3f} ± {v.effect_ci95:.3f}",
+            f"{v.control:.3f} ± {v.control_ci95:.3f}",
+            round(v.interchangeability, 3),
+            v.passed,
+        )
+        for v in validated
+    ]
+    columns = ["name", "members", "from_end", "prompts", "target logit change", "random groups", "interchangeable"]
+    render(QueryResult([*columns, "saved"], [], rows), fmt, title="automatic supernodes (saved: circuit_supernodes)")

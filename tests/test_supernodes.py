@@ -60,13 +60,14 @@ def test_planted_groups_are_recovered(seed: int) -> None:
 
 
 PROMPT = "The quick brown fox jumps over the lazy"
+SET_PROMPTS = [PROMPT, "A quick brown fox leaps over the lazy", "The quick red fox jumps over the lazy"]
 
 
-def _planted_transcoders(lm, target: int):
+def _planted_transcoders(lm, target: int, prompts: list[str]):
     """Weak random transcoders on all 12 layers, plus two planted groups of three latents (layer 3 and layer 8)
-    that fire only at the last position and write along directions that raise `target`'s logit: in the
-    replacement model (errors hold the rest of each MLP's output) the groups carry the target, the other active
-    latents barely do."""
+    that fire only at the last position of each prompt and write along directions that raise `target`'s logit:
+    in the replacement model (errors hold the rest of each MLP's output) the groups carry the target, the other
+    active latents barely do."""
     from circuitdb.attribution import Transcoders, trace
     from circuitdb.config import DictionaryConfig
     from circuitdb.dictionaries import SparseCoder
@@ -81,14 +82,14 @@ def _planted_transcoders(lm, target: int):
             coder.W_dec.mul_(0.05)
             coder.b_dec.zero_()
         coders[layer] = coder
-    ids = lm.encode(PROMPT)
-    mlp_in = trace(lm, ids, Transcoders(coders)).mlp_in  # the model's own: planting changes none of it
+    # the model's own MLP inputs, prompt by prompt: planting changes none of them
+    inputs = [trace(lm, lm.encode(prompt), Transcoders(coders)).mlp_in.double() for prompt in prompts]
     unembed = lm.model.get_output_embeddings().weight[target].double()
     gain = lm.model.get_submodule(lm.arch.final_norm).weight.double()
     reads = {}
     for layer in (3, 8):  # what sets the last position apart at the layer's MLP input
-        inputs = mlp_in[layer].double()
-        reads[layer] = (inputs[-1] - inputs[:-1].mean(0)) / (inputs[-1] - inputs[:-1].mean(0)).norm()
+        apart = torch.stack([x[layer][-1] - x[layer][:-1].mean(0) for x in inputs]).mean(0)
+        reads[layer] = apart / apart.norm()
     basis = torch.linalg.qr(torch.stack([reads[3], reads[8]], 1)).Q  # the groups write nothing the other reads
     push = unembed * gain - basis @ (basis.T @ (unembed * gain))
     other = torch.randn(d, dtype=torch.float64)
@@ -96,17 +97,17 @@ def _planted_transcoders(lm, target: int):
     directions = {3: push / push.norm(), 8: (push / push.norm() + 0.6 * other / other.norm())}
     with torch.no_grad():
         for layer, direction in directions.items():
-            inputs = mlp_in[layer].double()
-            first = float(reads[layer] @ inputs[-1])
-            threshold = (first + float((inputs[:-1] @ reads[layer]).max())) / 2  # halfway: fires at the end only
-            scale = float(inputs[-1].norm()) / (first - threshold)  # activation there = the residual's norm
+            last = min(float(reads[layer] @ x[layer][-1]) for x in inputs)
+            others = max(float((x[layer][:-1] @ reads[layer]).max()) for x in inputs)
+            threshold = (last + others) / 2  # halfway: fires at the end only
+            scale = float(inputs[0][layer][-1].norm()) / (last - threshold)  # activation there ~ the residual's norm
             for index in range(3):
                 coder = coders[layer]
                 coder.W_enc[index] = scale * reads[layer]
                 coder.b_enc[index] = -scale * threshold
                 noise = torch.randn(d, dtype=torch.float64) * 0.02  # members' directions agree to cosine ~0.97
                 coder.W_dec[index] = (direction / direction.norm() + noise) * 0.5
-    return Transcoders(coders, name="planted"), ids
+    return Transcoders(coders, name="planted")
 
 
 def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> None:
@@ -121,7 +122,8 @@ def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -
     lm.model.double()
     with torch.no_grad():
         target = int(lm.model(torch.tensor([lm.encode(PROMPT)])).logits[0, -1].argmax())  # the model's next token
-    transcoders, ids = _planted_transcoders(lm, target)
+    transcoders = _planted_transcoders(lm, target, [PROMPT])
+    ids = lm.encode(PROMPT)
     rm = trace(lm, ids, transcoders)
     planted = {(layer, index) for layer in (3, 8) for index in range(3)}
     active = zip(rm.features.layer.tolist(), rm.features.position.tolist(), rm.features.index.tolist(), strict=True)
@@ -144,3 +146,43 @@ def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -
     saved = read_table(store, "graph_annotations").filter(pl.col("source") == "auto")
     assert sorted(set(ids) for ids in saved["node_ids"].to_list()) == sorted(expected, key=sorted)
     assert (saved["effect"] < -saved["control"]).all()  # zeroing a group lowers the target beyond random groups
+
+
+def test_set_supernodes_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> None:
+    """Over a prompt set the same two planted groups pass (effect interval above random groups' over the
+    prompts), are stored in `circuit_supernodes` and drawn on each of the set's graphs."""
+    from circuitdb.attribution.pipeline import NamedTranscoders
+    from circuitdb.circuits.auto_supernodes import ValidationSettings
+    from circuitdb.circuits.building import build_prompt_set
+    from circuitdb.circuits.prompt_sets import SetPrompt, define_set
+    from circuitdb.circuits.set_supernodes import set_supernodes
+    from circuitdb.config import AttributionConfig
+    from circuitdb.models import load_model
+    from circuitdb.store import Store, read_table
+
+    lm = load_model(str(deep_llama_dirs[12]), device="cpu")
+    lm.model.double()
+    with torch.no_grad():
+        target = int(lm.model(torch.tensor([lm.encode(PROMPT)])).logits[0, -1].argmax())
+    named = NamedTranscoders(_planted_transcoders(lm, target, SET_PROMPTS), "planted")
+    store = Store(tmp_path / "store")
+    cfg = AttributionConfig(node_threshold=0.95, edge_threshold=0.99)
+    define_set(store, "lazy", [SetPrompt(prompt, f"id:{target}", []) for prompt in SET_PROMPTS])
+    build_prompt_set(store, lm, named, cfg, "lazy")
+    validated = set_supernodes(store, lm, named, cfg, "lazy", validation=ValidationSettings(draws=4, max_groups=8))
+    expected = [{f"planted/{layer}/{index}" for index in range(3)} for layer in (3, 8)]
+    passed = [set(v.group.node_ids) for v in validated if v.passed]
+    assert sorted(passed, key=sorted) == sorted(expected, key=sorted), [
+        (v.name, v.effect, v.effect_ci95, v.control, v.control_ci95, v.interchangeability) for v in validated
+    ]
+    assert all(v.prompts == 3 and v.group.position == 0 for v in validated if v.passed)
+    stored = read_table(store, "circuit_supernodes", partitions=["lazy"])
+    assert sorted((set(ids) for ids in stored["feature_ids"].to_list()), key=sorted) == sorted(expected, key=sorted)
+    assert (stored["effect"] + stored["effect_ci95"] < -(stored["control"] + stored["control_ci95"])).all()
+    saved = read_table(store, "graph_annotations").filter(pl.col("source") == "auto")
+    slugs = read_table(store, "prompt_sets", partitions=["lazy"])["slug"].to_list()
+    assert saved.height == 6 and set(saved["slug"]) == set(slugs)  # both groups on each of the three graphs
+    for slug, node_ids in saved.select("slug", "node_ids").iter_rows():
+        length = len(read_table(store, "graphs", ["tokens"], [slug])["tokens"][0])
+        layers = {int(node_id.split("_")[0]) for node_id in node_ids}
+        assert len(layers) == 1 and all(node_id.endswith(f"_{length - 1}") for node_id in node_ids)

@@ -74,7 +74,7 @@ def random_control(features: list[str], n_latents: int, seed: int) -> list[str]:
     return control
 
 
-def _targets(store: Store, slugs: list[str]) -> dict[str, int]:
+def set_targets(store: Store, slugs: list[str]) -> dict[str, int]:
     """Each graph's first target token: its most probable logit node."""
     logits = read_table(store, "graph_nodes", ["slug", "kind", "index", "activation"], partitions=slugs)
     logits = logits.filter(pl.col("kind") == "logit").sort("activation", descending=True).unique("slug", keep="first")
@@ -98,7 +98,7 @@ def ablate_set(
     rows = set_rows(store, name).filter(pl.col("slug").is_not_null())
     if rows.is_empty():
         raise CircuitDBError(f"no graph of prompt set {name!r} is built yet")
-    targets = _targets(store, rows["slug"].to_list())
+    targets = set_targets(store, rows["slug"].to_list())
     run_id = uuid.uuid4().hex[:12]
     measured: dict[str, list[tuple[float, float, bool]]] = {"circuit": [], "control": []}
     records, control = [], None

@@ -82,7 +82,7 @@ def graph_signals(
     features = nodes.filter(pl.col("kind") == "feature")
     if features.height < 2:
         raise CircuitDBError(f"graph {slug} has fewer than two feature nodes to group")
-    decoders = _decoders(transcoders, features["layer"].to_list(), features["index"].to_list())
+    decoders = decoder_rows(transcoders, features["layer"].to_list(), features["index"].to_list())
     edges = read_table(store, "graph_edges", ["source", "target", "weight"], partitions=[slug])
     where = {node_id: i for i, node_id in enumerate(features["node_id"])}
     targets = {node_id: i for i, node_id in enumerate(nodes["node_id"])}
@@ -98,7 +98,7 @@ def graph_signals(
     return features, signals
 
 
-def _decoders(transcoders: Transcoders, layers: list[int], indices: list[int]) -> np.ndarray:
+def decoder_rows(transcoders: Transcoders, layers: list[int], indices: list[int]) -> np.ndarray:
     """Each latent's decoder row into its own layer's MLP output [n, d] (one lookup per layer)."""
     rows = np.zeros((len(layers), transcoders.d_model))
     for layer in sorted(set(layers)):
@@ -129,7 +129,7 @@ Active = dict[tuple[int, int, int], float]
 """The prompt's active features, (layer, position, index) → activation, in the replacement model's order."""
 
 
-def _active(rm: ReplacementModel) -> Active:
+def active_features(rm: ReplacementModel) -> Active:
     f = rm.features
     keys = zip(f.layer.tolist(), f.position.tolist(), f.index.tolist(), strict=True)
     return dict(zip(keys, f.activation.tolist(), strict=True))
@@ -166,29 +166,61 @@ def _carried_by_one(
     return [*items, Intervention(layer, index, "set", carried, positions=[position])]
 
 
+class Measured(NamedTuple):
+    """One group on one prompt: the target logit's changes."""
+
+    effect: float
+    """With the group zeroed."""
+    controls: list[float]
+    """|change| with each random group zeroed."""
+    interchangeability: float | None
+    """Share of the effect the strongest member alone undoes (None: fewer than two members active, or no effect)."""
+
+
+def measure_group(
+    rm: ReplacementModel,
+    members: list[tuple[int, int, int]],
+    target: int,
+    active: Active,
+    rng: random.Random,
+    settings: ValidationSettings,
+) -> Measured:
+    """Zero the group (members as (layer, position, index)), then `draws` random groups like it, then let the
+    strongest active member carry the group's write alone."""
+    frozen = settings.freeze_attention
+    effect = _change(rm, _zeroed(members), target, frozen)
+    controls = [
+        abs(_change(rm, _zeroed(_random_group(active, members, rng)), target, frozen)) for _ in range(settings.draws)
+    ]
+    firing = [m for m in members if m in active]  # over a set, a member may be silent on some prompt
+    if len(firing) < 2 or not effect:
+        return Measured(effect, controls, None)
+    silent = _zeroed([m for m in members if m not in active])
+    swapped = _change(rm, silent + _carried_by_one(rm, active, firing), target, frozen)
+    return Measured(effect, controls, float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)))
+
+
+def unique_name(name: str, names: Counter) -> str:
+    """`name`, or `name (2)` and so on when groups share it."""
+    names[name] += 1
+    return name if names[name] == 1 else f"{name} ({names[name]})"
+
+
 def validate_groups(
     rm: ReplacementModel, features: pl.DataFrame, groups: list[Group], target: int, settings: ValidationSettings
 ) -> list[Validated]:
     """Each group's effect on the target's logit beside random groups', and its members' interchangeability."""
     keys = dict(zip(features["node_id"], features.select("layer", "position", "index").rows(), strict=True))
     rng = random.Random(settings.seed)
-    active = _active(rm)  # once: every group draws from it
+    active = active_features(rm)  # once: every group draws from it
     validated, names = [], Counter()
     for group in groups:
-        members = [keys[node_id] for node_id in group.node_ids]
-        effect = _change(rm, _zeroed(members), target, settings.freeze_attention)
-        controls = [
-            abs(_change(rm, _zeroed(_random_group(active, members, rng)), target, settings.freeze_attention))
-            for _ in range(settings.draws)
-        ]
-        control, control_ci = interval(controls)
-        swapped = _change(rm, _carried_by_one(rm, active, members), target, settings.freeze_attention)
-        interchangeability = float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)) if effect else 0.0
-        passed = abs(effect) > control + control_ci and interchangeability >= settings.min_interchangeability
-        name = group_name(features.filter(pl.col("node_id").is_in(group.node_ids)), group)
-        names[name] += 1
-        name = name if names[name] == 1 else f"{name} ({names[name]})"
-        validated.append(Validated(group, name, effect, control, control_ci, interchangeability, passed))
+        measured = measure_group(rm, [keys[node_id] for node_id in group.node_ids], target, active, rng, settings)
+        control, control_ci = interval(measured.controls)
+        interchangeability = measured.interchangeability or 0.0
+        passed = abs(measured.effect) > control + control_ci and interchangeability >= settings.min_interchangeability
+        name = unique_name(group_name(features.filter(pl.col("node_id").is_in(group.node_ids)), group), names)
+        validated.append(Validated(group, name, measured.effect, control, control_ci, interchangeability, passed))
     return validated
 
 

@@ -374,6 +374,29 @@ TABLES: dict[str, TableSchema] = {
             "created_at": (pl.Datetime("us", "UTC"), "when it was aggregated"),
         },
     ),
+    "circuit_supernodes": TableSchema(
+        "one row per automatic supernode of a prompt set that passed validation over its prompts "
+        "(`circuit supernodes`), one partition per set",
+        {
+            "prompt_set": (pl.String(), "the set"),
+            "name": (pl.String(), "'auto: <shared label words> @<token> L<lo>-<hi>'"),
+            "feature_ids": (pl.List(pl.String()), "its members"),
+            "position_from_end": (pl.Int32(), "where they act, counted back from the prompt's last token (0)"),
+            "layer_lo": (pl.Int32(), "lowest member layer"),
+            "layer_hi": (pl.Int32(), "highest member layer"),
+            "prompts": (pl.Int64(), "prompts it was validated on"),
+            "effect": (pl.Float64(), "mean change of the target's logit with the group zeroed"),
+            "effect_ci95": (pl.Float64(), "half-width of its 95% interval over the prompts"),
+            "control": (pl.Float64(), "mean |change| for random groups of the same size, layers and position"),
+            "control_ci95": (pl.Float64(), "half-width of its 95% interval over the prompts"),
+            "interchangeability": (
+                pl.Float64(),
+                "mean share of the effect one member carrying the group's write undoes",
+            ),
+            "parameters": (pl.String(), "selection, grouping and validation settings, JSON"),
+            "created_at": (pl.Datetime("us", "UTC"), "when it was validated"),
+        },
+    ),
     "interventions": TableSchema(
         "one row per intervention run (steer)",
         {
