@@ -372,3 +372,24 @@ def render_set_supernodes(validated: list, fmt: OutputFormat) -> None:
     ]
     columns = ["name", "members", "from_end", "prompts", "target logit change", "random groups", "interchangeable"]
     render(QueryResult([*columns, "saved"], [], rows), fmt, title="automatic supernodes (saved: circuit_supernodes)")
+
+
+def render_set_diff(diff, top: int, fmt: OutputFormat) -> None:
+    """A prompt set under two dictionary sets: per side, the recurring features the other side does not match
+    and the recurring top paths, with counts; or all of it as one JSON line."""
+    if fmt is OutputFormat.json:
+        features, paths = diff.features.to_dicts(), diff.paths.to_dicts()
+        print(json.dumps({"summary": diff.summary, "features": features, "paths": paths}, default=str))
+        return
+    s = diff.summary
+    print(
+        f"{s['a']} (A) vs {s['b']} (B): {s['prompts']} prompts, nodes matched by {s['rule']}; shared features carry "
+        f"{s['shared_influence_a']:.1%} of A's feature influence and {s['shared_influence_b']:.1%} of B's (mean)"
+    )
+    for side, title in (("a", "recurring in A, unmatched in B"), ("b", "recurring in B, unmatched in A")):
+        rows = diff.features.filter((pl.col("side") == side) & (pl.col("unmatched") > 0)).head(top)
+        columns = ["feature_id", "layer", "graphs", "matched", "match", "mean_influence"]
+        render(rows.select(columns), fmt, title=title)
+    for side, name in (("a", "A"), ("b", "B")):
+        rows = diff.paths.filter(pl.col("side") == side).head(top).select("path", "graphs", "matched")
+        render(rows, fmt, title=f"top paths of {name} (matched: every node has a match in the other graph)")

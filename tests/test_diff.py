@@ -188,3 +188,56 @@ def test_a_stored_diff_has_the_edge_changes_between_matched_nodes(tmp_path: Path
         [cli, "graph", "diff", "ga", "nope", "--store", str(store.root)], capture_output=True, text=True
     )
     assert other.returncode == 1 and other.stderr.startswith("error:")
+
+
+def test_a_set_diff_counts_recurring_features_and_paths(tmp_path: Path) -> None:
+    """Three prompts under two sets of graphs, worked out by hand: A holds plt/1/5 in all three graphs and
+    plt/2/7 in two, B holds plt/1/5 in the first two and plt/0/3 in all three."""
+    from circuitdb.circuits.prompt_sets import SetPrompt, define_set
+    from circuitdb.circuits.set_diff import diff_sets
+
+    store = Store(tmp_path / "store")
+    prompts = [SetPrompt(f"prompt {i}", "", []) for i in range(3)]
+    slugs = {}
+    for name in ("left", "right"):
+        rows = define_set(store, name, prompts)
+        slugs[name] = [f"{name}{i}" for i in range(3)]
+        write_partition(store, "prompt_sets", name, rows.with_columns(slug=pl.Series(slugs[name])))
+    into_logit = [("E_12_2", "1_5_2", 1.0), ("1_5_2", "13_99_3", 0.5)]
+    for i in range(3):
+        a = [("plt/1/5", 2, 1.0, 0.3, "x")] + ([("plt/2/7", 3, 1.0, 0.2, "y")] if i < 2 else [])
+        b = [("plt/0/3", 2, 1.0, 0.1, "z")] + ([("plt/1/5", 2, 1.0, 0.4, "x")] if i < 2 else [])
+        extra = [("E_13_3", "2_7_3", 0.5), ("2_7_3", "13_99_3", 0.4)] if i < 2 else []
+        _store_graph(store, slugs["left"][i], _nodes(a, [], [(99, " Paris")], 12), into_logit + extra)
+        edges_b = (into_logit if i < 2 else []) + [("E_12_2", "0_3_2", 1.0), ("0_3_2", "13_99_3", 0.2)]
+        _store_graph(store, slugs["right"][i], _nodes(b, [], [(99, " Paris")], 12), edges_b)
+    diff = diff_sets(store, "left", "right")
+    counted = {
+        (side, feature): (graphs, matched, match)
+        for side, feature, graphs, matched, match in diff.features.select(
+            "side", "feature_id", "graphs", "matched", "match"
+        ).iter_rows()
+    }
+    assert counted == {
+        ("a", "plt/1/5"): (3, 2, "plt/1/5"),
+        ("a", "plt/2/7"): (2, 0, None),
+        ("b", "plt/1/5"): (2, 2, "plt/1/5"),
+        ("b", "plt/0/3"): (3, 0, None),
+    }
+    paths = {(side, path): (graphs, matched) for side, path, graphs, matched in diff.paths.drop("diff").iter_rows()}
+    assert paths[("a", "token ' of' → plt/1/5 → target")] == (3, 2)
+    assert paths[("a", "token ' is' → plt/2/7 → target")] == (2, 0)
+    assert paths[("b", "token ' of' → plt/0/3 → target")] == (3, 0)
+    assert diff.summary["prompts"] == 3 and diff.summary["rule"] == "identity"
+    stored = read_table(store, "circuit_diffs", partitions=["left~right"])
+    assert stored.height == 4 and stored.filter(pl.col("unmatched") > 0).height == 3  # plt/1/5 of A misses once
+    cli = str(Path(sys.executable).parent / "circuitdb")
+    shown = subprocess.run(
+        [cli, "circuit", "diff", "left", "right", "--store", str(store.root)], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "recurring in A, unmatched in B" in shown.stdout and "plt/2/7" in shown.stdout
+    unknown = subprocess.run(
+        [cli, "circuit", "diff", "left", "nope", "--store", str(store.root)], capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error:") and "nope" in unknown.stderr

@@ -397,6 +397,32 @@ TABLES: dict[str, TableSchema] = {
             "created_at": (pl.Datetime("us", "UTC"), "when it was validated"),
         },
     ),
+    "circuit_diffs": TableSchema(
+        "one row per feature of either side of one prompt set's graphs under two dictionary sets or models "
+        "(`circuit diff A B`): how often it recurs and is matched on the other side; one partition per 'A~B'",
+        {
+            "diff": (pl.String(), "'<set A>~<set B>'"),
+            "side": (pl.String(), "'a' or 'b': the set whose graphs hold the feature"),
+            "feature_id": (pl.String(), "the feature"),
+            "layer": (pl.Int32(), "its layer"),
+            "graphs": (pl.Int64(), "that side's graphs (prompts) holding it"),
+            "matched": (pl.Int64(), "of those, graphs where it has a match in the other side's graph"),
+            "unmatched": (pl.Int64(), "graphs - matched: how often the other side has nothing like it"),
+            "match": (pl.String(), "its most frequent match on the other side"),
+            "mean_score": (pl.Float64(), "mean match score where matched (decoder cosine, label overlap, 1)"),
+            "mean_influence": (pl.Float64(), "its mean influence on the target in those graphs"),
+        },
+    ),
+    "circuit_diff_paths": TableSchema(
+        "one row per top path into the target recurring on one side of a set diff (nodes named across prompts)",
+        {
+            "diff": (pl.String(), "'<set A>~<set B>'"),
+            "side": (pl.String(), "'a' or 'b'"),
+            "path": (pl.String(), "'token ... → feature → ... → target'"),
+            "graphs": (pl.Int64(), "that side's graphs where it is one of the top paths"),
+            "matched": (pl.Int64(), "of those, graphs where every node of it has a match on the other side"),
+        },
+    ),
     "interventions": TableSchema(
         "one row per intervention run (steer)",
         {

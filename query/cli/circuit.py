@@ -10,7 +10,7 @@ import typer
 
 from circuitdb.errors import CircuitDBError
 from query.cli.common import MAX_ROWS, ConfigOption, FormatOption, StoreOption, app, open_project, to_stderr
-from query.render import OutputFormat, render_ablation, render_circuit, render_set_supernodes
+from query.render import OutputFormat, render_ablation, render_circuit, render_set_diff, render_set_supernodes
 
 circuit_app = typer.Typer(help="Circuits over prompt sets: what recurs, and whether it matters.", no_args_is_help=True)
 app.add_typer(circuit_app, name="circuit")
@@ -151,3 +151,34 @@ def circuit_supernodes(
         named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
         validated = set_supernodes(built, project.model, named, cfg, name, selection, grouping, validation)
     render_set_supernodes(validated, fmt)
+
+
+@circuit_app.command("diff")
+def circuit_diff(
+    a: Annotated[str, typer.Argument(help="A prompt set.")],
+    b: Annotated[str, typer.Argument(help="The same prompts under other dictionaries or another model.")],
+    min_cosine: Annotated[
+        float, typer.Option(min=-1.0, max=1.0, help="Two dictionary sets: least decoder cosine of a feature match.")
+    ] = 0.5,
+    min_label_overlap: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Two models: least label word overlap of a feature match.")
+    ] = 0.3,
+    top: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per table shown.")] = 10,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Each shared prompt's two graphs diffed (`graph diff`), then summed over the set: which recurring features
+    and top paths one side has and the other does not, with counts (`circuit_diffs`, `circuit_diff_paths`)."""
+    from tqdm import tqdm
+
+    from circuitdb.circuits.diff import DiffSettings
+    from circuitdb.circuits.set_diff import diff_sets, paired_slugs
+
+    settings = DiffSettings(min_cosine=min_cosine, min_label_overlap=min_label_overlap)
+    with open_project(config, store=store) as project:
+        built = project.built().store
+        bar = tqdm(total=len(paired_slugs(built, a, b)), desc=f"diffs {a}~{b}", unit="prompt")
+        result = diff_sets(built, a, b, settings, lambda *_: bar.update())
+        bar.close()
+    render_set_diff(result, top, fmt)
