@@ -416,11 +416,10 @@ def test_two_graphs_of_one_prompt_side_by_side(served: str, viewed: Path, built_
     second = second.filter(pl.col("prompt") == first["prompt"])["slug"][0]
 
     def keys(slug: str) -> set[str]:
-        rows = read_table(store, "graph_nodes", partitions=[slug]).filter(pl.col("kind").is_in(["feature", "error"]))
-        return {
-            f"{f}@{p}" if kind == "feature" else node_id
-            for node_id, kind, f, p in rows.select("node_id", "kind", "feature_id", "position").rows()
-        }
+        rows = read_table(store, "graph_nodes", partitions=[slug]).filter(pl.col("kind") == "feature")
+        return {f"{f}@{p}" for f, p in rows.select("feature_id", "position").rows()}
+
+    shared = keys(first["slug"]) & keys(second)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -429,5 +428,10 @@ def test_two_graphs_of_one_prompt_side_by_side(served: str, viewed: Path, built_
         page.wait_for_selector("#plot[data-ready='1']", timeout=60_000)
         page.click("a.compare")
         page.wait_for_selector("#compare-page[data-ready='1']", timeout=60_000)
-        assert int(page.get_attribute("#compare-summary", "data-shared")) == len(keys(first["slug"]) & keys(second))
+        assert int(page.get_attribute("#compare-summary", "data-shared")) == len(shared)
+        assert page.get_attribute("#compare-summary", "data-rule") == "identity"  # one dictionary set, two targets
+        page.locator("#plot .node.ringed").first.click()  # a matched node of A: its match and its score
+        text = page.inner_text("#match-text")
+        mine, theirs = text.split(" (A) ↔ ")
+        assert "identity match, score 1.000" in text and theirs.startswith(mine + " (B)"), text
         browser.close()

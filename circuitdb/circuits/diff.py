@@ -211,6 +211,15 @@ def diff_id(a: str, b: str) -> str:
 def diff_graphs(store: Store, slug_a: str, slug_b: str, settings: DiffSettings = DEFAULT_SETTINGS) -> GraphDiff:
     """Diff two stored graphs of one prompt and store it (`graph_diffs`, `graph_diff_edges`, partition
     `A~B`)."""
+    diff = compute_diff(store, slug_a, slug_b, settings)
+    name = diff_id(slug_a, slug_b)
+    write_partition(store, "graph_diffs", name, diff.nodes)
+    write_partition(store, "graph_diff_edges", name, diff.edges)
+    return diff
+
+
+def compute_diff(store: Store, slug_a: str, slug_b: str, settings: DiffSettings = DEFAULT_SETTINGS) -> GraphDiff:
+    """The diff of two stored graphs of one prompt, written nowhere (the viewer's compare page reads it)."""
     rows = graph_row(store, slug_a), graph_row(store, slug_b)
     rule = match_rule(*rows)
     frames = [read_table(store, "graph_nodes", partitions=[slug]) for slug in (slug_a, slug_b)]
@@ -228,8 +237,6 @@ def diff_graphs(store: Store, slug_a: str, slug_b: str, settings: DiffSettings =
     name = diff_id(slug_a, slug_b)
     nodes = _node_rows(name, frames, pairs, rule, len(rows[0]["token_ids"]))
     edge_rows = _edge_rows(name, edges, pairs)
-    write_partition(store, "graph_diffs", name, nodes)
-    write_partition(store, "graph_diff_edges", name, edge_rows)
     document = _document(rows, frames, edges, nodes, edge_rows, rule, settings)
     return GraphDiff(nodes, edge_rows, document)
 
@@ -337,3 +344,13 @@ def _document(rows, frames, edges, nodes: pl.DataFrame, edge_rows: pl.DataFrame,
 def _share(part: pl.Series, whole: pl.Series) -> float:
     total = float(whole.fill_null(0).sum())
     return float(part.fill_null(0).sum()) / total if total > 0 else 0.0
+
+
+def page_document(store: Store, slug_a: str, slug_b: str, edges: int = 200) -> dict:
+    """What the compare page draws: the diff's document with only the matched pairs of nodes (the page has both
+    graphs' nodes already) and the `edges` largest edge changes."""
+    diff = compute_diff(store, slug_a, slug_b)
+    matched = diff.nodes.filter(pl.col("node_a").is_not_null() & pl.col("node_b").is_not_null())
+    pairs = matched.select("node_a", "node_b", "match", "score", "activation_correlation").to_dicts()
+    document = {key: value for key, value in diff.document.items() if key not in ("nodes", "edges")}
+    return document | {"pairs": pairs, "edges": diff.edges.drop("diff").head(edges).to_dicts()}

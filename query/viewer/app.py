@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from circuitdb.circuits.diff import page_document
 from circuitdb.errors import CircuitDBError
 from circuitdb.project import Project
 from circuitdb.store.graphs import graph_row
@@ -195,6 +196,10 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
             return _error(exc)
         return _cached(request, graph_document, store, slug, limit, logit, failure=400)  # a logit it lacks
 
+    def api_diff(request: Request) -> Response:
+        """Two graphs of one prompt matched by the rule their difference calls for (`graph diff`)."""
+        return _cached(request, page_document, store, request.path_params["a"], request.path_params["b"], failure=400)
+
     def api_node_edges(request: Request) -> Response:
         """A node's strongest incoming or outgoing edges from the whole stored edge table."""
         node, direction = request.query_params.get("node", ""), request.query_params.get("direction", "in")
@@ -341,6 +346,7 @@ def make_app(project: Project, access: Access | None = None) -> Starlette:
             Route("/feature/{feature_id:path}", feature),
             Route("/api/index", api_index),
             Route("/api/graph/{slug}", api_graph),
+            Route("/api/diff/{a}/{b}", api_diff),
             Route("/api/graph/{slug}/edges", api_node_edges),
             Route("/api/graph/{slug}/subgraph", api_subgraph, methods=["POST"]),
             Route("/api/graph/{slug}/intervene", api_intervene, methods=["POST"]),

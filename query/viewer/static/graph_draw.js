@@ -89,7 +89,7 @@ function edgeLayers(edges, at, to, opacity) {
 
 function marker(node, x, y, r) {
   const style = `fill="${node.color}" fill-opacity="${node.opacity}" stroke="${node.ring || "none"}" stroke-width="${node.ring ? 2.5 : 0}"`;
-  const attributes = `class="node" data-id="${escapeHTML(node.id)}" data-label="${escapeHTML(node.label || "")}" ${style}`;
+  const attributes = `class="node${node.ring ? " ringed" : ""}" data-id="${escapeHTML(node.id)}" data-label="${escapeHTML(node.label || "")}" ${style}`;
   const title = `<title>${escapeHTML(node.hover)}</title>`;
   if (node.symbol === "square") return `<rect ${attributes} x="${x - r}" y="${y - r}" width="${2 * r}" height="${2 * r}">${title}</rect>`;
   if (node.symbol === "diamond") return `<path ${attributes} d="M${x} ${y - r}L${x + r} ${y}L${x} ${y + r}L${x - r} ${y}Z">${title}</path>`;
