@@ -241,3 +241,55 @@ def test_a_set_diff_counts_recurring_features_and_paths(tmp_path: Path) -> None:
         [cli, "circuit", "diff", "left", "nope", "--store", str(store.root)], capture_output=True, text=True
     )
     assert unknown.returncode == 1 and unknown.stderr.startswith("error:") and "nope" in unknown.stderr
+
+
+def test_a_variant_set_is_traced_and_diffed_by_decoder_cosine(built_store: Path, tmp_path: Path, cli) -> None:
+    """`dictionary train` adds a set without the skip beside the configured one; a graph of the same prompt built
+    with it is diffed by the decoder rule, each match's score the cosine of the two stored decoder rows."""
+    import shutil
+
+    from circuitdb.dictionaries.stored import stored_dictionary
+
+    store = Store(shutil.copytree(built_store, tmp_path / "store"))
+    config = tmp_path / "circuitdb.yaml"
+    config.write_text((built_store.parent / "circuitdb.yaml").read_text().replace(str(built_store), str(store.root)))
+    c = ("--config", str(config))
+    code, out, err = cli("dictionary", "train", "noskip", "--no-skip", "-f", "json", *c)
+    assert code == 0, err
+    configured = read_table(store, "dictionaries").filter(pl.col("name") == "plt")
+    assert sorted(row["layer"] for row in json.loads(out)) == sorted(configured["layer"])
+    trained = read_table(store, "dictionaries").filter(pl.col("name") == "noskip")
+    features = read_table(store, "features", ["dictionary"]).filter(pl.col("dictionary") == "noskip")
+    assert features.height == int(trained["n_latents"].sum())
+    assert all(
+        "W_skip" not in dict(stored_dictionary(store, "noskip", layer)[0].named_parameters())
+        for layer in trained["layer"]
+    )
+
+    prompt = read_table(store, "graphs")["prompt"][0]
+    with config.open("a") as handle:  # keep every feature: the tiny dictionaries' features carry little influence
+        handle.write("attribution:\n  node_threshold: 1.0\n  edge_threshold: 1.0\n")
+    slugs = []
+    for dictionaries in ("plt", "noskip"):
+        code, out, err = cli("graph", "build", prompt, "--dictionaries", dictionaries, "-f", "json", *c)
+        assert code == 0, err
+        slugs.append(json.loads(out)["slug"])
+    out_file = tmp_path / "diff.json"
+    code, _, err = cli("graph", "diff", *slugs, "--min-cosine=-1", "--out", str(out_file), *c)
+    assert code == 0, err
+    document = json.loads(out_file.read_text())
+    assert document["rule"] == "decoder"
+    matched = [n for n in document["nodes"] if n["match"] == "decoder"]
+    assert matched  # any cosine matches: each same-layer, same-position pair is a candidate, best first
+    for node in matched:
+        rows = []
+        for feature_id in (node["feature_a"], node["feature_b"]):
+            dictionary, layer, index = feature_id.split("/")
+            rows.append(stored_dictionary(store, dictionary, int(layer))[0].W_dec[int(index)].detach().double().numpy())
+        cosine = rows[0] @ rows[1] / np.linalg.norm(rows[0]) / np.linalg.norm(rows[1])
+        assert node["score"] == pytest.approx(cosine, abs=1e-5)
+        assert node["layer"] == int(node["feature_b"].split("/")[1])  # one layer and position only
+    code, _, err = cli("dictionary", "train", "plt", *c)
+    assert code == 1 and err.startswith("error:") and "configured" in err
+    code, _, err = cli("dictionary", "train", "wide", "--layers", "99", *c)
+    assert code == 1 and err.startswith("error:") and "layer 99" in err

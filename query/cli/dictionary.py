@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 
 from circuitdb.config import HOOK_KINDS
 from circuitdb.errors import CircuitDBError
+from circuitdb.store import read_table
 from query.cli.common import (
     ConfigOption,
     ExplainerModelOption,
@@ -139,3 +142,50 @@ def dictionary_sweep(
             explained,
         )
     render_sweep(rows, bool(explain), fmt)
+
+
+@dictionary_app.command("train")
+def dictionary_train(
+    name: Annotated[str, typer.Argument(help="Name of the new set in the store (not the configured one).")],
+    skip: Annotated[
+        bool | None, typer.Option("--skip/--no-skip", help="With or without the linear skip (default: as configured).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, help="Active latents per token (default: as configured).")
+    ] = None,
+    n_latents: Annotated[int | None, typer.Option(min=1, help="Width (default: as configured).")] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated layers (default: those of the configured set).")
+    ] = None,
+    fmt: FormatOption = OutputFormat.table,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train another set of per-layer transcoders on the stored activations, beside the configured one (e.g.
+    without the skip connection), with its features and decoder vectors: `graph build --dictionaries NAME` then
+    traces with it and `graph diff` compares the two."""
+    from tqdm import tqdm
+
+    from circuitdb.dictionaries.variant import train_variant_set, variant_config
+
+    with open_project(config, store=store) as project:
+        built = project.built().store
+        cfg = variant_config(project.config.dictionaries, name, skip, k, n_latents)
+        configured = read_table(built, "dictionaries", ["name", "layer"]).filter(
+            pl.col("name") == project.config.dictionaries.name
+        )
+        chosen = integers(layers, "--layers") if layers else sorted(configured["layer"].to_list())
+        unknown = sorted(set(chosen) - set(configured["layer"].to_list()))
+        if unknown:
+            raise CircuitDBError(
+                f"layer {unknown[0]} has no dictionary of the configured set (nor harvested activations)"
+            )
+        bar = tqdm(total=len(chosen), desc=f"train {name}", unit="layer")
+
+        def trained(row: dict) -> None:
+            bar.write(f"layer {row['layer']}: fvu_excl_pos0 {row['fvu_excl_pos0']:.3f}, l0 {row['l0']:.1f}", sys.stderr)
+            bar.update()
+
+        rows = train_variant_set(built, project.model, project.corpus, cfg, chosen, trained)
+        bar.close()
+    render(pl.DataFrame(rows).select("name", "layer", "fvu", "fvu_excl_pos0", "l0", "dead_frac", "delta_ce"), fmt)

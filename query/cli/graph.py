@@ -66,6 +66,10 @@ def graph_build(
             help="Folder of transcoders in any known format (circuit-tracer, GemmaScope, ...): no store needed."
         ),
     ] = None,
+    dictionaries: Annotated[
+        str | None,
+        typer.Option(help="A dictionary set of the store other than the configured one (attribution.dictionaries)."),
+    ] = None,
     prompt_set: Annotated[
         str | None, typer.Option("--set", help="Build every graph of this prompt set (resumes a stopped build).")
     ] = None,
@@ -88,6 +92,7 @@ def graph_build(
         if prompt is not None or target or minus or target_vector or target_feature or transcoders:
             raise CircuitDBError("--set builds the set's own prompts and targets: give no prompt or target options")
         overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
+        overrides["attribution.dictionaries"] = dictionaries
         build_prompt_set(prompt_set, prompts, template, filler, overrides, store, config)
         return
     if prompt is None:
@@ -97,6 +102,9 @@ def graph_build(
 
     overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
     overrides["attribution.start_error_nodes"] = start_error_nodes or None
+    if dictionaries and transcoders:
+        raise CircuitDBError("give --dictionaries (a set of the store) or --transcoders (a folder), not both")
+    overrides["attribution.dictionaries"] = dictionaries
     spec = target_spec(target, minus, target_vector, target_feature)
     if not prompt.strip():
         raise CircuitDBError("the prompt is empty")
