@@ -173,7 +173,8 @@ def test_set_supernodes_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> 
     expected = [{f"planted/{layer}/{index}" for index in range(3)} for layer in (3, 8)]
     passed = [set(v.group.node_ids) for v in validated if v.passed]
     assert sorted(passed, key=sorted) == sorted(expected, key=sorted), [
-        (v.name, v.effect, v.effect_ci95, v.control, v.control_ci95, v.interchangeability) for v in validated
+        (sorted(v.group.node_ids), v.effect, v.effect_ci95, v.control, v.control_ci95, v.interchangeability)
+        for v in validated
     ]
     assert all(v.prompts == 3 and v.group.position == 0 for v in validated if v.passed)
     stored = read_table(store, "circuit_supernodes", partitions=["lazy"])

@@ -6,9 +6,10 @@ A group passes when
 - zeroing it (its members at their position; the model run live unless `freeze_attention`) moves the target's logit more
   than random groups of the same size, layers and position do: |effect| above the random groups' mean |change|
   plus its 95% interval (`draws` groups);
-- its members are interchangeable: the strongest member alone, set to carry the group's summed write along its
+- its members are interchangeable: the weakest member alone, set to carry the group's summed write along its
   own direction while the others are zeroed, undoes at least `min_interchangeability` of the group's effect
-  (members that each write something else cannot stand in for one another).
+  (members that each write something else cannot stand in for one another; the weakest, since a group whose
+  effect is one strong member's passes the test with that member carrying it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ValidationSettings(NamedTuple):
     seed: int = 0
     """Seed of the random groups."""
     min_interchangeability: float = 0.5
-    """Least share of the effect the strongest member alone must undo."""
+    """Least share of the effect the weakest member alone must undo."""
     max_groups: int = 20
     """Groups validated, those of most summed influence first."""
     freeze_attention: bool = False
@@ -147,22 +148,22 @@ def _random_group(active: Active, members: list[tuple[int, int, int]], rng: rand
     return picked
 
 
-def _carried_by_one(
+def _carried_by_weakest(
     rm: ReplacementModel, activation: Active, members: list[tuple[int, int, int]]
 ) -> list[Intervention]:
-    """The strongest member set to carry the group's summed write projected on its own decoder direction, the
-    others zeroed (members sit at one position; a cross-layer decoder's own layer stands for it)."""
+    """The member of smallest write set to carry the group's summed write projected on its own decoder
+    direction, the others zeroed (members sit at one position; a cross-layer decoder's own layer stands for it)."""
     device = rm.features.layer.device
     writes = []
     for layer, position, index in members:
         decoder = rm.transcoders.writes(layer, torch.tensor([index], device=device))[layer][0].detach().double()
         writes.append(activation[(layer, position, index)] * decoder)
-    strongest = int(np.argmax([float(w.norm()) for w in writes]))
-    layer, position, index = members[strongest]
-    direction = writes[strongest] / activation[members[strongest]]
+    weakest = int(np.argmin([float(w.norm()) for w in writes]))
+    layer, position, index = members[weakest]
+    direction = writes[weakest] / activation[members[weakest]]
     total = torch.stack(writes).sum(0)
     carried = float(total @ direction / (direction @ direction))
-    items = _zeroed([m for k, m in enumerate(members) if k != strongest])
+    items = _zeroed([m for k, m in enumerate(members) if k != weakest])
     return [*items, Intervention(layer, index, "set", carried, positions=[position])]
 
 
@@ -174,7 +175,7 @@ class Measured(NamedTuple):
     controls: list[float]
     """|change| with each random group zeroed."""
     interchangeability: float | None
-    """Share of the effect the strongest member alone undoes (None: fewer than two members active, or no effect)."""
+    """Share of the effect the weakest member alone undoes (None: fewer than two members active, or no effect)."""
 
 
 def measure_group(
@@ -186,7 +187,7 @@ def measure_group(
     settings: ValidationSettings,
 ) -> Measured:
     """Zero the group (members as (layer, position, index)), then `draws` random groups like it, then let the
-    strongest active member carry the group's write alone."""
+    weakest active member carry the group's write alone."""
     frozen = settings.freeze_attention
     effect = _change(rm, _zeroed(members), target, frozen)
     controls = [
@@ -196,7 +197,7 @@ def measure_group(
     if len(firing) < 2 or not effect:
         return Measured(effect, controls, None)
     silent = _zeroed([m for m in members if m not in active])
-    swapped = _change(rm, silent + _carried_by_one(rm, active, firing), target, frozen)
+    swapped = _change(rm, silent + _carried_by_weakest(rm, active, firing), target, frozen)
     return Measured(effect, controls, float(np.clip(1 - abs(swapped) / abs(effect), 0.0, 1.0)))
 
 

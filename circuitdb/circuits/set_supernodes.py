@@ -54,6 +54,9 @@ from circuitdb.store import Store, parse_feature_id, read_table, write_partition
 from circuitdb.store.graphs import write_annotation
 from circuitdb.store.schemas import TABLES
 
+MIN_COACTIVATION_PROMPTS = 8
+"""Fewest prompts co-activation is measured over: a correlation over fewer values is mostly chance."""
+
 
 class SetSelection(NamedTuple):
     """Which of the set's recurring features are grouped, and on how many prompts groups are validated."""
@@ -158,7 +161,9 @@ def set_signals(
         "decoder": decoder_similarity(decoders),
         "output": output_similarity(outgoing),
         "label": label_similarity(features["label"].fill_null("").to_list()),
-        "coactivation": coactivation_similarity(coactivations) if coactivations.shape[1] > 1 else None,
+        "coactivation": coactivation_similarity(coactivations)
+        if coactivations.shape[1] >= MIN_COACTIVATION_PROMPTS
+        else None,
     }
 
 

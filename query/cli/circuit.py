@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from circuitdb.errors import CircuitDBError
-from query.cli.common import MAX_ROWS, ConfigOption, FormatOption, StoreOption, app, open_project, to_stderr
+from query.cli.common import (
+    MAX_ROWS,
+    ConfigOption,
+    FormatOption,
+    StoreOption,
+    app,
+    graph_transcoders,
+    open_project,
+    to_stderr,
+)
 from query.render import OutputFormat, render_ablation, render_circuit, render_set_diff, render_set_supernodes
 
 circuit_app = typer.Typer(help="Circuits over prompt sets: what recurs, and whether it matters.", no_args_is_help=True)
@@ -123,7 +132,7 @@ def circuit_supernodes(
         float, typer.Option(min=0.0, max=1.0, help="Least share of the set's graphs a grouped feature is in.")
     ] = 0.3,
     max_prompts: Annotated[int, typer.Option(min=1, max=1000, help="Prompts each group is validated on.")] = 8,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Least average similarity within a group.")] = 0.5,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Least average similarity within a group.")] = 0.35,
     max_layer_gap: Annotated[int, typer.Option(min=0, help="Features farther apart in layers are never grouped.")] = 3,
     draws: Annotated[int, typer.Option(min=1, max=100, help="Random groups per group and prompt.")] = 4,
     max_groups: Annotated[int, typer.Option(min=1, max=200, help="Groups validated, most influential first.")] = 10,
@@ -135,7 +144,6 @@ def circuit_supernodes(
     """Group the features recurring in the set's graphs (co-activation across its prompts, decoder directions,
     the nodes they feed, labels), validate each group on the set's prompts against random groups (mean ± 95%
     interval), and save those that pass: `circuit_supernodes`, and on each of the set's graphs."""
-    from circuitdb.attribution.pipeline import NamedTranscoders
     from circuitdb.circuits.auto_supernodes import ValidationSettings
     from circuitdb.circuits.prompt_sets import built_slugs
     from circuitdb.circuits.set_supernodes import SetSelection, set_supernodes
@@ -146,9 +154,11 @@ def circuit_supernodes(
     validation = ValidationSettings(draws=draws, seed=seed, max_groups=max_groups)
     with open_project(config, store=store) as project:
         built = project.built().store
-        built_slugs(built, name)  # an unknown set is one line before the model loads
+        slugs = built_slugs(built, name)  # an unknown set is one line before the model loads
+        if not slugs:
+            raise CircuitDBError(f"no graph of prompt set {name!r} is built yet")
+        named = graph_transcoders(project, slugs[0])  # those the set's graphs were built with
         cfg = project.config.attribution
-        named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
         validated = set_supernodes(built, project.model, named, cfg, name, selection, grouping, validation)
     render_set_supernodes(validated, fmt)
 

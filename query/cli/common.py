@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,3 +54,15 @@ def integers(text: str, option: str) -> list[int]:
         return [int(value) for value in text.split(",")]
     except ValueError:
         raise CircuitDBError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def graph_transcoders(project: Project, slug: str):
+    """The transcoders a stored graph was built with (a store set by name, or the folder it names), as
+    `NamedTranscoders`: what re-running its prompt for interventions needs."""
+    from circuitdb.attribution.pipeline import NamedTranscoders, resolve_transcoders
+    from circuitdb.store.graphs import graph_row
+
+    name = graph_row(project.built().store, slug)["dictionaries"]
+    if Path(name).is_absolute():
+        return resolve_transcoders(project.store, project.config.attribution, name)
+    return NamedTranscoders(project.transcoders(name), name)

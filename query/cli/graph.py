@@ -17,6 +17,7 @@ from query.cli.common import (
     StoreOption,
     app,
     built_store,
+    graph_transcoders,
     integers,
     open_project,
     to_stderr,
@@ -199,7 +200,7 @@ def graph_supernode(
 @graph_app.command("supernodes")
 def graph_supernodes(
     slug: Annotated[str, typer.Argument(help="Graph id (see `graph list`).")],
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Least average similarity within a group.")] = 0.5,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Least average similarity within a group.")] = 0.35,
     max_layer_gap: Annotated[int, typer.Option(min=0, help="Features farther apart in layers are never grouped.")] = 3,
     draws: Annotated[int, typer.Option(min=2, max=100, help="Random groups each group is compared with.")] = 8,
     max_groups: Annotated[int, typer.Option(min=1, max=200, help="Groups validated, most influential first.")] = 20,
@@ -210,15 +211,14 @@ def graph_supernodes(
 ) -> None:
     """Group the graph's features automatically (decoder directions, the nodes they feed, labels), validate each
     group by intervention against random groups, and save those that pass as supernodes marked automatic."""
-    from circuitdb.attribution.pipeline import NamedTranscoders
     from circuitdb.circuits.auto_supernodes import ValidationSettings, auto_supernodes
     from circuitdb.circuits.supernodes import GroupingSettings
 
     grouping = GroupingSettings(threshold=threshold, max_layer_gap=max_layer_gap)
     validation = ValidationSettings(draws=draws, seed=seed, max_groups=max_groups)
     with open_project(config, store=store) as project:
+        named = graph_transcoders(project, slug)  # those the graph was built with
         cfg = project.config.attribution
-        named = NamedTranscoders(project.transcoders(cfg.dictionaries), cfg.dictionaries)
         validated = auto_supernodes(project.built().store, project.model, named, cfg, slug, grouping, validation)
     rows = [
         (v.name, len(v.group.node_ids), v.effect, v.control, v.control_ci95, v.interchangeability, v.passed)
