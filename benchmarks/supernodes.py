@@ -1,12 +1,13 @@
 """Automatic supernodes and graph diffs on a built store (the embedded model and its transcoders).
 
-    python benchmarks/supernodes.py [--store DIR] [--graphs 3] [--families 10]
+    python benchmarks/supernodes.py [--store DIR] [--graphs 3] [--families 10] [--against plt-noskip]
 
 Prints one JSON line: ari (mean adjusted Rand index of the grouping on --families planted families), pair_precision
 and pair_recall (pairs of features grouped together against the store's hand-made supernodes, null where there
 are none), validated_groups (per graph: groups validated, groups that passed), seconds_per_graph (grouping and
 validation of the --graphs largest graphs, model loaded), diff_seconds (two graphs of the largest graph's prompt,
-each capped at 7,500 features: its graph for the top logits and one for its second logit, built if missing).
+each capped at 7,500 features: its graph and, with --against, that dictionary set's graph of the prompt (a
+`dictionary train` set: the decoder rule), else one for its second logit; built if missing).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import polars as pl  # noqa: E402
 
 from circuitdb.attribution.pipeline import NamedTranscoders, build_graph  # noqa: E402
-from circuitdb.attribution.targets import TargetSpec  # noqa: E402
+from circuitdb.attribution.targets import TOP_LOGITS_TARGET, TargetSpec  # noqa: E402
 from circuitdb.circuits.auto_supernodes import auto_supernodes, graph_signals  # noqa: E402
 from circuitdb.circuits.diff import diff_graphs  # noqa: E402
 from circuitdb.circuits.supernodes import adjusted_rand_index, group_features, planted_family  # noqa: E402
@@ -61,17 +62,18 @@ def pair_agreement(store, named) -> tuple[float | None, float | None]:
     return (shared / len(found_pairs) if found_pairs else 0.0), shared / len(hand_pairs)
 
 
-def same_prompt_pair(store, project, named, slug: str) -> str:
-    """A second graph of `slug`'s prompt: for its second most probable logit (built when missing)."""
+def same_prompt_pair(store, project, named, slug: str, against: str | None) -> str:
+    """A second graph of `slug`'s prompt: built with dictionary set `against`, else for its second most probable
+    logit (built when missing)."""
     graphs = read_table(store, "graphs")
     row = graphs.filter(pl.col("slug") == slug).row(0, named=True)
     built = graphs.filter((pl.col("prompt") == row["prompt"]) & (pl.col("slug") != slug))
-    built = built.filter(pl.col("dictionaries") == row["dictionaries"])
+    built = built.filter(pl.col("dictionaries") == (against or row["dictionaries"]))
     if not built.is_empty():
         return built["slug"][0]
-    second = row["top_logits"][1]
-    target = TargetSpec((second,))
-    graph, _ = build_graph(store, project.model, row["prompt"], named, project.config.attribution, target=target)
+    target = TargetSpec((row["top_logits"][1],)) if against is None else TOP_LOGITS_TARGET
+    other = named if against is None else NamedTranscoders(project.transcoders(against), against)
+    graph, _ = build_graph(store, project.model, row["prompt"], other, project.config.attribution, target=target)
     return graph["slug"]
 
 
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="a store built by `make demo` (default: the configured one)")
     parser.add_argument("--graphs", type=int, default=3)
     parser.add_argument("--families", type=int, default=10)
+    parser.add_argument("--against", default=None, help="a second dictionary set of the store for the diff")
     args = parser.parse_args()
     project = Project.open(overrides={"store": args.store}).built()
     store, cfg = project.store, project.config.attribution
@@ -94,7 +97,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - started)
         validated[slug] = {"validated": len(results), "passed": sum(r.passed for r in results)}
     precision, recall = pair_agreement(store, named)
-    other = same_prompt_pair(store, project, named, largest[0])
+    other = same_prompt_pair(store, project, named, largest[0], args.against)
     started = time.perf_counter()
     diff_graphs(store, largest[0], other)
     diff_seconds = time.perf_counter() - started
