@@ -27,6 +27,7 @@ from circuitdb.attribution.interventions import Intervention, intervene
 from circuitdb.attribution.pipeline import NamedTranscoders, trace_prompt
 from circuitdb.attribution.replacement_model import ReplacementModel
 from circuitdb.attribution.transcoders import Transcoders
+from circuitdb.circuits.diff import label_words
 from circuitdb.circuits.supernodes import (
     DEFAULT_GROUPING,
     Group,
@@ -109,10 +110,17 @@ def decoder_rows(transcoders: Transcoders, layers: list[int], indices: list[int]
     return rows
 
 
+LABEL_TEMPLATE_WORDS = frozenset({"on"})
+"""Words every heuristic label holds ("on 'X' → logits"): they name no group."""
+
+
 def group_name(members: pl.DataFrame, group: Group) -> str:
-    """'auto: <words most members' labels share> @<token> L<lo>-<hi>'."""
-    words = Counter(w for label in members["label"].fill_null("") for w in set(label.lower().split()) if w.isalpha())
-    common = " ".join(word for word, _ in words.most_common(3)) or members["feature_id"][0]
+    """'auto: <up to 3 label words two or more members share> @<token> L<lo>-<hi>' (the most influential
+    member's id where they share none)."""
+    labels = members.sort("influence", descending=True)["label"].fill_null("")
+    words = Counter(w for label in labels for w in label_words(label) if w not in LABEL_TEMPLATE_WORDS)
+    shared = [word for word, count in words.most_common(3) if count >= 2]
+    common = " ".join(shared) or members.sort("influence", descending=True)["feature_id"][0]
     token = (members["token"][0] or "").strip() or "·"
     return f"auto: {common} @{token} L{group.layers[0]}-{group.layers[1]}"[:100]
 
