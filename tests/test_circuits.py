@@ -152,6 +152,30 @@ def test_a_template_set_is_built_aggregated_and_ablated(set_store, cli) -> None:
     runs = read_table(store, "interventions").filter(pl.col("run_id") == ablation["run_id"])
     assert runs.height == 8 and set(runs["prompt_set"]) == {"animals"}
     _the_set_page(store_path, config, features, top)
+    _again_like_it_diffed_and_grouped(store, config, cli)
+
+
+def _again_like_it_diffed_and_grouped(store: Store, config: Path, cli) -> None:
+    """`--like` rebuilds the set's prompts under another name; diffed with the first (one dictionary set: the
+    identity rule) every recurring feature is matched in every graph; `circuit supernodes` stores what passes."""
+    code, _, err = cli("graph", "build", "--set", "animals-again", "--like", "animals", "--config", str(config))
+    assert code == 0, err
+    again = read_table(store, "prompt_sets", partitions=["animals-again"]).sort("position")
+    first = read_table(store, "prompt_sets", partitions=["animals"]).sort("position")
+    assert again.select("prompt", "target", "tags").rows() == first.select("prompt", "target", "tags").rows()
+    code, out, err = cli("circuit", "diff", "animals", "animals-again", "-f", "json", "--config", str(config))
+    assert code == 0, err
+    diff = json.loads(out)
+    assert diff["summary"]["prompts"] == 4 and diff["summary"]["rule"] == "identity"
+    assert diff["features"] and all(f["unmatched"] == 0 and f["match"] == f["feature_id"] for f in diff["features"])
+    code, out, err = cli(
+        "circuit", "supernodes", "animals", "--min-share", "0.5", "-f", "json", "--config", str(config)
+    )
+    assert code == 0, err
+    saved = [row["name"] for row in json.loads(out) if row["saved"]]
+    assert sorted(read_table(store, "circuit_supernodes", partitions=["animals"])["name"]) == sorted(saved)
+    code, _, err = cli("circuit", "supernodes", "nope", "--config", str(config))
+    assert code == 1 and err.startswith("error:") and "nope" in err
 
 
 def _the_set_page(store_path: Path, config: Path, features: dict, top: str) -> None:

@@ -114,6 +114,14 @@ def set_rows(store: Store, name: str) -> pl.DataFrame:
     return read_table(store, "prompt_sets", partitions=[name]).sort("position")
 
 
+def stored_prompts(store: Store, name: str) -> list[SetPrompt]:
+    """A stored set's prompts, to study them again under other dictionaries or another model."""
+    rows = set_rows(store, name)
+    if rows.is_empty():
+        raise CircuitDBError(f"no prompt set {name!r} to take the prompts of")
+    return [SetPrompt(*row) for row in rows.select("prompt", "target", "tags").iter_rows()]
+
+
 def built_slugs(store: Store, name: str) -> list[str]:
     """Slugs of the set's finished graphs, in file order."""
     rows = set_rows(store, name)

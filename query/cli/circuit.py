@@ -30,6 +30,7 @@ def build_prompt_set(
     prompts: Path | None,
     template: str | None,
     fillers: list[str] | None,
+    like: str | None,
     overrides: dict,
     store: str | None,
     config: str | None,
@@ -41,16 +42,25 @@ def build_prompt_set(
     from circuitdb.attribution.pipeline import NamedTranscoders
     from circuitdb.circuits.building import build_prompt_set as build
     from circuitdb.circuits.building import to_build
-    from circuitdb.circuits.prompt_sets import check_set_name, define_set, read_prompt_file, set_rows, template_prompts
+    from circuitdb.circuits.prompt_sets import (
+        check_set_name,
+        define_set,
+        read_prompt_file,
+        set_rows,
+        stored_prompts,
+        template_prompts,
+    )
 
     check_set_name(name)
-    if prompts is not None and template is not None:
-        raise CircuitDBError("give --prompts FILE or --template with --filler, not both")
+    if sum(given is not None for given in (prompts, template, like)) > 1:
+        raise CircuitDBError("give --prompts FILE, --template with --filler or --like SET, not two of them")
     if template is not None and not fillers:
         raise CircuitDBError("a --template needs one --filler or more")
     given = read_prompt_file(prompts) if prompts else template_prompts(template, fillers) if template else None
     with open_project(config, store=store, **overrides) as project:
         built = project.built().store
+        if like is not None:
+            given = stored_prompts(built, like)
         if given is None and set_rows(built, name).is_empty():
             raise CircuitDBError(f"no prompt set {name!r} yet: give --prompts FILE or --template and --filler")
         if given is not None:

@@ -78,6 +78,10 @@ def graph_build(
         Path | None, typer.Option(help="With --set: a .jsonl or .csv of prompts (prompt, target, tags).")
     ] = None,
     template: Annotated[str | None, typer.Option(help="With --set: a prompt with {} for each --filler.")] = None,
+    like: Annotated[
+        str | None,
+        typer.Option(help="With --set: the prompts and targets of this stored set (e.g. other dictionaries)."),
+    ] = None,
     filler: Annotated[
         list[str] | None, typer.Option(help="With --template: a word for {}; 'France= Paris' also sets the target.")
     ] = None,
@@ -94,7 +98,7 @@ def graph_build(
             raise CircuitDBError("--set builds the set's own prompts and targets: give no prompt or target options")
         overrides = {"attribution.max_feature_nodes": max_feature_nodes, "attribution.memory_gb": memory_gb}
         overrides["attribution.dictionaries"] = dictionaries
-        build_prompt_set(prompt_set, prompts, template, filler, overrides, store, config)
+        build_prompt_set(prompt_set, prompts, template, filler, like, overrides, store, config)
         return
     if prompt is None:
         raise CircuitDBError("give the prompt (or --set NAME to build a prompt set)")
