@@ -148,6 +148,7 @@ def _annotation(row: dict) -> dict:
     if row["source"] != "auto":
         return saved
     validation = {key: row[key] for key in ("effect", "control", "control_ci95", "interchangeability")}
+    validation["prompt_set"] = json.loads(row["parameters"] or "{}").get("prompt_set")  # validated over a set
     return saved | {"source": "auto", "validation": validation}
 
 

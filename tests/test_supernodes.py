@@ -183,6 +183,10 @@ def test_set_supernodes_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> 
     saved = read_table(store, "graph_annotations").filter(pl.col("source") == "auto")
     slugs = read_table(store, "prompt_sets", partitions=["lazy"])["slug"].to_list()
     assert saved.height == 6 and set(saved["slug"]) == set(slugs)  # both groups on each of the three graphs
+    from query.graph_view import annotations
+
+    shown = annotations(store, slugs[0], "supernode")  # what the graph page draws, validated over the set
+    assert len(shown) == 2 and all(g["source"] == "auto" and g["validation"]["prompt_set"] == "lazy" for g in shown)
     for slug, node_ids in saved.select("slug", "node_ids").iter_rows():
         length = len(read_table(store, "graphs", ["tokens"], [slug])["tokens"][0])
         layers = {int(node_id.split("_")[0]) for node_id in node_ids}

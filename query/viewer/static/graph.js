@@ -196,9 +196,10 @@ function writeState(state) {
     const stored = saved.supernodes.find(g => g.name === name);
     const isSaved = Boolean(stored);
     const v = stored && stored.validation;
-    const validated = v ? `<p class="auto">automatic: zeroing it moves the target's logit by ${v.effect.toFixed(3)}
-      (random groups of its layers: ${v.control.toFixed(3)} ± ${v.control_ci95.toFixed(3)}); one member carrying the group's
-      write undoes ${(100 * v.interchangeability).toFixed(0)}% of that</p>` : "";
+    const over = v && v.prompt_set ? ` on average over prompt set ${escapeHTML(v.prompt_set)}` : "";
+    const validated = v ? `<p class="auto">automatic: zeroing it moves the target's logit by ${v.effect.toFixed(3)}${over}
+      (random groups of its layers: ${v.control.toFixed(3)} ± ${v.control_ci95.toFixed(3)}); its weakest member carrying the
+      group's write undoes ${(100 * v.interchangeability).toFixed(0)}% of that</p>` : "";
     panel.innerHTML = `<div id="group-card" data-group="${escapeHTML(name)}"><h3>▣ ${escapeHTML(name)}</h3>
       <p>${members.length} nodes${isSaved ? " · saved" : " · not saved"}</p>${validated}
       <ul>${members.map(id => `<li>${escapeHTML(nodeName(id))}</li>`).join("")}</ul>
