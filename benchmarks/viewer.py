@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,24 +26,12 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import polars as pl  # noqa: E402
-import uvicorn  # noqa: E402
 
 from circuitdb.project import Project  # noqa: E402
 from circuitdb.store import read_table  # noqa: E402
-from query.viewer.app import make_app  # noqa: E402
+from query.viewer.app import serve_in_background  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def _serve(project: Project) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(project), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
 
 
 def _timed_ms(url: str, body: dict | None = None) -> float:
@@ -126,7 +112,7 @@ def main() -> None:
     nodes = read_table(store, "graph_nodes", ["slug", "kind", "feature_id"])
     slug = nodes.group_by("slug").len().sort("len", descending=True)["slug"][0]  # the largest graph
     feature = nodes.filter((pl.col("slug") == slug) & (pl.col("kind") == "feature"))["feature_id"][0]
-    url, server = _serve(project)
+    url, server = serve_in_background(project)
     document = json.loads(urllib.request.urlopen(f"{url}/api/graph/{slug}").read())
     ranked = sorted((n for n in document["nodes"] if n["kind"] == "feature"), key=lambda n: -n["score"])
     pinned = [n["node_id"] for n in ranked[:10]]

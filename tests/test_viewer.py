@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -158,26 +156,11 @@ def viewed(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(viewed: Path, llama_dir: Path):
-    import uvicorn
+    from query.viewer.app import serve_in_background
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            make_app(_project(viewed, llama_dir)),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    url, server = serve_in_background(_project(viewed, llama_dir))
+    yield url
     server.should_exit = True
-    thread.join(timeout=10)
 
 
 def _two_sweep_points(store: Store) -> None:

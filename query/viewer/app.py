@@ -368,3 +368,22 @@ def serve(project: Project, host: str, port: int, access: Access) -> None:
     import uvicorn
 
     uvicorn.run(make_app(project, access), host=host, port=port, log_level="warning")
+
+
+def serve_in_background(project: Project) -> tuple[str, object]:
+    """Serve on a free loopback port from a daemon thread (browser tests, benchmarks, screenshots): the base URL
+    and the uvicorn server (`server.should_exit = True` stops it)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(project), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
