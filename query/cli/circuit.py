@@ -13,6 +13,8 @@ from query.cli.common import (
     MAX_ROWS,
     ConfigOption,
     FormatOption,
+    MinCosineOption,
+    MinLabelOverlapOption,
     StoreOption,
     app,
     graph_transcoders,
@@ -177,12 +179,8 @@ def circuit_supernodes(
 def circuit_diff(
     a: Annotated[str, typer.Argument(help="A prompt set.")],
     b: Annotated[str, typer.Argument(help="The same prompts under other dictionaries or another model.")],
-    min_cosine: Annotated[
-        float, typer.Option(min=-1.0, max=1.0, help="Two dictionary sets: least decoder cosine of a feature match.")
-    ] = 0.5,
-    min_label_overlap: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Two models: least label word overlap of a feature match.")
-    ] = 0.3,
+    min_cosine: MinCosineOption = 0.5,
+    min_label_overlap: MinLabelOverlapOption = 0.3,
     top: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per table shown.")] = 10,
     fmt: FormatOption = OutputFormat.table,
     store: StoreOption = None,

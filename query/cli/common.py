@@ -45,6 +45,14 @@ def built_store(store: str | None, config_file: str | None) -> Store:
     return open_project(config_file, store=store).built().store
 
 
+MinCosineOption = Annotated[
+    float, typer.Option(min=-1.0, max=1.0, help="Two dictionary sets: least decoder cosine of a feature match.")
+]
+MinLabelOverlapOption = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Two models: least label word overlap of a feature match.")
+]
+"""The diff's matching thresholds (`graph diff`, `circuit diff`)."""
+
 MAX_ROWS = 10_000
 """Most rows one answer lists (--k, --exemplars): past it, use `circuitdb sql`."""
 

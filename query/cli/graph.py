@@ -14,6 +14,8 @@ from query.cli.common import (
     MAX_ROWS,
     ConfigOption,
     FormatOption,
+    MinCosineOption,
+    MinLabelOverlapOption,
     StoreOption,
     app,
     built_store,
@@ -236,12 +238,8 @@ def graph_supernodes(
 def graph_diff(
     a: Annotated[str, typer.Argument(help="First graph id (see `graph list`).")],
     b: Annotated[str, typer.Argument(help="Second graph id, of the same prompt.")],
-    min_cosine: Annotated[
-        float, typer.Option(min=-1.0, max=1.0, help="Two dictionary sets: least decoder cosine of a feature match.")
-    ] = 0.5,
-    min_label_overlap: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Two models: least label word overlap of a feature match.")
-    ] = 0.3,
+    min_cosine: MinCosineOption = 0.5,
+    min_label_overlap: MinLabelOverlapOption = 0.3,
     top: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per table shown.")] = 10,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the whole diff as one JSON document.")] = None,
     fmt: FormatOption = OutputFormat.table,
