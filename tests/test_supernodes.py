@@ -51,8 +51,13 @@ def test_average_linkage_by_hand() -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_planted_groups_are_recovered(seed: int) -> None:
+@pytest.mark.parametrize("over_a_set", [True, False])
+def test_planted_groups_are_recovered(seed: int, over_a_set: bool) -> None:
+    """Noisy planted groups with a decoy each are recovered, with co-activation (a prompt set) or without (one
+    graph)."""
     features, signals, truth = planted_family(seed)
+    if not over_a_set:
+        signals["coactivation"] = None
     groups = group_features(features, signals, GroupingSettings())
     found = {node_id: f"g{k}" for k, group in enumerate(groups) for node_id in group.node_ids}
     labels = [found.get(node_id, node_id) for node_id in features["node_id"]]  # ungrouped: a group of its own
