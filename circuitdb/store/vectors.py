@@ -109,8 +109,11 @@ def vectors_of(store: Store, feature_ids: list[str]) -> dict[str, np.ndarray]:
     if not feature_ids:
         return {}
     listed = ", ".join(sql_literal(feature_id) for feature_id in feature_ids)
-    rows = _table(store).search().where(f"feature_id IN ({listed})").limit(len(feature_ids)).to_list()
-    return {row["feature_id"]: np.asarray(row["vector"], dtype=np.float32) for row in rows}
+    found = _table(store).search().where(f"feature_id IN ({listed})").limit(len(feature_ids)).to_arrow()
+    if found.num_rows == 0:
+        return {}
+    vectors = np.stack(found["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)  # [n, d], no row dicts
+    return dict(zip(found["feature_id"].to_pylist(), vectors, strict=True))
 
 
 def feature_vector(store: Store, feature_id: str) -> np.ndarray:
