@@ -301,7 +301,7 @@ def render_graph_diff(document: dict, top: int, fmt: OutputFormat) -> None:
     )
     for name, side in (("A", a), ("B", b)):
         for path in side["paths"][:3]:
-            print(f"{name} path into {side['top_logit']!r} ({path['share']:.3f}): {' → '.join(path['nodes'])}")
+            print(f"{name} path into {side['top_logit']!r} ({path['share']:.3g}): {' → '.join(path['nodes'])}")
 
 
 def render_circuit(summary: dict, features: QueryResult, edges: QueryResult, fmt: OutputFormat) -> None:

@@ -40,7 +40,7 @@ function summaryHTML(diff, names) {
   const edges = table(["source", "target", "weight A", "weight B", "change"], diff.edges.slice(0, 12).map(e =>
     [names.a.get(e.source_a) || e.source_a, names.a.get(e.target_a) || e.target_a, fixed(e.weight_a, 3), fixed(e.weight_b, 3), fixed(e.change, 3)]));
   const paths = side => side.paths.slice(0, 3).map(p =>
-    `<li>${p.share.toFixed(3)}: ${p.nodes.map(n => escapeHTML(names[side === a ? "a" : "b"].get(n) || n)).join(" → ")}</li>`).join("");
+    `<li>${p.share.toPrecision(3)}: ${p.nodes.map(n => escapeHTML(names[side === a ? "a" : "b"].get(n) || n)).join(" → ")}</li>`).join("");
   return `<p id="shared-count">Nodes matched by <b>${escapeHTML(diff.rule)}</b>: ${counts.shared_features} features in both
     (carrying ${(100 * counts.shared_influence_a).toFixed(1)}% of A's feature influence, ${(100 * counts.shared_influence_b).toFixed(1)}% of B's),
     ${counts.only_a} only in A, ${counts.only_b} only in B; ${counts.shared_edges} edges in both.</p>
