@@ -109,6 +109,7 @@ def screenshots(project, slug: str, other: str, supernode: str | None, folder: P
             chosen = quote(f"group:{supernode}")
             page.goto(f"{url}/graph/{slug}#nodes=0.6&edges=0.8&errors=hide&sel={chosen}")
             page.wait_for_selector("#group-card", timeout=300_000)
+            page.locator("#group-card").scroll_into_view_if_needed()
             page.screenshot(path=str(folder / "supernodes-auto.png"))
         browser.close()
     server.should_exit = True

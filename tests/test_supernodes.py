@@ -122,6 +122,7 @@ def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -
     from circuitdb.config import AttributionConfig
     from circuitdb.models import load_model
     from circuitdb.store import Store, read_table
+    from circuitdb.store.graphs import write_annotation
 
     lm = load_model(str(deep_llama_dirs[12]), device="cpu")
     lm.model.double()
@@ -139,6 +140,9 @@ def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -
     cfg = AttributionConfig(node_threshold=0.95, edge_threshold=0.99)
     named = NamedTranscoders(transcoders, "planted")
     row, _ = build_graph(store, lm, PROMPT, named, cfg, keep_json=False)
+    stale = {"source": "auto", "parameters": "{}", "effect": -1.0, "control": 0.1}  # an earlier run's group
+    write_annotation(store, row["slug"], "supernode", "auto: earlier run", ["3_0_8", "3_1_8"], False, stale)
+    write_annotation(store, row["slug"], "supernode", "by hand", ["3_0_8", "8_0_8"], False)
     validated = auto_supernodes(
         store, lm, named, cfg, row["slug"], validation=ValidationSettings(draws=6, max_groups=8)
     )
@@ -148,8 +152,12 @@ def test_validated_groups_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -
     assert sorted(passed, key=sorted) == sorted(expected, key=sorted), [
         (v.name, v.effect, v.control, v.interchangeability) for v in validated
     ]
-    saved = read_table(store, "graph_annotations").filter(pl.col("source") == "auto")
-    assert sorted(set(ids) for ids in saved["node_ids"].to_list()) == sorted(expected, key=sorted)
+    from query.graph_view import annotations
+
+    shown = annotations(store, row["slug"], "supernode")  # the earlier run's group retired, the hand-made kept
+    assert sorted(set(g["node_ids"]) for g in shown if g.get("source") == "auto") == sorted(expected, key=sorted)
+    assert [g["name"] for g in shown if g.get("source") != "auto"] == ["by hand"]
+    saved = read_table(store, "graph_annotations").filter((pl.col("source") == "auto") & ~pl.col("deleted"))
     assert (saved["effect"] < -saved["control"]).all()  # zeroing a group lowers the target beyond random groups
 
 

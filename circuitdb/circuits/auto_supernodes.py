@@ -42,7 +42,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.intervals import interval
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, read_table
-from circuitdb.store.graphs import graph_row, write_annotation
+from circuitdb.store.graphs import graph_row, retire_automatic, write_annotation
 
 
 class ValidationSettings(NamedTuple):
@@ -243,7 +243,7 @@ def auto_supernodes(
     validation: ValidationSettings = DEFAULT_VALIDATION,
 ) -> list[Validated]:
     """Group the graph's features, validate the `max_groups` groups of most influence on its prompt, and save
-    those that pass as automatic supernodes (replacing the graph's earlier automatic ones of the same names)."""
+    those that pass as automatic supernodes (the graph's earlier automatic ones, from its own grouping, retired)."""
     row = graph_row(store, slug)
     if row["dictionaries"] != named.name:
         raise CircuitDBError(f"graph {slug} was built with {row['dictionaries']!r}, not {named.name!r}")
@@ -255,6 +255,7 @@ def auto_supernodes(
     rm = trace_prompt(lm, row["prompt"], named.transcoders, cfg)
     validated = validate_groups(rm, features, groups[: validation.max_groups], target, validation)
     parameters = json.dumps({"grouping": grouping._asdict(), "validation": validation._asdict()})
+    retire_automatic(store, [slug], None)
     for item in validated:
         if item.passed:
             extra = {"source": "auto", "parameters": parameters, "effect": item.effect, "control": item.control}

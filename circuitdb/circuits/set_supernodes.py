@@ -51,7 +51,7 @@ from circuitdb.errors import CircuitDBError
 from circuitdb.intervals import interval
 from circuitdb.models import LoadedModel
 from circuitdb.store import Store, parse_feature_id, read_table, write_partition
-from circuitdb.store.graphs import write_annotation
+from circuitdb.store.graphs import retire_automatic, write_annotation
 from circuitdb.store.schemas import TABLES
 
 MIN_COACTIVATION_PROMPTS = 8
@@ -292,6 +292,7 @@ def _annotate_graphs(store: Store, name: str, passed: list[SetValidated], parame
     slugs = [slug for slug in set_rows(store, name)["slug"] if slug is not None]
     ends = read_table(store, "graphs", ["slug", "tokens"], slugs).select("slug", end=pl.col("tokens").list.len() - 1)
     nodes = read_table(store, "graph_nodes", ["slug", "node_id", "feature_id", "position"], slugs).join(ends, on="slug")
+    retire_automatic(store, slugs, name)  # this set's earlier run, whatever its groups were named
     for item in passed:
         held = nodes.filter(
             pl.col("feature_id").is_in(item.group.node_ids)

@@ -7,6 +7,7 @@ needs neither torch nor the model.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,3 +58,15 @@ def write_annotation(
     row |= {"kind": kind, "deleted": deleted} | (extra or {})
     partition = f"{slug}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     write_partition(store, "graph_annotations", partition, pl.DataFrame([row]))
+
+
+def retire_automatic(store: Store, slugs: list[str], prompt_set: str | None) -> None:
+    """Mark deleted the automatic supernodes an earlier run of the same origin (one graph's grouping, or one
+    prompt set's) saved on `slugs`: a new run supersedes them whatever their names; hand-made ones and those
+    of other origins stay."""
+    saved = read_table(store, "graph_annotations").filter(pl.col("slug").is_in(slugs))
+    latest = saved.sort("created_at").unique(["slug", "kind", "name"], keep="last")
+    automatic = latest.filter((pl.col("source") == "auto") & ~pl.col("deleted").fill_null(False))
+    for slug, name, parameters in automatic.select("slug", "name", "parameters").iter_rows():
+        if json.loads(parameters or "{}").get("prompt_set") == prompt_set:
+            write_annotation(store, slug, "supernode", name, [], True)
