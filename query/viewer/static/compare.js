@@ -45,7 +45,7 @@ function summaryHTML(diff, names) {
     (carrying ${(100 * counts.shared_influence_a).toFixed(1)}% of A's feature influence, ${(100 * counts.shared_influence_b).toFixed(1)}% of B's),
     ${counts.only_a} only in A, ${counts.only_b} only in B; ${counts.shared_edges} edges in both.</p>
     <div id="match"><p>Click a node: its match in the other graph and the match's score.</p></div>
-    <h3>Scores as built (the plots' titles score the pruned graphs drawn)</h3>${scores}<h3>Largest edge changes between matched nodes</h3>${edges}
+    <h3>Scores of the whole graphs (the plots' titles score the pruned graphs)</h3>${scores}<h3>Largest edge changes between matched nodes</h3>${edges}
     <h3>Top paths into A's ${escapeHTML(a.top_logit)}</h3><ol>${paths(a)}</ol>
     <h3>Top paths into B's ${escapeHTML(b.top_logit)}</h3><ol>${paths(b)}</ol>`;
 }
