@@ -121,7 +121,7 @@ def test_activation_correlation_over_positions() -> None:
     """[0, 1, 2, 0] against [0, 2, 4, 0]: 1; [0, 0, 3, 0] against [0, 1, 0, 0]: -0.75 / (2.598 · 0.866) = -1/3."""
     a = _nodes([("plt/1/1", 1, 1.0, 0.1, ""), ("plt/1/1", 2, 2.0, 0.1, ""), ("plt/1/2", 2, 3.0, 0.1, "")], [], [], 12)
     b = _nodes([("clt/1/1", 1, 2.0, 0.1, ""), ("clt/1/1", 2, 4.0, 0.1, ""), ("clt/1/2", 1, 1.0, 0.1, "")], [], [], 12)
-    correlation = activation_correlation(a, b, 4)
+    correlation = activation_correlation(a, b, 4, [("plt/1/1", "clt/1/1"), ("plt/1/2", "clt/1/2")])
     assert correlation[("plt/1/1", "clt/1/1")] == pytest.approx(1.0)
     assert correlation[("plt/1/2", "clt/1/2")] == pytest.approx(-1 / 3)
 

@@ -103,9 +103,11 @@ def _one_to_one(candidates: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(kept, schema=candidates.schema)
 
 
-def activation_correlation(a: pl.DataFrame, b: pl.DataFrame, n_positions: int) -> dict[tuple[str, str], float]:
-    """Pearson correlation over the prompt's positions of each (feature id of A, feature id of B)'s activations
-    in the graphs (0 where the feature has no node); NaN where either is constant."""
+def activation_correlation(
+    a: pl.DataFrame, b: pl.DataFrame, n_positions: int, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], float]:
+    """Pearson correlation over the prompt's positions of each pair's (feature id of A, feature id of B)
+    activations in the graphs (0 where the feature has no node); NaN where either is constant."""
     profiles = []
     for nodes in (a, b):
         features = nodes.filter(pl.col("kind") == "feature")
@@ -121,7 +123,8 @@ def activation_correlation(a: pl.DataFrame, b: pl.DataFrame, n_positions: int) -
     norms = np.linalg.norm(x, axis=1)[:, None] * np.linalg.norm(y, axis=1)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         correlation = np.where(norms > 0, x @ y.T / norms, np.nan)
-    return {(fa, fb): float(correlation[i, j]) for i, fa in enumerate(ids_a) for j, fb in enumerate(ids_b)}
+    row, column = {f: i for i, f in enumerate(ids_a)}, {f: j for j, f in enumerate(ids_b)}
+    return {(fa, fb): float(correlation[row[fa], column[fb]]) for fa, fb in pairs}
 
 
 def _decoder_features(
@@ -254,7 +257,6 @@ def _node_rows(name: str, frames, pairs: pl.DataFrame, rule: MatchRule, n_positi
     left = a.select(columns).join(pairs, left_on="node_id", right_on="a", how="left")
     # a full join keeps A's nodes (matched or not) and B's unmatched ones in one frame
     joined = left.join(b.select(columns), left_on="b", right_on="node_id", how="full", suffix="_b")
-    correlation = activation_correlation(a, b, n_positions) if rule == "decoder" else {}
     either = lambda column: pl.coalesce(column, f"{column}_b")  # noqa: E731  A's value, else B's
     rows = joined.select(
         diff=pl.lit(name),
@@ -273,10 +275,9 @@ def _node_rows(name: str, frames, pairs: pl.DataFrame, rule: MatchRule, n_positi
         label_a=pl.col("label"),
         label_b=pl.col("label_b"),
     )
-    correlations = [
-        correlation.get((fa, fb), None) if fa and fb else None
-        for fa, fb in rows.select("feature_a", "feature_b").iter_rows()
-    ]
+    matched = [(fa, fb) for fa, fb in rows.select("feature_a", "feature_b").iter_rows() if fa and fb]
+    correlation = activation_correlation(a, b, n_positions, matched) if rule == "decoder" else {}
+    correlations = [correlation.get((fa, fb)) for fa, fb in rows.select("feature_a", "feature_b").iter_rows()]
     rows = rows.with_columns(activation_correlation=pl.Series(correlations, dtype=pl.Float64))
     strongest = pl.max_horizontal(pl.col("influence_a").fill_null(0), pl.col("influence_b").fill_null(0))
     return rows.sort(strongest, descending=True)
