@@ -33,7 +33,8 @@ def graph_json_path(store: Store, slug: str) -> Path:
 
 
 def graph_row(store: Store, slug: str) -> dict:
-    rows = read_table(store, "graphs").filter(pl.col("slug") == slug)
+    """The graph's `graphs` row (its own partition, named by the slug)."""
+    rows = read_table(store, "graphs", partitions=[slug]).filter(pl.col("slug") == slug)
     if rows.is_empty():
         raise CircuitDBError(f"unknown graph {slug!r}; `circuitdb graph list` shows the built ones")
     return rows.row(0, named=True)
