@@ -53,6 +53,13 @@ MinLabelOverlapOption = Annotated[
 ]
 """The diff's matching thresholds (`graph diff`, `circuit diff`)."""
 
+GroupingThresholdOption = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Least average similarity within a group.")
+]
+LayerGapOption = Annotated[int, typer.Option(min=0, help="Features farther apart in layers are never grouped.")]
+RandomGroupSeedOption = Annotated[int, typer.Option(help="Seed of the random groups.")]
+"""Automatic supernodes' options (`graph supernodes`, `circuit supernodes`)."""
+
 MAX_ROWS = 10_000
 """Most rows one answer lists (--k, --exemplars): past it, use `circuitdb sql`."""
 
