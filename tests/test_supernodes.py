@@ -204,3 +204,37 @@ def test_set_supernodes_are_the_planted_mechanism(deep_llama_dirs, tmp_path) -> 
         length = len(read_table(store, "graphs", ["tokens"], [slug])["tokens"][0])
         layers = {int(node_id.split("_")[0]) for node_id in node_ids}
         assert len(layers) == 1 and all(node_id.endswith(f"_{length - 1}") for node_id in node_ids)
+
+
+def test_coactivation_over_the_corpus_exemplars(tmp_path) -> None:
+    """Worked by hand: plt/1/0 and plt/1/1 record the same two tokens in proportion (cosine 1); plt/1/3's two
+    windows overlap on one token (counted once): {(0,5): 3, (0,6): 1} against plt/1/0's {(0,4): 1, (0,5): 2} is
+    6 / (√10 · √5); plt/1/2 fires elsewhere (0); plt/1/9 has no exemplars (0 with all)."""
+    from circuitdb.circuits.auto_supernodes import exemplar_coactivation
+    from circuitdb.store import Store, write_partition
+
+    store = Store(tmp_path / "store")
+    windows = [  # feature, block, peak position, peak offset, values
+        ("plt/1/0", 0, 5, 1, [1.0, 2.0, 0.0]),
+        ("plt/1/1", 0, 4, 0, [2.0, 4.0]),
+        ("plt/1/2", 1, 3, 0, [5.0, 1.0]),
+        ("plt/1/3", 0, 5, 0, [3.0, 1.0]),
+        ("plt/1/3", 0, 6, 1, [3.0, 1.0]),
+    ]
+    rows = [
+        {"feature_id": f, "kind": "top", "group": 0, "rank": r, "block": b, "position": p, "activation": max(v)}
+        | {"peak_offset": o, "tokens": ["x"] * len(v), "values": v}
+        for r, (f, b, p, o, v) in enumerate(windows)
+    ]
+    write_partition(store, "exemplars", "plt-layer-001", pl.DataFrame(rows))
+    ids = ["plt/1/0", "plt/1/1", "plt/1/2", "plt/1/3", "plt/1/9", "plt/1/0"]  # the last: plt/1/0 at another position
+    features = pl.DataFrame({"feature_id": ids, "layer": [1] * len(ids)})
+    matrix = exemplar_coactivation(store, features)
+    expected = np.zeros((6, 6))
+    for i, j, value in [(0, 1, 1.0), (0, 3, 6 / np.sqrt(50)), (1, 3, 6 / np.sqrt(50)), (0, 5, 1.0), (1, 5, 1.0)]:
+        expected[i, j] = expected[j, i] = value
+    expected[3, 5] = expected[5, 3] = 6 / np.sqrt(50)
+    for i in (0, 1, 2, 3, 5):
+        expected[i, i] = 1.0
+    np.testing.assert_allclose(matrix, expected, atol=1e-9)
+    assert exemplar_coactivation(store, features.with_columns(layer=pl.lit(2))) is None  # no exemplars there

@@ -41,7 +41,7 @@ from circuitdb.config import AttributionConfig
 from circuitdb.errors import CircuitDBError
 from circuitdb.intervals import interval
 from circuitdb.models import LoadedModel
-from circuitdb.store import Store, read_table
+from circuitdb.store import Store, layer_partition, parse_feature_id, read_table
 from circuitdb.store.graphs import graph_row, retire_automatic, write_annotation
 
 
@@ -79,7 +79,8 @@ def graph_signals(
 ) -> tuple[pl.DataFrame, dict[str, np.ndarray | None]]:
     """The graph's feature nodes (node_id, feature_id, layer, position, index, influence, label, token) and the
     similarity signals between them: decoder directions (the transcoders', into the feature's own layer: the
-    rows the store's vectors hold), signed outgoing edges (the nodes they feed), labels."""
+    rows the store's vectors hold), signed outgoing edges (the nodes they feed), labels, co-activation over the
+    corpus exemplars."""
     nodes = read_table(store, "graph_nodes", partitions=[slug])
     features = nodes.filter(pl.col("kind") == "feature")
     if features.height < 2:
@@ -95,9 +96,54 @@ def graph_signals(
         "decoder": decoder_similarity(decoders),
         "output": output_similarity(outgoing),
         "label": label_similarity(features["label"].fill_null("").to_list()),
-        "coactivation": None,
+        "coactivation": exemplar_coactivation(store, features),
     }
     return features, signals
+
+
+def exemplar_coactivation(store: Store, features: pl.DataFrame) -> np.ndarray | None:
+    """For one graph, co-activation over the corpus: the cosine of two features' activations on the corpus tokens
+    their exemplar windows record (0 where a window does not reach), i.e. whether they fire on the same text;
+    rows follow `features` (a feature at several positions shares its row). None without stored exemplars."""
+    dictionary = parse_feature_id(features["feature_id"][0])[0]
+    partitions = [layer_partition(dictionary, layer) for layer in sorted(set(features["layer"].to_list()))]
+    columns = ["feature_id", "block", "position", "peak_offset", "values"]
+    windows = read_table(store, "exemplars", columns, partitions).filter(
+        pl.col("feature_id").is_in(features["feature_id"].unique().to_list())
+    )
+    if windows.is_empty():
+        return None
+    tokens = (
+        windows.with_columns(offset=pl.int_ranges(pl.col("values").list.len()))
+        .explode("values", "offset")
+        .select(
+            "feature_id",
+            "block",
+            token=pl.col("position") - pl.col("peak_offset") + pl.col("offset"),
+            value=pl.col("values").cast(pl.Float64),
+        )  # fmt: skip
+        .filter(pl.col("value") > 0)
+        .unique(["feature_id", "block", "token"])  # one feature's windows can overlap
+    )
+    norms = dict(tokens.group_by("feature_id").agg((pl.col("value") ** 2).sum().sqrt()).iter_rows())
+    products = (
+        tokens.join(tokens, on=["block", "token"], suffix="_b")
+        .filter(pl.col("feature_id") < pl.col("feature_id_b"))
+        .group_by("feature_id", "feature_id_b")
+        .agg((pl.col("value") * pl.col("value_b")).sum())
+    )
+    ids = sorted(norms)
+    where = {feature_id: i for i, feature_id in enumerate(ids)}
+    cosine = np.eye(len(ids))
+    for first, second, product in products.iter_rows():
+        cosine[where[first], where[second]] = cosine[where[second], where[first]] = product / (
+            norms[first] * norms[second]
+        )
+    rows = np.array([where.get(feature_id, -1) for feature_id in features["feature_id"]])
+    known = rows >= 0  # a feature without exemplars (dead in the corpus) co-activates with nothing
+    matrix = np.zeros((features.height, features.height))
+    matrix[np.ix_(known, known)] = cosine[np.ix_(rows[known], rows[known])]
+    return matrix
 
 
 def decoder_rows(transcoders: Transcoders, layers: list[int], indices: list[int]) -> np.ndarray:
