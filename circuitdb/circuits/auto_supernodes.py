@@ -163,10 +163,12 @@ LABEL_TEMPLATE_WORDS = frozenset({"on"})
 def group_name(members: pl.DataFrame, group: Group) -> str:
     """'auto: <up to 3 label words two or more members share> @<token> L<lo>-<hi>' (the most influential
     member's id where they share none)."""
-    labels = members.sort("influence", descending=True)["label"].fill_null("")
-    words = Counter(w for label in labels for w in label_words(label) if w not in LABEL_TEMPLATE_WORDS)
+    ranked = members.sort("influence", descending=True)
+    words = Counter(
+        w for label in ranked["label"].fill_null("") for w in label_words(label) if w not in LABEL_TEMPLATE_WORDS
+    )
     shared = [word for word, count in words.most_common(3) if count >= 2]
-    common = " ".join(shared) or members.sort("influence", descending=True)["feature_id"][0]
+    common = " ".join(shared) or ranked["feature_id"][0]
     token = (members["token"][0] or "").strip() or "·"
     return f"auto: {common} @{token} L{group.layers[0]}-{group.layers[1]}"[:100]
 

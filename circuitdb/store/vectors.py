@@ -101,7 +101,12 @@ def ensure_index(store: Store) -> bool:
 def read_vectors(store: Store) -> tuple[list[str], np.ndarray]:
     """Every stored (feature id, unit decoder direction): for exact comparisons such as recall checks."""
     table = _table(store).to_arrow()
-    return table["feature_id"].to_pylist(), np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    return table["feature_id"].to_pylist(), _stacked(table)
+
+
+def _stacked(table) -> np.ndarray:
+    """An Arrow table's `vector` column as one float32 array [rows, d]."""
+    return np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
 
 
 def vectors_of(store: Store, feature_ids: list[str]) -> dict[str, np.ndarray]:
@@ -112,8 +117,7 @@ def vectors_of(store: Store, feature_ids: list[str]) -> dict[str, np.ndarray]:
     found = _table(store).search().where(f"feature_id IN ({listed})").limit(len(feature_ids)).to_arrow()
     if found.num_rows == 0:
         return {}
-    vectors = np.stack(found["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)  # [n, d], no row dicts
-    return dict(zip(found["feature_id"].to_pylist(), vectors, strict=True))
+    return dict(zip(found["feature_id"].to_pylist(), _stacked(found), strict=True))
 
 
 def feature_vector(store: Store, feature_id: str) -> np.ndarray:
